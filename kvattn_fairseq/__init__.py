@@ -1,0 +1,21 @@
+"""kvattn_fairseq: efficient key-value attention for fairseq, as a --user-dir plugin.
+
+    fairseq-train ... --user-dir "$(python -m kvattn_fairseq --user-dir)" --arch memsizer_wmt_en_de_big
+
+Importing the package applies the compatibility fixes (compat.py) and registers the attention kinds, the models
+`kvattn_transformer` / `kvattn_lm` and their architectures.
+"""
+import os
+
+from . import compat
+
+compat.apply()
+
+from . import modules  # noqa: E402  (kinds first: the models' flags list them)
+from . import models  # noqa: E402,F401
+from .cli import install_error_hook  # noqa: E402
+
+__version__ = "0.1.0"
+USER_DIR = os.path.dirname(os.path.abspath(__file__))
+
+install_error_hook()

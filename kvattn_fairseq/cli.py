@@ -1,0 +1,48 @@
+"""Command-line glue: `python -m kvattn_fairseq --user-dir` and one-line errors for bad attention settings."""
+import argparse
+import os
+import sys
+
+from .modules.registry import ATTENTION_KINDS, POSITIONS, AttentionConfigError
+
+
+def install_error_hook() -> None:
+    """A bad attention setting surfaces from deep inside fairseq's argument parsing or model build; print it as
+    one line naming the flag (like argparse does) instead of a stack trace.  Other exceptions are untouched."""
+    previous = sys.excepthook
+    if getattr(previous, "kvattn_hook", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, AttentionConfigError):
+            prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "kvattn_fairseq"
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        previous(exc_type, exc, tb)
+
+    hook.kvattn_hook = True
+    sys.excepthook = hook
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kvattn_fairseq", description=__doc__)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--user-dir", action="store_true", help="print the path to pass to fairseq's --user-dir")
+    what.add_argument("--kinds", action="store_true", help="list the attention kinds and where each may sit")
+    what.add_argument("--archs", action="store_true", help="list the plugin's architectures")
+    args = parser.parse_args(argv)
+    if args.user_dir:
+        from . import USER_DIR
+
+        print(USER_DIR)
+    elif args.kinds:
+        for kind in sorted(ATTENTION_KINDS.values(), key=lambda k: k.name):
+            where = ",".join(p for p in POSITIONS if p in kind.positions)
+            print(f"{kind.name:<12} {where:<22} {kind.summary}")
+    else:
+        from fairseq.models import ARCH_MODEL_INV_REGISTRY
+
+        for model in ("kvattn_transformer", "kvattn_lm"):
+            for arch in ARCH_MODEL_INV_REGISTRY.get(model, []):
+                print(f"{model:<20} {arch}")
+    return 0

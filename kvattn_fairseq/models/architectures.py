@@ -1,0 +1,95 @@
+"""Named architectures: each paper configuration, plus tiny ones for tests and the demo.
+
+An architecture only fills what the command line left unset, then runs the model's base architecture (which
+validates the attention settings), exactly as fairseq's own architectures do.
+"""
+from fairseq.models import register_model_architecture
+from fairseq.models.transformer import transformer_vaswani_wmt_en_de_big, transformer_wmt_en_de
+from fairseq.models.transformer_lm import transformer_lm_baevski_wiki103
+
+from .kvattn_lm import kvattn_lm_base, lm_attention_defaults
+from .kvattn_transformer import attention_defaults, kvattn_transformer_base
+
+# The MemSizer MT layout (research/memsizer.md §3.1): softmax encoder, MemSizer decoder self (k=4) and cross
+# (k=32) attention, init scales 8/8.
+MEMSIZER_MT = dict(encoder_attention_type="softmax", decoder_attention_type="memsizer",
+                   cross_attention_type="memsizer", memsizer_self_slots=4, memsizer_cross_slots=32,
+                   memsizer_q_init_scale=8.0, memsizer_kv_init_scale=8.0)
+
+
+def _defaults(args, **values):
+    for key, value in values.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+@register_model_architecture("kvattn_transformer", "memsizer_wmt_en_de_big")
+def memsizer_wmt_en_de_big(args):
+    """Transformer-big (6+6 layers, 1024/4096, 16 heads, dropout 0.3) with the MemSizer decoder."""
+    attention_defaults(args, **MEMSIZER_MT)
+    transformer_vaswani_wmt_en_de_big(args)
+    kvattn_transformer_base(args)
+
+
+@register_model_architecture("kvattn_transformer", "memsizer_wmt_en_de")
+def memsizer_wmt_en_de(args):
+    """Transformer-base (6+6 layers, 512/2048, 8 heads) with the MemSizer decoder."""
+    attention_defaults(args, **MEMSIZER_MT)
+    transformer_wmt_en_de(args)
+    kvattn_transformer_base(args)
+
+
+@register_model_architecture("kvattn_transformer", "memsizer_cnn_dm")
+def memsizer_cnn_dm(args):
+    """CNN/DailyMail: the paper's summarization model size was not retrievable (research/memsizer.md §3.3);
+    this is Transformer-base with the MT MemSizer decoder and room for the 1024-token truncated sources."""
+    attention_defaults(args, **MEMSIZER_MT)
+    _defaults(args, max_source_positions=1024, max_target_positions=1024)
+    transformer_wmt_en_de(args)
+    kvattn_transformer_base(args)
+
+
+@register_model_architecture("kvattn_lm", "memsizer_lm_wiki103")
+def memsizer_lm_wiki103(args):
+    """WikiText-103 (research/memsizer.md §3.2): 32 pre-norm layers of 1024/4096 with 8 heads, adaptive input
+    tied with the adaptive softmax, layerdrop 0.2, dropout 0.2, MemSizer with 32 slots, init scales 32/1."""
+    lm_attention_defaults(args, decoder_attention_type="memsizer", memsizer_self_slots=32,
+                          memsizer_q_init_scale=32.0, memsizer_kv_init_scale=1.0)
+    _defaults(args, decoder_layers=32, decoder_layerdrop=0.2, dropout=0.2)
+    transformer_lm_baevski_wiki103(args)
+    kvattn_lm_base(args)
+
+
+# --- tiny models for tests and the demo --------------------------------------------------------------------------
+def _tiny(args):
+    _defaults(args, encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_layers=2, encoder_attention_heads=4,
+              decoder_embed_dim=64, decoder_ffn_embed_dim=128, decoder_layers=2, decoder_attention_heads=4,
+              dropout=0.1)
+
+
+@register_model_architecture("kvattn_transformer", "kvattn_transformer_tiny")
+def kvattn_transformer_tiny(args):
+    """2+2 layers of 64/128 with 4 heads; softmax everywhere unless flags say otherwise."""
+    _tiny(args)
+    kvattn_transformer_base(args)
+
+
+@register_model_architecture("kvattn_transformer", "memsizer_tiny")
+def memsizer_tiny(args):
+    """kvattn_transformer_tiny with the paper's MT layout (MemSizer decoder self k=4, cross k=32)."""
+    attention_defaults(args, **MEMSIZER_MT)
+    kvattn_transformer_tiny(args)
+
+
+@register_model_architecture("kvattn_lm", "kvattn_lm_tiny")
+def kvattn_lm_tiny(args):
+    """2 layers of 64/128 with 4 heads; softmax unless --decoder-attention-type says otherwise."""
+    _tiny(args)
+    kvattn_lm_base(args)
+
+
+@register_model_architecture("kvattn_lm", "memsizer_lm_tiny")
+def memsizer_lm_tiny(args):
+    """kvattn_lm_tiny with MemSizer self-attention, 8 slots."""
+    lm_attention_defaults(args, decoder_attention_type="memsizer", memsizer_self_slots=8)
+    kvattn_lm_tiny(args)

@@ -1,0 +1,93 @@
+"""What every attention module of the plugin shares: fairseq's MultiheadAttention calling convention, its
+incremental-state buffer, and beam reordering.
+
+Subclasses implement `attend_self(x, pad, state)` (x batch first) for self-attention positions and
+`attend_cross(x, src, src_pad, state)` for cross-attention; `state` is the module's buffer in `incremental_state` (a
+dict of tensors with the batch first) or None when not decoding incrementally.
+"""
+from typing import Dict, Optional, Tuple
+
+from torch import Tensor, nn
+
+from fairseq.incremental_decoding_utils import with_incremental_state
+
+IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
+
+
+@with_incremental_state
+class KVAttentionBase(nn.Module):
+    # Cross-attention state keys that are one row per source sentence, not per hypothesis (see set_beam_size).
+    per_sentence_keys: Tuple[str, ...] = ()
+
+    def __init__(self, embed_dim: int, num_heads: int, position: str):
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads  # read by fairseq's decoder layer
+        self.position = position
+        self.causal = position == "decoder"
+        self.beam_size = 1
+
+    def extra_repr(self) -> str:
+        return f"position={self.position}, embed_dim={self.embed_dim}, heads={self.num_heads}"
+
+    def forward(self, query: Tensor, key: Optional[Tensor] = None, value: Optional[Tensor] = None,
+                key_padding_mask: Optional[Tensor] = None, incremental_state: Optional[IncrementalState] = None,
+                need_weights: bool = True, static_kv: bool = False, attn_mask: Optional[Tensor] = None,
+                before_softmax: bool = False, need_head_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """Time first like fairseq: query [T, B, C], key/value [S, B, C_k]; returns ([T, B, C], None).
+
+        `attn_mask` is ignored: causality is a property of the position (fairseq passes the future mask only
+        in training), and no weights are returned (the kinds here never form an attention matrix).
+        """
+        x = query.transpose(0, 1)
+        state = None
+        if incremental_state is not None:
+            state = self._get_input_buffer(incremental_state)
+        if self.position == "cross":
+            if key is None:
+                raise ValueError("cross-attention needs the encoder output as key")
+            out = self.attend_cross(x, key.transpose(0, 1), key_padding_mask, state)
+        else:
+            out = self.attend_self(x, key_padding_mask, state)
+        if incremental_state is not None and state is not None:
+            self._set_input_buffer(incremental_state, state)
+        return out.transpose(0, 1), None
+
+    def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no self-attention form")
+
+    def attend_cross(self, x: Tensor, src: Tensor, src_pad: Optional[Tensor],
+                     state: Optional[Dict[str, Tensor]]) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no cross-attention form")
+
+    # --- incremental state -------------------------------------------------------------------------------------
+    def _get_input_buffer(self, incremental_state: Optional[IncrementalState]) -> Dict[str, Optional[Tensor]]:
+        result = self.get_incremental_state(incremental_state, "attn_state")
+        return result if result is not None else {}
+
+    def _set_input_buffer(self, incremental_state: Optional[IncrementalState], buffer: Dict[str, Optional[Tensor]]):
+        return self.set_incremental_state(incremental_state, "attn_state", buffer)
+
+    def set_beam_size(self, beam_size: int) -> None:
+        self.beam_size = beam_size
+
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor):
+        """Select hypotheses: `new_order` may permute them and may be shorter (finished sentences dropped)."""
+        buffer = self._get_input_buffer(incremental_state)
+        if not buffer:
+            return incremental_state
+        for k, v in buffer.items():
+            if v is None:
+                continue
+            if k in self.per_sentence_keys and self.beam_size > 1:
+                # One row per sentence: beams of a sentence are contiguous in fairseq's search, so only dropped
+                # sentences change anything.
+                if v.size(0) * self.beam_size == new_order.numel():
+                    continue
+                buffer[k] = v.index_select(0, new_order.view(-1, self.beam_size)[:, 0] // self.beam_size)
+            else:
+                buffer[k] = v.index_select(0, new_order)
+        return self._set_input_buffer(incremental_state, buffer)

@@ -1,0 +1,212 @@
+"""The registry of attention kinds: which kinds exist, where each may sit, its own flags, and how to build it.
+
+A kind registers a builder with `register_attention_kind`; the models never name kinds themselves, so a new kind
+shows up in every position flag, architecture check, error message and benchmark by registering here.
+
+Positions:
+  encoder  encoder self-attention (non-causal)
+  decoder  decoder self-attention (causal; also the language model's only position)
+  cross    decoder attention over the encoder output
+"""
+import argparse
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from torch import nn
+
+POSITIONS = ("encoder", "decoder", "cross")
+POSITION_FLAGS = {
+    "encoder": "--encoder-attention-type",
+    "decoder": "--decoder-attention-type",
+    "cross": "--cross-attention-type",
+}
+POSITION_NAMES = {
+    "encoder": "encoder self-attention",
+    "decoder": "decoder self-attention",
+    "cross": "cross-attention",
+}
+DEFAULT_KIND = "softmax"
+
+
+class AttentionConfigError(ValueError):
+    """A bad attention setting; the message is one line and names the flag to fix."""
+
+
+def position_dest(position: str) -> str:
+    return POSITION_FLAGS[position][2:].replace("-", "_")
+
+
+@dataclass(frozen=True)
+class KindOption:
+    """A flag of one kind, e.g. --memsizer-self-slots.  Its default is applied by the architecture functions, never
+    by argparse, so that an architecture's own value is not silently overridden (fairseq model args SUPPRESS)."""
+
+    flag: str
+    default: Any
+    type: Callable[[str], Any]
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """Everything a builder needs to know about the place a module goes."""
+
+    position: str
+    embed_dim: int
+    num_heads: int
+    kdim: int
+    dropout: float
+    options: Dict[str, Any] = field(default_factory=dict)
+    max_source_positions: Optional[int] = None
+
+    @property
+    def causal(self) -> bool:
+        return self.position == "decoder"
+
+
+@dataclass(frozen=True)
+class AttentionKind:
+    name: str
+    build: Callable[[AttentionSite], nn.Module]
+    positions: Tuple[str, ...]
+    summary: str
+    options: Tuple[KindOption, ...] = ()
+    # Why the kind cannot sit at a position it does not support; shown in the error.
+    unsupported: Dict[str, str] = field(default_factory=dict)
+    # True when the decoding state does not grow with the number of generated tokens.
+    constant_state: bool = False
+
+
+ATTENTION_KINDS: Dict[str, AttentionKind] = {}
+
+
+def register_attention_kind(name: str, positions: Iterable[str], summary: str, options: Iterable[KindOption] = (),
+                            unsupported: Optional[Dict[str, str]] = None, constant_state: bool = False):
+    """Decorator for a builder `fn(site: AttentionSite) -> nn.Module` (a fairseq MultiheadAttention drop-in)."""
+    positions = tuple(positions)
+    bad = [p for p in positions if p not in POSITIONS]
+    if bad:
+        raise ValueError(f"unknown attention position(s) {bad}; expected some of {POSITIONS}")
+    if name in ATTENTION_KINDS:
+        raise ValueError(f"attention kind {name!r} is already registered")
+    taken = {o.flag for k in ATTENTION_KINDS.values() for o in k.options}
+    clash = [o.flag for o in options if o.flag in taken]
+    if clash:
+        raise ValueError(f"attention kind {name!r}: flags {clash} are already used by another kind")
+
+    def wrap(fn):
+        ATTENTION_KINDS[name] = AttentionKind(name, fn, positions, summary, tuple(options), dict(unsupported or {}),
+                                              constant_state)
+        return fn
+
+    return wrap
+
+
+def kinds_at(position: str) -> List[str]:
+    return sorted(k.name for k in ATTENTION_KINDS.values() if position in k.positions)
+
+
+def check_kind(position: str, value: Any) -> str:
+    """Return the kind name if it may sit at `position`, else raise AttentionConfigError naming the flag."""
+    flag = POSITION_FLAGS[position]
+    choices = ", ".join(kinds_at(position))
+    if value not in ATTENTION_KINDS:
+        raise AttentionConfigError(f"{flag}: unknown attention type {value!r}; choose one of: {choices}")
+    kind = ATTENTION_KINDS[value]
+    if position not in kind.positions:
+        why = kind.unsupported.get(position, "it is not implemented there")
+        raise AttentionConfigError(f"{flag}: {value!r} cannot be used for {POSITION_NAMES[position]}: {why}; "
+                                   f"choose one of: {choices}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
+    return value
+
+
+def _argparse_kind(position: str):
+    def parse(text: str) -> str:
+        try:
+            return check_kind(position, text)
+        except AttentionConfigError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1])
+
+    parse.__name__ = "attention type"
+    return parse
+
+
+def all_options() -> List[KindOption]:
+    return [o for k in ATTENTION_KINDS.values() for o in k.options]
+
+
+def add_attention_args(parser, positions: Iterable[str]) -> None:
+    """The position flags and every kind's own flags, all without argparse defaults (see KindOption)."""
+    for position in positions:
+        parser.add_argument(POSITION_FLAGS[position], type=_argparse_kind(position), metavar="KIND",
+                            help=f"attention for {POSITION_NAMES[position]}: {', '.join(kinds_at(position))} "
+                                 f"(default: the architecture's, else {DEFAULT_KIND})")
+    for opt in all_options():
+        parser.add_argument(opt.flag, type=opt.type, metavar="N", help=f"{opt.help} (default: {opt.default})")
+
+
+def apply_attention_defaults(args, positions: Iterable[str], **arch_defaults) -> None:
+    """Fill what the command line left unset: the architecture's values first, then each kind's defaults."""
+    for key, value in arch_defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    for position in positions:
+        if getattr(args, position_dest(position), None) is None:
+            setattr(args, position_dest(position), DEFAULT_KIND)
+    for opt in all_options():
+        if getattr(args, opt.dest, None) is None:
+            setattr(args, opt.dest, opt.default)
+
+
+def resolve_options(args, kind: AttentionKind) -> Dict[str, Any]:
+    """The kind's option values from args (defaults where absent), each re-checked: hydra and the Python API
+    bypass argparse."""
+    values = {}
+    for opt in kind.options:
+        raw = getattr(args, opt.dest, None)
+        if raw is None:
+            raw = opt.default
+        try:
+            values[opt.dest] = opt.type(str(raw)) if not isinstance(raw, bool) else raw
+        except argparse.ArgumentTypeError as e:
+            raise AttentionConfigError(f"{opt.flag}: {e}")
+    return values
+
+
+def attention_plan(args, positions: Iterable[str]) -> Dict[str, Tuple[str, Dict[str, Any]]]:
+    """Validate every position's kind and options: {position: (kind name, options)}."""
+    plan = {}
+    for position in positions:
+        name = getattr(args, position_dest(position), None) or DEFAULT_KIND
+        check_kind(position, name)
+        plan[position] = (name, resolve_options(args, ATTENTION_KINDS[name]))
+    return plan
+
+
+def build_attention(name: str, site: AttentionSite) -> nn.Module:
+    check_kind(site.position, name)
+    return ATTENTION_KINDS[name].build(site)

@@ -1,0 +1,158 @@
+"""MemSizer attention math (Zhang & Cai, EMNLP 2022), torch only.
+
+Notation (batch first):
+  p  [B, T, k]  read distribution over the k slots, already averaged over heads (see `slot_distribution`)
+  a  [B, S, k]  LayerNormed key features of the sources (W_l x), one weight per slot
+  u  [B, S, d]  LayerNormed values of the sources (W_r x)
+  pad [B, S]    True at padded positions; they contribute nothing and are not counted
+
+Non-causal: M = n^{-1/2} sum_i a_i u_i^T (k x d), out = M^T p.
+Causal:     out_t = t^{-1/2} (sum_{i<=t} a_i u_i^T)^T p_t, t counting the non-pad tokens so far.
+
+Running sums and counters are fp32 (the official code's fp16 counter stops at 2048); outputs come back in the
+input dtype.  Three implementations of the causal form agree: `causal_reference` (loops, the definition),
+`causal_parallel` (chunked, linear in T, the training path and prefill) and `causal_step` (one token).
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Positions per chunk of the parallel causal path: intra-chunk work is C x C, inter-chunk state is (T/C) x k x d.
+DEFAULT_CHUNK = 64
+
+State = Tuple[Tensor, Tensor]  # (S [B, k, d] fp32 unscaled running sum, count [B] int64)
+
+
+def _acc_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def slot_distribution(logits: Tensor, num_heads: int, dropout_p: float = 0.0, training: bool = False) -> Tensor:
+    """The lightweight multi-head read: [..., h*k] logits -> mean over heads of softmax over the k slots."""
+    shape = logits.shape
+    probs = torch.softmax(logits.view(*shape[:-1], num_heads, shape[-1] // num_heads).to(_acc_dtype(logits)), dim=-1)
+    if dropout_p > 0.0 and training:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    return probs.mean(dim=-2)
+
+
+def masked_keys(a: Tensor, pad: Optional[Tensor]) -> Tensor:
+    return a if pad is None else a.masked_fill(pad.unsqueeze(-1), 0.0)
+
+
+def memory(a: Tensor, u: Tensor, pad: Optional[Tensor] = None) -> Tensor:
+    """Non-causal memory M = n^{-1/2} sum_i a_i u_i^T, [B, k, d] in fp32; n is the true (non-pad) length."""
+    acc = _acc_dtype(a)
+    a = masked_keys(a, pad).to(acc)
+    if pad is None:
+        n = torch.full((a.shape[0],), a.shape[1], dtype=acc, device=a.device)
+    else:
+        n = (~pad).sum(dim=1).to(acc).clamp(min=1.0)
+    return torch.einsum("bsk,bsd->bkd", a, u.to(acc)) * n.rsqrt().view(-1, 1, 1)
+
+
+def read(p: Tensor, mem: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """out = M^T p for every query: p [B, T, k], M [B, k, d] -> [B, T, d]."""
+    return torch.bmm(p.to(mem.dtype), mem).to(out_dtype)
+
+
+def init_state(batch: int, slots: int, dim: int, device, dtype=torch.float32) -> State:
+    return (torch.zeros(batch, slots, dim, dtype=dtype, device=device),
+            torch.zeros(batch, dtype=torch.long, device=device))
+
+
+def causal_step(p: Tensor, a: Tensor, u: Tensor, state: Optional[State] = None,
+                pad: Optional[Tensor] = None) -> Tuple[Tensor, State]:
+    """One token: p [B, k], a [B, k], u [B, d], pad [B] -> out [B, d], new state."""
+    acc = _acc_dtype(a)
+    if state is None:
+        state = init_state(a.shape[0], a.shape[1], u.shape[1], a.device, acc)
+    s, count = state
+    a = a.to(acc)
+    if pad is not None:
+        a = a.masked_fill(pad.unsqueeze(-1), 0.0)
+        count = count + (~pad).long()
+    else:
+        count = count + 1
+    s = torch.baddbmm(s, a.unsqueeze(2), u.to(acc).unsqueeze(1))
+    out = torch.bmm(p.to(acc).unsqueeze(1), s).squeeze(1)
+    out = out * count.clamp(min=1).to(acc).rsqrt().unsqueeze(1)
+    return out.to(u.dtype), (s, count)
+
+
+def causal_parallel(p: Tensor, a: Tensor, u: Tensor, pad: Optional[Tensor] = None,
+                    state: Optional[State] = None, chunk: int = DEFAULT_CHUNK,
+                    return_state: bool = False) -> Tuple[Tensor, Optional[State]]:
+    """Whole sequence at once, O(T*C*(k+d) + T*k*d): p [B, T, k], a [B, T, k], u [B, T, d] -> out [B, T, d].
+
+    Within a chunk of C positions the causal sum is taken in its attention form (C x C); across chunks through
+    running states, so nothing T x T and no per-position k x d state is ever built.  `state` continues an earlier
+    call (prefill after a prompt); with `return_state` the final state is returned, equal to stepping.
+    """
+    bsz, tlen, k = a.shape
+    d = u.shape[-1]
+    acc = _acc_dtype(a)
+    out_dtype = u.dtype
+    p, a, u = p.to(acc), masked_keys(a, pad).to(acc), u.to(acc)
+    keep = torch.ones(bsz, tlen, dtype=acc, device=a.device) if pad is None else (~pad).to(acc)
+    s0, c0 = state if state is not None else (None, None)
+
+    c = max(1, min(chunk, tlen))
+    n = (tlen + c - 1) // c
+    padded = n * c
+    if padded != tlen:
+        extra = padded - tlen
+        p, a, u = (F.pad(x, (0, 0, 0, extra)) for x in (p, a, u))
+    pc, ac, uc = p.view(bsz, n, c, k), a.view(bsz, n, c, k), u.view(bsz, n, c, d)
+
+    chunk_sums = torch.einsum("bnck,bncd->bnkd", ac, uc)
+    before = torch.cumsum(chunk_sums, dim=1) - chunk_sums  # exclusive: the state entering each chunk
+    if s0 is not None:
+        before = before + s0.to(acc).unsqueeze(1)
+    inter = torch.einsum("bnck,bnkd->bncd", pc, before)
+    scores = torch.einsum("bnck,bnjk->bncj", pc, ac)
+    causal_mask = torch.ones(c, c, dtype=torch.bool, device=a.device).tril()
+    intra = torch.einsum("bncj,bnjd->bncd", scores.masked_fill(~causal_mask, 0.0), uc)
+    out = (inter + intra).reshape(bsz, padded, d)[:, :tlen]
+
+    count = torch.cumsum(keep, dim=1)
+    if c0 is not None:
+        count = count + c0.to(acc).unsqueeze(1)
+    out = out * count.clamp(min=1.0).rsqrt().unsqueeze(-1)
+
+    new_state = None
+    if return_state:
+        total = chunk_sums.sum(dim=1)
+        s_last = total if s0 is None else s0.to(acc) + total
+        c_last = keep.sum(dim=1).long() + (c0 if c0 is not None else 0)
+        new_state = (s_last, c_last)
+    return out.to(out_dtype), new_state
+
+
+def causal_reference(p: Tensor, a: Tensor, u: Tensor, pad: Optional[Tensor] = None) -> Tensor:
+    """The definition, position by position (slow; for tests)."""
+    bsz, tlen, k = a.shape
+    out = torch.zeros(bsz, tlen, u.shape[-1], dtype=torch.float64, device=a.device)
+    for b in range(bsz):
+        mem = torch.zeros(k, u.shape[-1], dtype=torch.float64, device=a.device)
+        n = 0
+        for t in range(tlen):
+            if pad is None or not bool(pad[b, t]):
+                mem = mem + torch.outer(a[b, t].double(), u[b, t].double())
+                n += 1
+            out[b, t] = (mem / max(n, 1) ** 0.5).t() @ p[b, t].double()
+    return out.to(u.dtype)
+
+
+def noncausal_reference(p: Tensor, a: Tensor, u: Tensor, pad: Optional[Tensor] = None) -> Tensor:
+    """The definition of the non-causal read, query by query (slow; for tests)."""
+    bsz, tlen, _ = p.shape
+    out = torch.zeros(bsz, tlen, u.shape[-1], dtype=torch.float64, device=a.device)
+    for b in range(bsz):
+        idx = [i for i in range(a.shape[1]) if pad is None or not bool(pad[b, i])]
+        mem = sum(torch.outer(a[b, i].double(), u[b, i].double()) for i in idx) / max(len(idx), 1) ** 0.5
+        for t in range(tlen):
+            out[b, t] = mem.t() @ p[b, t].double()
+    return out.to(u.dtype)
