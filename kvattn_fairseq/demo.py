@@ -1,0 +1,116 @@
+"""`make demo`: MemSizer against fairseq's vanilla transformer of the same size, on generated data, on CPU.
+
+Generates a sequence-reversal translation task, binarizes it with fairseq-preprocess, trains a MemSizer model
+(softmax encoder, MemSizer decoder: the paper's MT layout) and fairseq's own `transformer` with the same sizes and
+settings through fairseq-train, decodes both with fairseq-generate --beam 4 and prints sacreBLEU and decoding
+speed side by side.  Everything goes through the real fairseq command-line tools.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sacrebleu.metrics import BLEU
+
+from . import USER_DIR, toydata
+
+BIN = Path(sys.executable).parent
+SIZE = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
+        "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128", "--encoder-attention-heads", "4",
+        "--decoder-attention-heads", "4", "--dropout", "0.1"]
+MODELS = {
+    "vanilla transformer": ["--arch", "transformer"],
+    "MemSizer decoder": ["--arch", "memsizer_tiny", "--memsizer-self-slots", "4", "--memsizer-cross-slots", "32"],
+}
+VALID = re.compile(r"\| valid \| epoch (\d+) .*?\| loss ([\d.]+)")
+
+
+def run(cmd, log_path: Path, show=None) -> str:
+    """Run a fairseq tool, keep its full log, and echo the lines that show progress."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    lines = []
+    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
+            [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            lines.append(line)
+            valid = VALID.search(line)
+            if valid:
+                print(f"    epoch {valid.group(1)}: valid loss {valid.group(2)}", flush=True)
+            elif show is not None and show.search(line):
+                print("    " + line.rstrip().split(":", 2)[-1], flush=True)
+    if proc.returncode != 0:
+        sys.exit(f"demo: {Path(cmd[0]).name} failed (exit {proc.returncode}); see {log_path}")
+    return "".join(lines)
+
+
+def hypotheses(generate_log: str):
+    hyps = {}
+    for line in generate_log.splitlines():
+        if line.startswith("H-"):
+            head, _, text = (line.split("\t") + [""])[:3]
+            hyps[int(head[2:])] = text
+    return [hyps[i] for i in sorted(hyps)]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m kvattn_fairseq.demo", description=__doc__)
+    parser.add_argument("--workdir", default="demo_out", help="where data, checkpoints and logs go")
+    parser.add_argument("--epochs", type=int, default=40, help="training epochs per model")
+    parser.add_argument("--train-size", type=int, default=4000, help="training sentence pairs")
+    args = parser.parse_args(argv)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    print(f"[1/4] generating a reversal task ({args.train_size} training pairs) in {work}/raw", flush=True)
+    raw = Path(toydata.write_reverse(str(work / "raw"), train=args.train_size, valid=300, test=500,
+                                     min_len=3, max_len=15))
+    print("[2/4] fairseq-preprocess", flush=True)
+    data = work / "bin"
+    run([BIN / "fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", raw / "train",
+         "--validpref", raw / "valid", "--testpref", raw / "test", "--destdir", data, "--joined-dictionary",
+         "--workers", "2"], work / "preprocess.log")
+    refs = (raw / "test.tgt").read_text(encoding="utf-8").splitlines()
+
+    results = {}
+    for name, arch in MODELS.items():
+        save = work / ("ckpt_" + name.split()[0].lower())
+        print(f"[3/4] fairseq-train {name} ({args.epochs} epochs)", flush=True)
+        t0 = time.time()
+        run([BIN / "fairseq-train", data, "--user-dir", USER_DIR, *arch, *SIZE, "--share-all-embeddings",
+             "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "1e-2", "--lr-scheduler", "inverse_sqrt",
+             "--warmup-updates", "100", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+             "--max-tokens", "2000", "--max-epoch", args.epochs, "--cpu", "--seed", "1", "--save-dir", save,
+             "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "1000"],
+            work / f"train_{save.name}.log")
+        train_s = time.time() - t0
+        print(f"[4/4] fairseq-generate --beam 4 {name}", flush=True)
+        log = run([BIN / "fairseq-generate", data, "--user-dir", USER_DIR, "--path", save / "checkpoint_best.pt",
+                   "--beam", "4", "--batch-size", "64", "--cpu"], work / f"generate_{save.name}.log",
+                  show=re.compile("Translated"))
+        hyps = hypotheses(log)
+        speed = re.search(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s, "
+                          r"([\d.]+) tokens/s\)", log)
+        metric = BLEU()
+        bleu = metric.corpus_score(hyps, [refs])
+        results[name] = {"sacrebleu": round(bleu.score, 2), "signature": str(metric.get_signature()),
+                         "sentences": len(hyps), "decode_sentences_per_s": float(speed.group(4)),
+                         "decode_tokens_per_s": float(speed.group(5)), "train_seconds": round(train_s, 1)}
+
+    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"\nReversal task, {len(refs)} test sentences, beam 4, CPU, {time.time() - started:.0f}s in all")
+    print(f"{'model':<22}{'sacreBLEU':>10}{'sent/s':>9}{'tok/s':>9}{'train s':>9}")
+    for name, r in results.items():
+        print(f"{name:<22}{r['sacrebleu']:>10.1f}{r['decode_sentences_per_s']:>9.1f}"
+              f"{r['decode_tokens_per_s']:>9.0f}{r['train_seconds']:>9.0f}")
+    print(f"sacreBLEU signature: {next(iter(results.values()))['signature']}")
+    print(f"results: {work / 'results.json'}; logs and checkpoints: {work}/")
+
+
+if __name__ == "__main__":
+    main()

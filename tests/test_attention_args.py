@@ -1,0 +1,107 @@
+"""Bad attention settings fail before anything is built or written, with one line naming the flag."""
+import argparse
+
+import pytest
+from omegaconf import OmegaConf
+
+from kvattn_fairseq.modules import ATTENTION_KINDS, AttentionConfigError, MemSizerAttention, register_attention_kind
+from kvattn_fairseq.modules.registry import check_kind
+
+from conftest import USER_DIR, DummyTask, make_dictionary, parse_model_args, run_cli
+
+from fairseq.models import ARCH_MODEL_REGISTRY
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--decoder-attention-type", "nope"], "argument --decoder-attention-type: unknown attention type 'nope'"),
+    (["--cross-attention-type", "MemSizer"], "argument --cross-attention-type: unknown attention type"),
+    (["--memsizer-self-slots", "0"], "argument --memsizer-self-slots: expected a positive integer, got 0"),
+    (["--memsizer-cross-slots", "-3"], "argument --memsizer-cross-slots: expected a positive integer, got -3"),
+    (["--memsizer-encoder-slots", "four"], "argument --memsizer-encoder-slots: expected a positive integer"),
+    (["--memsizer-q-init-scale", "0"], "argument --memsizer-q-init-scale: expected a positive finite number"),
+])
+def test_parser_rejects_bad_values(flags, expected, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_model_args("memsizer_tiny", *flags)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert expected in err
+
+
+def test_kind_at_a_position_it_cannot_take():
+    @register_attention_kind("encoder_only_test", positions=("encoder",), summary="test kind",
+                             unsupported={"decoder": "it is not causal"})
+    def build(site):
+        raise AssertionError("never built")
+
+    try:
+        with pytest.raises(AttentionConfigError, match=r"^--decoder-attention-type: 'encoder_only_test' cannot be "
+                                                        r"used for decoder self-attention: it is not causal"):
+            check_kind("decoder", "encoder_only_test")
+        with pytest.raises(AttentionConfigError, match="^--cross-attention-type: 'encoder_only_test' cannot"):
+            check_kind("cross", "encoder_only_test")
+        assert check_kind("encoder", "encoder_only_test") == "encoder_only_test"
+        with pytest.raises(SystemExit):
+            parse_model_args("kvattn_transformer_tiny", "--decoder-attention-type", "encoder_only_test")
+    finally:
+        del ATTENTION_KINDS["encoder_only_test"]
+
+
+def test_registry_refuses_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        register_attention_kind("memsizer", positions=("encoder",), summary="again")(lambda site: None)
+    with pytest.raises(ValueError, match="unknown attention position"):
+        register_attention_kind("x_test", positions=("middle",), summary="x")(lambda site: None)
+
+
+def _namespace(**over):
+    args = parse_model_args("memsizer_tiny")
+    for k, v in over.items():
+        setattr(args, k, v)
+    return args
+
+
+@pytest.mark.parametrize("over,flag", [({"memsizer_self_slots": 0}, "--memsizer-self-slots"),
+                                       ({"decoder_attention_type": "bogus"}, "--decoder-attention-type"),
+                                       ({"memsizer_kv_init_scale": -1.0}, "--memsizer-kv-init-scale")])
+def test_python_api_and_hydra_values_are_checked_at_build(over, flag):
+    """Values that bypass argparse (hydra configs, the Python API) are checked before any module is built."""
+    args = _namespace(**over)
+    with pytest.raises(AttentionConfigError, match=f"^{flag}: "):
+        ARCH_MODEL_REGISTRY["memsizer_tiny"].build_model(args, DummyTask(make_dictionary()))
+
+
+def test_build_from_dictconfig_keeps_the_attention_settings():
+    """hydra hands models a DictConfig; fairseq's TransformerConfig would drop unknown keys from one."""
+    args = OmegaConf.create(vars(_namespace(memsizer_self_slots=5)))
+    model = ARCH_MODEL_REGISTRY["memsizer_tiny"].build_model(args, DummyTask(make_dictionary()))
+    m = model.decoder.layers[0].self_attn
+    assert isinstance(m, MemSizerAttention) and m.slots == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags,expected", [
+    (["--decoder-attention-type", "nope"], "--decoder-attention-type: unknown attention type 'nope'"),
+    (["--memsizer-self-slots", "0"], "--memsizer-self-slots: expected a positive integer, got 0"),
+    (["--cross-self-attention"], "--cross-self-attention: only supported with softmax attention everywhere"),
+])
+def test_cli_errors_are_one_line_and_nothing_is_written(tmp_path, flags, expected):
+    data = tmp_path / "no-data-needed"
+    save = tmp_path / "ckpt"
+    proc = run_cli("fairseq-train", data, "--user-dir", USER_DIR,
+                   "--arch", "memsizer_tiny", "--task", "translation", "--cpu", "--save-dir", save, *flags,
+                   check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and "INFO" not in l and "Warning" not in l]
+    assert expected in lines[-1]
+    assert "Traceback" not in proc.stderr
+    assert not save.exists()
+
+
+def test_argparse_type_names_in_help():
+    parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
+    ARCH_MODEL_REGISTRY["memsizer_tiny"].add_args(parser)
+    text = parser.format_help()
+    for flag in ("--encoder-attention-type", "--decoder-attention-type", "--cross-attention-type",
+                 "--memsizer-self-slots", "--memsizer-cross-slots", "--memsizer-q-init-scale"):
+        assert flag in text

@@ -1,0 +1,101 @@
+"""End to end through the real fairseq CLI on toy data: preprocess -> train -> generate (beam 4, every sentence
+out) -> interactive -> checkpoint reload / resume; and for the LM: train -> eval-lm."""
+import re
+
+import pytest
+import torch
+
+from fairseq import checkpoint_utils
+
+from kvattn_fairseq.modules import MemSizerAttention
+
+import fairseq_runs as runs
+
+pytestmark = pytest.mark.slow
+EVERYWHERE = ("--encoder-attention-type", "memsizer", "--decoder-attention-type", "memsizer",
+              "--cross-attention-type", "memsizer")
+
+
+@pytest.fixture(scope="module")
+def reverse_bin(tmp_path_factory):
+    return runs.prepare_reverse(tmp_path_factory.mktemp("reverse"))
+
+
+@pytest.fixture(scope="module")
+def memsizer_run(reverse_bin, tmp_path_factory):
+    save = tmp_path_factory.mktemp("memsizer_ckpt")
+    log = runs.train_translation(reverse_bin, save, "memsizer_tiny", "--num-workers", "2")
+    return save, log
+
+
+def test_training_uses_memsizer_and_learns_reversal(memsizer_run, reverse_bin):
+    save, log = memsizer_run
+    assert "MemSizerAttention" in log
+    hyps = runs.generate(reverse_bin, save / "checkpoint_last.pt", "--batch-size", "32")
+    raw = reverse_bin.parent / "raw"
+    refs, srcs = runs.read_lines(raw / "test.tgt"), runs.read_lines(raw / "test.src")
+    score = runs.bleu([hyps[i] for i in range(len(refs))], refs)
+    chance = runs.bleu(srcs, refs)  # the same symbols in the wrong order
+    assert chance < 15
+    assert score > chance + 30, f"sacreBLEU {score:.1f} vs {chance:.1f} for copying the source"
+
+
+def test_generate_prints_every_sentence_and_batching_does_not_change_results(memsizer_run, reverse_bin):
+    save, _ = memsizer_run
+    ckpt = save / "checkpoint_best.pt"
+    # default batching: --required-batch-size-multiple 8 made fairseq main drop the last batch (96 of 100)
+    by_tokens = runs.generate(reverse_bin, ckpt, "--max-tokens", "600")
+    assert sorted(by_tokens) == list(range(100))
+    one_by_one = runs.generate(reverse_bin, ckpt, "--batch-size", "1")
+    batched = runs.generate(reverse_bin, ckpt, "--batch-size", "37")
+    assert one_by_one == batched == by_tokens  # beam search reorders and shrinks the batch: state must follow
+
+
+def test_interactive(memsizer_run, reverse_bin):
+    save, _ = memsizer_run
+    lines = ["a b c d e", "q r s", "t s a b c d e f"]
+    out = runs.interactive(reverse_bin, save / "checkpoint_best.pt", lines)
+    assert len(out) == 3 and all(out)
+    assert out[1].split()[0] == "s"  # the learnt reversal starts with the last symbol
+
+
+def test_checkpoint_reload_and_resume(memsizer_run, reverse_bin, tmp_path):
+    save, _ = memsizer_run
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(save / "checkpoint_last.pt")], arg_overrides={"data": str(reverse_bin)})
+    dec = models[0].decoder.layers[0]
+    assert isinstance(dec.self_attn, MemSizerAttention) and dec.self_attn.slots == 4
+    assert isinstance(dec.encoder_attn, MemSizerAttention) and dec.encoder_attn.slots == 32
+    # the same command with one more epoch resumes after the 40 epochs (400 updates) of checkpoint_last.pt
+    resumed = tmp_path / "resume"
+    resumed.mkdir()
+    (resumed / "checkpoint_last.pt").write_bytes((save / "checkpoint_last.pt").read_bytes())
+    log = runs.train_translation(reverse_bin, resumed, "memsizer_tiny", "--num-workers", "2", epochs=41)
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch 41 @ 400 updates\)", log), log[-3000:]
+    assert "epoch 041" in log
+
+
+def test_memsizer_in_every_position_trains_and_decodes(reverse_bin, tmp_path):
+    runs.train_translation(reverse_bin, tmp_path, "kvattn_transformer_tiny", *EVERYWHERE, epochs=2)
+    hyps = runs.generate(reverse_bin, tmp_path / "checkpoint_last.pt", "--max-tokens", "500")
+    assert sorted(hyps) == list(range(100))
+
+
+@pytest.fixture(scope="module")
+def lm_bin(tmp_path_factory):
+    return runs.prepare_lm(tmp_path_factory.mktemp("lm"))
+
+
+def test_lm_train_and_eval_lm(lm_bin, tmp_path):
+    log = runs.train_lm(lm_bin, tmp_path, "memsizer_lm_tiny", "--num-workers", "2", epochs=16)
+    assert "MemSizerAttention" in log
+    lines = runs.read_lines(lm_bin.parent / "lmraw" / "test.txt")
+    expected_tokens = sum(len(l.split()) + 1 for l in lines)  # + end of sentence
+    result = runs.eval_lm(lm_bin, tmp_path / "checkpoint_best.pt", "--sample-break-mode", "eos")
+    assert result["tokens"] == expected_tokens  # no sentence lost to batching
+    uniform = 20 + 2  # 20 symbols, '|', eos: half of each line is random, the other half is determined
+    assert result["ppl"] < 0.75 * uniform, result
+    windowed = runs.eval_lm(lm_bin, tmp_path / "checkpoint_best.pt", "--tokens-per-sample", "64",
+                            "--context-window", "32")
+    assert windowed["ppl"] < 0.75 * uniform
+    torch.testing.assert_close(torch.tensor(float(windowed["tokens"])), torch.tensor(float(expected_tokens)))
