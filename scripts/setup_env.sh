@@ -26,7 +26,7 @@ if "$PY" -c 'import torch' 2>/dev/null; then
   say "keeping installed torch $("$PY" -c 'import torch; print(torch.__version__)')"
 else
   say "installing torch==$TORCH_VERSION"
-  "$PY" -m pip install -q "torch==$TORCH_VERSION"
+  "$PY" -m pip install -q "torch==$TORCH_VERSION" "numpy>=2,<3"
 fi
 # Pin whatever torch is there so nothing below can swap it for another build.
 CONSTRAINTS=$(mktemp); trap 'rm -f "$CONSTRAINTS"' EXIT
