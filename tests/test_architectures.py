@@ -128,3 +128,47 @@ def test_memsizer_decoder_has_fewer_parameters_than_softmax():
     n = lambda m: sum(p.numel() for p in m.decoder.parameters())  # noqa: E731
     assert n(memsizer) < n(vanilla)
     assert n(vanilla) - n(memsizer) == 6 * (2 * 4_198_400 - 1_121_356 - 1_609_312)
+
+
+@pytest.mark.parametrize("kind,cls", [("kv", "KVAttention"), ("kv_asym", "KVAttention"),
+                                      ("softmax", "MultiheadAttention")])
+def test_kv_synthetic_and_multi30k(kind, cls):
+    import kvattn_fairseq.modules as kinds
+
+    expected = getattr(kinds, cls, MultiheadAttention)
+    small = build_model(f"{kind}_synthetic")
+    check_layers(small.encoder.layers, "self_attn", expected, 64, 4)
+    check_layers(small.decoder.layers, "self_attn", expected, 64, 4)
+    check_layers(small.decoder.layers, "encoder_attn", MultiheadAttention, 64, 4)
+    assert len(small.encoder.layers) == 2 and small.encoder.layers[0].fc1.out_features == 128
+    mt = build_on_meta(f"{kind}_multi30k")
+    check_layers(mt.encoder.layers, "self_attn", expected, 256, 4)
+    assert mt.encoder.layers[0].normalize_before and mt.decoder.layers[0].normalize_before
+    if kind == "kv_asym":
+        assert small.encoder.layers[0].self_attn.pos_channels == 10
+
+
+def test_kv_saves_the_query_projection():
+    n = lambda m: sum(p.numel() for p in m.encoder.layers[0].self_attn.parameters())  # noqa: E731
+    assert n(build_model("softmax_synthetic")) - n(build_model("kv_synthetic")) == 64 * 64 + 64
+
+
+def test_linear_time_encoder_architectures():
+    from kvattn_fairseq.modules import FactorizedAttention, LinearAttention, LinformerAttention
+
+    lin = build_on_meta("linformer_encoder_base")
+    check_layers(lin.encoder.layers, "self_attn", LinformerAttention, 512, 8)
+    assert lin.encoder.layers[0].self_attn.compressed == 256
+    assert lin.encoder.layers[0].self_attn.max_positions == 1024
+    check_layers(lin.decoder.layers, "self_attn", MultiheadAttention, 512, 8)
+    fact = build_on_meta("factorized_encoder_base")
+    check_layers(fact.encoder.layers, "self_attn", FactorizedAttention, 512, 8)
+    check_layers(fact.decoder.layers, "self_attn", MultiheadAttention, 512, 8)
+    everywhere = build_on_meta("factorized_base")
+    check_layers(everywhere.decoder.layers, "self_attn", FactorizedAttention, 512, 8)
+    check_layers(everywhere.decoder.layers, "encoder_attn", FactorizedAttention, 512, 8)
+    linear = build_on_meta("linear_base")
+    check_layers(linear.decoder.layers, "encoder_attn", LinearAttention, 512, 8)
+    # factorized has no projection dimension: the same parameters as softmax attention
+    n = lambda layer: sum(p.numel() for p in layer.self_attn.parameters())  # noqa: E731
+    assert n(fact.encoder.layers[0]) == n(fact.decoder.layers[0])

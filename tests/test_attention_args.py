@@ -2,6 +2,7 @@
 import argparse
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from kvattn_fairseq.modules import ATTENTION_KINDS, AttentionConfigError, MemSizerAttention, register_attention_kind
@@ -84,6 +85,12 @@ def test_build_from_dictconfig_keeps_the_attention_settings():
     (["--decoder-attention-type", "nope"], "--decoder-attention-type: unknown attention type 'nope'"),
     (["--memsizer-self-slots", "0"], "--memsizer-self-slots: expected a positive integer, got 0"),
     (["--cross-self-attention"], "--cross-self-attention: only supported with softmax attention everywhere"),
+    (["--decoder-attention-type", "linformer"],
+     "--decoder-attention-type: 'linformer' cannot be used for decoder self-attention: Linformer compresses along "
+     "positions, so every output would see future tokens; it cannot be causal"),
+    (["--cross-attention-type", "kv"], "--cross-attention-type: 'kv' cannot be used for cross-attention: a "
+                                       "query-less attention takes each query from its own key"),
+    (["--linformer-k", "0"], "--linformer-k: expected a positive integer, got 0"),
 ])
 def test_cli_errors_are_one_line_and_nothing_is_written(tmp_path, flags, expected):
     data = tmp_path / "no-data-needed"
@@ -105,3 +112,14 @@ def test_argparse_type_names_in_help():
     for flag in ("--encoder-attention-type", "--decoder-attention-type", "--cross-attention-type",
                  "--memsizer-self-slots", "--memsizer-cross-slots", "--memsizer-q-init-scale"):
         assert flag in text
+
+
+def test_linformer_refuses_a_source_longer_than_its_projections():
+    from kvattn_fairseq.modules import LinformerAttention
+
+    m = LinformerAttention(8, 2, "encoder", max_positions=6, compressed=3)
+    x = torch.randn(7, 1, 8)
+    with pytest.raises(ValueError, match="a source of 7 tokens is longer than the 6 positions"):
+        m(x, x, x)
+    with pytest.raises(ValueError, match="cannot be causal"):
+        LinformerAttention(8, 2, "decoder", max_positions=6, compressed=3)

@@ -7,13 +7,11 @@ import torch
 
 from fairseq import checkpoint_utils
 
-from kvattn_fairseq.modules import MemSizerAttention
+from kvattn_fairseq.modules import ATTENTION_KINDS, POSITION_FLAGS, MemSizerAttention
 
 import fairseq_runs as runs
 
 pytestmark = pytest.mark.slow
-EVERYWHERE = ("--encoder-attention-type", "memsizer", "--decoder-attention-type", "memsizer",
-              "--cross-attention-type", "memsizer")
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +73,11 @@ def test_checkpoint_reload_and_resume(memsizer_run, reverse_bin, tmp_path):
     assert "epoch 041" in log
 
 
-def test_memsizer_in_every_position_trains_and_decodes(reverse_bin, tmp_path):
-    runs.train_translation(reverse_bin, tmp_path, "kvattn_transformer_tiny", *EVERYWHERE, epochs=2)
+@pytest.mark.parametrize("kind", sorted(ATTENTION_KINDS))
+def test_every_kind_trains_and_decodes_at_every_position(kind, reverse_bin, tmp_path):
+    flags = [f for p in ATTENTION_KINDS[kind].positions for f in (POSITION_FLAGS[p], kind)]
+    log = runs.train_translation(reverse_bin, tmp_path, "kvattn_transformer_tiny", *flags, epochs=2)
+    assert "loss" in log
     hyps = runs.generate(reverse_bin, tmp_path / "checkpoint_last.pt", "--max-tokens", "500")
     assert sorted(hyps) == list(range(100))
 

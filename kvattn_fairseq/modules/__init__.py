@@ -1,11 +1,16 @@
 """Attention kinds: importing this package registers every kind."""
-from . import softmax_attention, memsizer_attention  # noqa: F401  (registration)
+from . import (kv_attention, linear_attention, linformer_attention, memsizer_attention,  # noqa: F401
+               softmax_attention)
 from .base import KVAttentionBase
+from .kv_attention import KVAttention
+from .linear_attention import FactorizedAttention, LinearAttention
+from .linformer_attention import LinformerAttention
 from .memsizer_attention import MemSizerAttention
 from .registry import (ATTENTION_KINDS, POSITION_FLAGS, POSITIONS, AttentionConfigError, AttentionSite,
                        add_attention_args, apply_attention_defaults, attention_plan, build_attention, kinds_at,
                        register_attention_kind)
 
 __all__ = ["ATTENTION_KINDS", "POSITIONS", "POSITION_FLAGS", "AttentionConfigError", "AttentionSite",
-           "KVAttentionBase", "MemSizerAttention", "add_attention_args", "apply_attention_defaults",
-           "attention_plan", "build_attention", "kinds_at", "register_attention_kind"]
+           "FactorizedAttention", "KVAttention", "KVAttentionBase", "LinearAttention", "LinformerAttention",
+           "MemSizerAttention", "add_attention_args", "apply_attention_defaults", "attention_plan",
+           "build_attention", "kinds_at", "register_attention_kind"]

@@ -5,7 +5,7 @@ Subclasses implement `attend_self(x, pad, state)` (x batch first) for self-atten
 `attend_cross(x, src, src_pad, state)` for cross-attention; `state` is the module's buffer in `incremental_state` (a
 dict of tensors with the batch first) or None when not decoding incrementally.
 """
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -14,11 +14,11 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
+PER_SENTENCE = "_per_sentence"  # suffix of state entries kept once per source sentence under beam search
+
+
 @with_incremental_state
 class KVAttentionBase(nn.Module):
-    # Cross-attention state keys that are one row per source sentence, not per hypothesis (see set_beam_size).
-    per_sentence_keys: Tuple[str, ...] = ()
-
     def __init__(self, embed_dim: int, num_heads: int, position: str):
         super().__init__()
         if embed_dim % num_heads != 0:
@@ -63,6 +63,35 @@ class KVAttentionBase(nn.Module):
                      state: Optional[Dict[str, Tensor]]) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no cross-attention form")
 
+    # --- helpers for the kinds -----------------------------------------------------------------------------------
+    def split_heads(self, x: Tensor) -> Tensor:
+        """[B, T, H * d] -> [B, H, T, d]"""
+        return x.view(x.size(0), x.size(1), self.num_heads, -1).transpose(1, 2)
+
+    def merge_heads(self, x: Tensor) -> Tensor:
+        """[B, H, T, d] -> [B, T, H * d]"""
+        return x.transpose(1, 2).reshape(x.size(0), x.size(2), -1)
+
+    def static_memory(self, state: Optional[Dict[str, Tensor]], name: str, src: Tensor, src_pad: Optional[Tensor],
+                      build: Callable[[Tensor, Optional[Tensor]], Tensor]) -> Tensor:
+        """A cross-attention memory built from the encoder output, cached on the first decoding step.
+
+        Under fairseq's beam search (set_beam_size > 1) all beams of a sentence get the same encoder output, so the
+        memory is built and kept once per sentence, like fairseq's beamable MultiheadAttention; its batch is then
+        the number of sentences, and `x.size(0) // mem.size(0)` hypotheses share each row.
+        """
+        if state is None:
+            return build(src, src_pad)
+        for key in (name + PER_SENTENCE, name):
+            if key in state:
+                return state[key]
+        beam = self.beam_size
+        if beam > 1 and src.size(0) % beam == 0:
+            state[name + PER_SENTENCE] = build(src[::beam], None if src_pad is None else src_pad[::beam])
+            return state[name + PER_SENTENCE]
+        state[name] = build(src, src_pad)
+        return state[name]
+
     # --- incremental state -------------------------------------------------------------------------------------
     def _get_input_buffer(self, incremental_state: Optional[IncrementalState]) -> Dict[str, Optional[Tensor]]:
         result = self.get_incremental_state(incremental_state, "attn_state")
@@ -82,7 +111,7 @@ class KVAttentionBase(nn.Module):
         for k, v in buffer.items():
             if v is None:
                 continue
-            if k in self.per_sentence_keys and self.beam_size > 1:
+            if k.endswith(PER_SENTENCE) and self.beam_size > 1:
                 # One row per sentence: beams of a sentence are contiguous in fairseq's search, so only dropped
                 # sentences change anything.
                 if v.size(0) * self.beam_size == new_order.numel():

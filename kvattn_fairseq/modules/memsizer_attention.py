@@ -15,8 +15,6 @@ from .registry import AttentionSite, KindOption, positive_float, positive_int, r
 
 
 class MemSizerAttention(KVAttentionBase):
-    per_sentence_keys = ("memory_per_sentence",)
-
     def __init__(self, embed_dim: int, num_heads: int, slots: int, position: str, kdim: Optional[int] = None,
                  dropout: float = 0.0, q_init_scale: float = 8.0, kv_init_scale: float = 8.0,
                  chunk: int = ops.DEFAULT_CHUNK):
@@ -72,21 +70,10 @@ class MemSizerAttention(KVAttentionBase):
     def attend_cross(self, x: Tensor, src: Tensor, src_pad: Optional[Tensor],
                      state: Optional[Dict[str, Tensor]]) -> Tensor:
         p = self.read_weights(x)
-        if state is None:
-            return ops.read(p, self._memory(src, src_pad), x.dtype)
-        bsz = x.size(0)
-        if "memory_per_sentence" in state or ("memory" not in state and self.beam_size > 1
-                                              and bsz % self.beam_size == 0 and src.size(0) == bsz):
-            # fairseq's search hands every beam the same encoder output: build and keep one memory per sentence.
-            if "memory_per_sentence" not in state:
-                state["memory_per_sentence"] = self._memory(
-                    src[:: self.beam_size], None if src_pad is None else src_pad[:: self.beam_size])
-            mem = state["memory_per_sentence"]
-            out = ops.read(p.reshape(mem.size(0), -1, p.size(-1)), mem, x.dtype)
-            return out.view(bsz, x.size(1), -1)
-        if "memory" not in state:
-            state["memory"] = self._memory(src, src_pad)
-        return ops.read(p, state["memory"], x.dtype)
+        mem = self.static_memory(state, "memory", src, src_pad, self._memory)
+        # one memory row may serve several hypotheses (beam search): fold them into its query axis
+        out = ops.read(p.reshape(mem.size(0), -1, p.size(-1)), mem, x.dtype)
+        return out.view(x.size(0), x.size(1), -1)
 
     def _memory(self, src: Tensor, src_pad: Optional[Tensor]) -> Tensor:
         a, u = self.keys_values(src)

@@ -19,14 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Positions per chunk of the parallel causal path: intra-chunk work is C x C, inter-chunk state is (T/C) x k x d.
-DEFAULT_CHUNK = 64
+from .linear_scan import DEFAULT_CHUNK, acc_dtype as _acc_dtype, causal_dot_product, dot_product_step
 
 State = Tuple[Tensor, Tensor]  # (S [B, k, d] fp32 unscaled running sum, count [B] int64)
-
-
-def _acc_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def slot_distribution(logits: Tensor, num_heads: int, dropout_p: float = 0.0, training: bool = False) -> Tensor:
@@ -58,77 +53,39 @@ def read(p: Tensor, mem: Tensor, out_dtype: torch.dtype) -> Tensor:
     return torch.bmm(p.to(mem.dtype), mem).to(out_dtype)
 
 
-def init_state(batch: int, slots: int, dim: int, device, dtype=torch.float32) -> State:
-    return (torch.zeros(batch, slots, dim, dtype=dtype, device=device),
-            torch.zeros(batch, dtype=torch.long, device=device))
-
-
 def causal_step(p: Tensor, a: Tensor, u: Tensor, state: Optional[State] = None,
                 pad: Optional[Tensor] = None) -> Tuple[Tensor, State]:
     """One token: p [B, k], a [B, k], u [B, d], pad [B] -> out [B, d], new state."""
-    acc = _acc_dtype(a)
-    if state is None:
-        state = init_state(a.shape[0], a.shape[1], u.shape[1], a.device, acc)
-    s, count = state
-    a = a.to(acc)
+    s, count = state if state is not None else (None, None)
     if pad is not None:
         a = a.masked_fill(pad.unsqueeze(-1), 0.0)
-        count = count + (~pad).long()
-    else:
-        count = count + 1
-    s = torch.baddbmm(s, a.unsqueeze(2), u.to(acc).unsqueeze(1))
-    out = torch.bmm(p.to(acc).unsqueeze(1), s).squeeze(1)
-    out = out * count.clamp(min=1).to(acc).rsqrt().unsqueeze(1)
+    step = torch.ones_like(a[:, 0], dtype=torch.long) if pad is None else (~pad).long()
+    count = step if count is None else count + step
+    out, s = dot_product_step(p, a, u, s)
+    out = out * count.clamp(min=1).to(out.dtype).rsqrt().unsqueeze(1)
     return out.to(u.dtype), (s, count)
 
 
 def causal_parallel(p: Tensor, a: Tensor, u: Tensor, pad: Optional[Tensor] = None,
                     state: Optional[State] = None, chunk: int = DEFAULT_CHUNK,
                     return_state: bool = False) -> Tuple[Tensor, Optional[State]]:
-    """Whole sequence at once, O(T*C*(k+d) + T*k*d): p [B, T, k], a [B, T, k], u [B, T, d] -> out [B, T, d].
+    """Whole sequence at once, linear in T (see linear_scan): p [B, T, k], a [B, T, k], u [B, T, d] -> [B, T, d].
 
-    Within a chunk of C positions the causal sum is taken in its attention form (C x C); across chunks through
-    running states, so nothing T x T and no per-position k x d state is ever built.  `state` continues an earlier
-    call (prefill after a prompt); with `return_state` the final state is returned, equal to stepping.
+    `state` continues an earlier call (prefill after a prompt); with `return_state` the final state is returned,
+    equal to the one stepping token by token reaches.
     """
-    bsz, tlen, k = a.shape
-    d = u.shape[-1]
     acc = _acc_dtype(a)
-    out_dtype = u.dtype
-    p, a, u = p.to(acc), masked_keys(a, pad).to(acc), u.to(acc)
-    keep = torch.ones(bsz, tlen, dtype=acc, device=a.device) if pad is None else (~pad).to(acc)
     s0, c0 = state if state is not None else (None, None)
-
-    c = max(1, min(chunk, tlen))
-    n = (tlen + c - 1) // c
-    padded = n * c
-    if padded != tlen:
-        extra = padded - tlen
-        p, a, u = (F.pad(x, (0, 0, 0, extra)) for x in (p, a, u))
-    pc, ac, uc = p.view(bsz, n, c, k), a.view(bsz, n, c, k), u.view(bsz, n, c, d)
-
-    chunk_sums = torch.einsum("bnck,bncd->bnkd", ac, uc)
-    before = torch.cumsum(chunk_sums, dim=1) - chunk_sums  # exclusive: the state entering each chunk
-    if s0 is not None:
-        before = before + s0.to(acc).unsqueeze(1)
-    inter = torch.einsum("bnck,bnkd->bncd", pc, before)
-    scores = torch.einsum("bnck,bnjk->bncj", pc, ac)
-    causal_mask = torch.ones(c, c, dtype=torch.bool, device=a.device).tril()
-    intra = torch.einsum("bncj,bnjd->bncd", scores.masked_fill(~causal_mask, 0.0), uc)
-    out = (inter + intra).reshape(bsz, padded, d)[:, :tlen]
-
+    num, s_last = causal_dot_product(p, masked_keys(a, pad), u, s0, chunk)
+    keep = torch.ones(a.shape[:2], dtype=acc, device=a.device) if pad is None else (~pad).to(acc)
     count = torch.cumsum(keep, dim=1)
     if c0 is not None:
         count = count + c0.to(acc).unsqueeze(1)
-    out = out * count.clamp(min=1.0).rsqrt().unsqueeze(-1)
-
-    new_state = None
-    if return_state:
-        total = chunk_sums.sum(dim=1)
-        s_last = total if s0 is None else s0.to(acc) + total
-        c_last = keep.sum(dim=1).long() + (c0 if c0 is not None else 0)
-        new_state = (s_last, c_last)
-    return out.to(out_dtype), new_state
+    out = (num * count.clamp(min=1.0).rsqrt().unsqueeze(-1)).to(u.dtype)
+    if not return_state:
+        return out, None
+    c_last = keep.sum(dim=1).long() + (c0 if c0 is not None else 0)
+    return out, (s_last, c_last)
 
 
 def causal_reference(p: Tensor, a: Tensor, u: Tensor, pad: Optional[Tensor] = None) -> Tensor:

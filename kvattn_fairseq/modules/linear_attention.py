@@ -1,0 +1,120 @@
+"""Linear attention kinds with a constant-size decoding state: `factorized` (the projection-free Linformer
+alternative) and `linear` (elu+1).  Both use fairseq's q/k/v/out projections per head."""
+from typing import Dict, Optional
+
+from torch import Tensor
+
+from ..ops import factorized as fops
+from ..ops import linear as lops
+from .projected import ProjectedAttention
+from .registry import AttentionSite, register_attention_kind
+
+
+def _flat(t: Tensor) -> Tensor:
+    """[B, H, ...] -> [B * H, ...]"""
+    return t.reshape(t.size(0) * t.size(1), *t.shape[2:])
+
+
+def _flat_pad(pad: Optional[Tensor], heads: int) -> Optional[Tensor]:
+    return None if pad is None else pad.repeat_interleave(heads, dim=0)
+
+
+class _HeadwiseLinear(ProjectedAttention):
+    """Shared plumbing: heads flattened into the batch for the ops, state kept as [B, H, ...] so that fairseq's
+    reorder (index_select on dim 0) selects hypotheses."""
+
+    state_keys = ()
+
+    def _memory(self, k: Tensor, v: Tensor, pad: Optional[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def _read(self, q: Tensor, mem: Tensor, dtype) -> Tensor:
+        raise NotImplementedError
+
+    def _causal(self, q, k, v, pad, state, step: bool):
+        raise NotImplementedError
+
+    def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
+        bsz, h = x.size(0), self.num_heads
+        q, k, v = (_flat(self.heads(p, x)) for p in (self.q_proj, self.k_proj, self.v_proj))
+        fpad = _flat_pad(pad, h)
+        if not self.causal:
+            out = self._read(q, self._memory(k, v, fpad), x.dtype)
+        else:
+            prev = None
+            if state is not None and self.state_keys[0] in state:
+                prev = tuple(_flat(state[key]) for key in self.state_keys)
+                prev = prev[0] if len(prev) == 1 else prev
+            if state is not None and x.size(1) == 1:
+                out, new = self._causal(q[:, 0], k[:, 0], v[:, 0], None if fpad is None else fpad[:, 0], prev,
+                                        step=True)
+                out = out.unsqueeze(1)
+            else:
+                out, new = self._causal(q, k, v, fpad, prev, step=False)
+            if state is not None:
+                for key, value in zip(self.state_keys, new if isinstance(new, tuple) else (new,)):
+                    state[key] = value.view(bsz, h, *value.shape[1:])
+        return self.output(out.view(bsz, h, *out.shape[1:]), x.dtype)
+
+    def attend_cross(self, x: Tensor, src: Tensor, src_pad: Optional[Tensor],
+                     state: Optional[Dict[str, Tensor]]) -> Tensor:
+        h = self.num_heads
+
+        def build(s: Tensor, s_pad: Optional[Tensor]) -> Tensor:
+            k, v = _flat(self.heads(self.k_proj, s)), _flat(self.heads(self.v_proj, s))
+            mem = self._memory(k, v, _flat_pad(s_pad, h))
+            return mem.view(s.size(0), h, *mem.shape[1:])
+
+        mem = self.static_memory(state, "memory", src, src_pad, build)
+        q = self.fold(self.heads(self.q_proj, x), mem.size(0))
+        out = self._read(_flat(q), _flat(mem), x.dtype)
+        return self.output(self.unfold(out.view(mem.size(0), h, *out.shape[1:]), x.size(0)), x.dtype)
+
+
+class FactorizedAttention(_HeadwiseLinear):
+    """softmax over features for queries, softmax over positions for keys, keys x values first."""
+
+    state_keys = ("num", "den", "max")
+
+    def _memory(self, k, v, pad):
+        return fops.context(k, v, pad)
+
+    def _read(self, q, mem, dtype):
+        return fops.read(fops.query_features(q), mem, dtype)
+
+    def _causal(self, q, k, v, pad, state, step):
+        if step:
+            return fops.causal_step(q, k, v, state, pad)
+        return fops.causal_parallel(q, k, v, pad, state)
+
+
+class LinearAttention(_HeadwiseLinear):
+    """phi(x) = elu(x) + 1 kernel attention."""
+
+    state_keys = ("kv_sum",)
+
+    def _memory(self, k, v, pad):
+        return lops.memory(k, v, pad)
+
+    def _read(self, q, mem, dtype):
+        return lops.read(q, mem, dtype)
+
+    def _causal(self, q, k, v, pad, state, step):
+        if step:
+            return lops.causal_step(q, k, v, state, pad)
+        return lops.causal_parallel(q, k, v, pad, state)
+
+
+@register_attention_kind(
+    "factorized", positions=("encoder", "decoder", "cross"), constant_state=True,
+    summary="projection-free linear attention: softmax over features (queries) and positions (keys), keys x values "
+            "first; our reading of Verma 2021, 'Revisiting Linformer' (arXiv 2101.10277)")
+def build_factorized(site: AttentionSite) -> FactorizedAttention:
+    return FactorizedAttention(site.embed_dim, site.num_heads, site.position, kdim=site.kdim, dropout=site.dropout)
+
+
+@register_attention_kind(
+    "linear", positions=("encoder", "decoder", "cross"), constant_state=True,
+    summary="elu+1 kernel linear attention (Katharopoulos et al., ICML 2020)")
+def build_linear(site: AttentionSite) -> LinearAttention:
+    return LinearAttention(site.embed_dim, site.num_heads, site.position, kdim=site.kdim, dropout=site.dropout)

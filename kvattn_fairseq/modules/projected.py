@@ -1,0 +1,48 @@
+"""Multi-head attention modules with fairseq MultiheadAttention's projections and initialisation."""
+import math
+from typing import Optional
+
+from torch import Tensor, nn
+
+from .base import KVAttentionBase
+
+
+class ProjectedAttention(KVAttentionBase):
+    """q/k/v/out projections as fairseq builds them; `query_projection=False` leaves W_Q out entirely."""
+
+    def __init__(self, embed_dim: int, num_heads: int, position: str, kdim: Optional[int] = None,
+                 dropout: float = 0.0, query_projection: bool = True):
+        super().__init__(embed_dim, num_heads, position)
+        kdim = kdim or embed_dim
+        self.dropout_p = dropout
+        self.scaling = self.head_dim ** -0.5
+        self.q_proj = nn.Linear(embed_dim, embed_dim) if query_projection else None
+        self.k_proj = nn.Linear(kdim, embed_dim)
+        self.v_proj = nn.Linear(kdim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        same_dim = kdim == embed_dim
+        for lin in (self.q_proj, self.k_proj, self.v_proj):
+            if lin is not None:  # fairseq: gain 1/sqrt(2) when q, k, v share the input size
+                nn.init.xavier_uniform_(lin.weight, gain=1 / math.sqrt(2) if same_dim else 1.0)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        nn.init.constant_(self.out_proj.bias, 0.0)
+
+    def heads(self, proj: nn.Linear, x: Tensor) -> Tensor:
+        """[B, T, C] -> [B, H, T, d] through a projection."""
+        return self.split_heads(proj(x))
+
+    def output(self, out: Tensor, dtype) -> Tensor:
+        """[B, H, T, d] -> [B, T, C] through the output projection."""
+        return self.out_proj(self.merge_heads(out).to(dtype))
+
+    @staticmethod
+    def fold(q: Tensor, rows: int) -> Tensor:
+        """[B, H, T, d] -> [rows, H, (B / rows) T, d]: hypotheses sharing one per-sentence memory row."""
+        b, h, t, d = q.shape
+        return q.view(rows, b // rows, h, t, d).transpose(1, 2).reshape(rows, h, (b // rows) * t, d)
+
+    @staticmethod
+    def unfold(out: Tensor, bsz: int) -> Tensor:
+        rows, h, gt, d = out.shape
+        t = gt // (bsz // rows)
+        return out.view(rows, h, bsz // rows, t, d).transpose(1, 2).reshape(bsz, h, t, d)

@@ -1,0 +1,136 @@
+"""Projection-free factorized attention: our reading of "Revisiting Linformer with a modified self-attention with
+linear complexity" (Verma, arXiv 2101.10277), whose body could not be retrieved; its abstract promises linear time
+and space and no projection dimension to tune.  This is the form DESIGN.md §4 settles on (the "efficient attention"
+factorisation):
+
+    out_i = softmax_features(q_i)^T  sum_j softmax_positions(k)_j v_j^T
+
+per head: queries are normalised over their d_head features, keys over positions (separately per feature), and
+keys x values are contracted first (O(n d^2)).  The causal form normalises keys over the prefix j <= t; it keeps,
+per head, N = sum_j exp(k_j - m) v_j^T [dk, dv], Z = sum_j exp(k_j - m) [dk] and the running maximum m [dk], all
+fp32: exact (no underflow from a global shift) and constant in size.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .linear_scan import acc_dtype
+
+DEFAULT_CHUNK = 32
+NEG_INF = float("-inf")
+State = Tuple[Tensor, Tensor, Tensor]  # (N [B, dk, dv], Z [B, dk], m [B, dk]); B may be batch x heads
+
+
+def query_features(q: Tensor) -> Tensor:
+    return torch.softmax(q.to(acc_dtype(q)), dim=-1)
+
+
+def _mask_keys(k: Tensor, pad: Optional[Tensor]) -> Tensor:
+    k = k.to(acc_dtype(k))
+    return k if pad is None else k.masked_fill(pad.unsqueeze(-1), NEG_INF)
+
+
+def _finite(m: Tensor) -> Tensor:
+    """m with -inf (no key seen yet) replaced by 0, so that exp(x - m) never computes -inf - -inf."""
+    return torch.where(torch.isinf(m), torch.zeros_like(m), m)
+
+
+def context(k: Tensor, v: Tensor, pad: Optional[Tensor] = None) -> Tensor:
+    """Non-causal: softmax over positions of k [B, S, dk], contracted with v [B, S, dv] -> [B, dk, dv] (fp32)."""
+    k = _mask_keys(k, pad)
+    weights = torch.softmax(k, dim=1)
+    if pad is not None:  # a row of padding only gives zeros, not NaN
+        weights = torch.nan_to_num(weights, nan=0.0)
+    return torch.einsum("bsk,bsv->bkv", weights, v.to(weights.dtype))
+
+
+def read(qf: Tensor, ctx: Tensor, out_dtype) -> Tensor:
+    return torch.bmm(qf.to(ctx.dtype), ctx).to(out_dtype)
+
+
+def causal_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[State] = None,
+                pad: Optional[Tensor] = None) -> Tuple[Tensor, State]:
+    """One position: q, k [B, dk], v [B, dv], pad [B] -> out [B, dv] and the new state."""
+    acc = acc_dtype(k)
+    k, v = k.to(acc), v.to(acc)
+    if state is None:
+        bsz, dk = k.shape
+        state = (k.new_zeros(bsz, dk, v.size(-1)), k.new_zeros(bsz, dk), k.new_full((bsz, dk), NEG_INF))
+    num, den, m = state
+    m_new = torch.maximum(m, k)
+    decay = torch.exp(m - _finite(m_new))
+    w = torch.exp(k - _finite(m_new))
+    new = (num * decay.unsqueeze(-1) + w.unsqueeze(-1) * v.unsqueeze(1), den * decay + w, m_new)
+    if pad is not None:
+        keep = (~pad).view(-1, 1)
+        new = (torch.where(keep.unsqueeze(-1), new[0], num), torch.where(keep, new[1], den),
+               torch.where(keep, new[2], m))
+    num, den, m = new
+    qf = query_features(q)
+    out = torch.bmm((qf / den.clamp(min=1e-30)).unsqueeze(1), num).squeeze(1)
+    return out, new
+
+
+def causal_parallel(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = None, state: Optional[State] = None,
+                    chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, State]:
+    """Whole sequence: q, k [B, T, dk], v [B, T, dv] -> (out [B, T, dv] fp32, final state).
+
+    Chunks of C positions; inside a chunk each position uses its exact prefix maximum (a [C, C, dk] tensor), across
+    chunks the running state.  Linear in T; the loop runs over T / C chunks.
+    """
+    bsz, tlen, dk = k.shape
+    acc = acc_dtype(k)
+    qf, k, v = query_features(q), _mask_keys(k, pad), v.to(acc)
+    if state is None:
+        state = (k.new_zeros(bsz, dk, v.size(-1)), k.new_zeros(bsz, dk), k.new_full((bsz, dk), NEG_INF))
+    num, den, m = state
+    outs = []
+    for start in range(0, tlen, chunk):
+        qc, kc, vc = qf[:, start:start + chunk], k[:, start:start + chunk], v[:, start:start + chunk]
+        c = kc.size(1)
+        prefix_max = torch.maximum(m.unsqueeze(1), torch.cummax(kc, dim=1).values)  # [B, C, dk]
+        pm = _finite(prefix_max)
+        causal = torch.ones(c, c, dtype=torch.bool, device=k.device).tril().view(1, c, c, 1)
+        w = torch.exp(kc.unsqueeze(1) - pm.unsqueeze(2)).masked_fill(~causal, 0.0)  # [B, t, j, dk]
+        decay = torch.exp(m.unsqueeze(1) - pm)  # carries the earlier chunks to each position's maximum
+        z = w.sum(dim=2) + den.unsqueeze(1) * decay  # [B, C, dk]
+        qz = qc / z.clamp(min=1e-30)
+        intra = torch.einsum("btk,btjk,bjv->btv", qz, w, vc)
+        inter = torch.einsum("btk,bkv->btv", qz * decay, num)
+        outs.append(intra + inter)
+        m_end = pm[:, -1]
+        carry = torch.exp(m - m_end)
+        w_end = torch.exp(kc - m_end.unsqueeze(1))
+        num = num * carry.unsqueeze(-1) + torch.einsum("bjk,bjv->bkv", w_end, vc)
+        den = den * carry + w_end.sum(dim=1)
+        m = prefix_max[:, -1]
+    return torch.cat(outs, dim=1), (num, den, m)
+
+
+def causal_reference(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = None) -> Tensor:
+    """The definition, position by position, in fp64 (slow; for tests)."""
+    bsz, tlen, _ = k.shape
+    out = torch.zeros(bsz, tlen, v.size(-1), dtype=torch.float64)
+    for b in range(bsz):
+        for t in range(tlen):
+            js = [j for j in range(t + 1) if pad is None or not pad[b, j]]
+            if not js:
+                continue
+            kw = torch.softmax(k[b, js].double(), dim=0)  # over positions, per feature
+            ctx = kw.t() @ v[b, js].double()
+            out[b, t] = torch.softmax(q[b, t].double(), dim=-1) @ ctx
+    return out
+
+
+def noncausal_reference(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = None) -> Tensor:
+    bsz, tq, _ = q.shape
+    out = torch.zeros(bsz, tq, v.size(-1), dtype=torch.float64)
+    for b in range(bsz):
+        js = [j for j in range(k.size(1)) if pad is None or not pad[b, j]]
+        if not js:
+            continue
+        ctx = torch.softmax(k[b, js].double(), dim=0).t() @ v[b, js].double()
+        for t in range(tq):
+            out[b, t] = torch.softmax(q[b, t].double(), dim=-1) @ ctx
+    return out

@@ -1,0 +1,98 @@
+"""Query-less softmax attention of the Key-Value Transformer (Borji, 2023), torch only.
+
+Symmetric (`kv`): each token's query is its own key, s_ij = tau * k_i.k_j (tau = 1/sqrt(d_head)), before masking.
+Asymmetric (`kv_asym`): the paper adds a 2D sinusoidal grid P in R^{N x N x C} and a learned map w in R^C, b:
+    s'_ij = sum_c w_c (s_ij + P_ijc) + b.
+The package's grid is a concatenation of a row (query) encoding and a column (key) encoding, so
+    s'_ij = alpha * s_ij + u(i) + r(j) + b,    alpha = sum_c w_c,   r(j) = sum_{c in key channels} w_c e_c(j),
+and u(i) + b is constant along a softmax row: the exact cheap form is alpha * s_ij + r(j) (research/variants.md §1.1).
+`positional_grid_2d` builds the literal grid for tests; the sinusoids are defined for every position, so the
+cheap form extends past any table size.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, causal: bool = False,
+              key_bias: Optional[Tensor] = None, scale: float = 1.0, dropout_p: float = 0.0,
+              training: bool = False) -> Tensor:
+    """Softmax attention. q [B, H, Tq, d]; k, v [B, H, Tk, d]; key_pad [B, Tk] True at pads; key_bias [B, Tk]
+    (or [B, H, Tk]) added to every query's scores.  Causal queries are the last Tq of the Tk positions (decoding
+    continues a cache).  Scores and softmax in fp32; a query with no visible key gets zeros."""
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if key_bias is not None:
+        scores = scores + (key_bias.float().unsqueeze(1) if key_bias.dim() == 2 else key_bias.float()).unsqueeze(-2)
+    tq, tk = q.size(-2), k.size(-2)
+    blocked = torch.zeros(tq, tk, dtype=torch.bool, device=q.device)
+    if causal:
+        blocked = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(tk - tq + 1)
+    blocked = blocked.view(1, 1, tq, tk)
+    if key_pad is not None:
+        blocked = blocked | key_pad.view(key_pad.size(0), 1, 1, tk)
+    scores = scores.masked_fill(blocked, float("-inf"))
+    empty = blocked.all(dim=-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    if dropout_p > 0.0 and training:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    return torch.matmul(probs, v.float()).to(v.dtype)
+
+
+def reference(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, causal: bool = False,
+              key_bias: Optional[Tensor] = None, scale: float = 1.0) -> Tensor:
+    """The definition, query by query, in fp64 (slow; for tests)."""
+    bsz, heads, tq, _ = q.shape
+    tk = k.size(-2)
+    out = torch.zeros(bsz, heads, tq, v.size(-1), dtype=torch.float64)
+    for b in range(bsz):
+        for h in range(heads):
+            for i in range(tq):
+                pos = tk - tq + i
+                js = [j for j in range(tk) if (not causal or j <= pos) and (key_pad is None or not key_pad[b, j])]
+                if not js:
+                    continue
+                s = torch.stack([q[b, h, i].double() @ k[b, h, j].double() * scale for j in js])
+                if key_bias is not None:
+                    bias = key_bias[b] if key_bias.dim() == 2 else key_bias[b, h]
+                    s = s + bias[js].double()
+                w = torch.exp(s - s.max())
+                w = w / w.sum()
+                out[b, h, i] = sum(w[n] * v[b, h, j].double() for n, j in enumerate(js))
+    return out.to(v.dtype)
+
+
+# --- the asymmetric variant's 2D positional term ---------------------------------------------------------------
+def _axis_channels(channels: int) -> int:
+    """Channels per axis of the `positional-encodings` package's PositionalEncoding2D(C)."""
+    return 2 * math.ceil(channels / 4)
+
+
+def _sinusoids(positions: Tensor, width: int) -> Tensor:
+    """Interleaved sin/cos at frequencies 10000^(-2m/width), as the package lays them out: [..., width]."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, width, 2, dtype=torch.float64, device=positions.device) / width))
+    angles = positions.double().unsqueeze(-1) * inv_freq
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
+
+
+def positional_grid_2d(n: int, channels: int) -> Tensor:
+    """The literal grid P [n, n, C]: row (query) encoding first, column (key) encoding after, truncated to C."""
+    width = _axis_channels(channels)
+    emb = _sinusoids(torch.arange(n), width)
+    grid = torch.zeros(n, n, 2 * width, dtype=torch.float64)
+    grid[:, :, :width] = emb.unsqueeze(1)
+    grid[:, :, width:] = emb.unsqueeze(0)
+    return grid[..., :channels]
+
+
+def key_channel_slice(channels: int) -> slice:
+    """Which of the C channels depend on the key position only."""
+    return slice(_axis_channels(channels), channels)
+
+
+def key_position_features(positions: Tensor, channels: int) -> Tensor:
+    """e_c(j) for the key channels of the grid: [..., C - C_row] (empty when C <= 2)."""
+    width = _axis_channels(channels)
+    return _sinusoids(positions, width)[..., : max(channels - width, 0)]
