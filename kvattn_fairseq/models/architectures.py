@@ -133,13 +133,16 @@ def factorized_encoder_base(args):
     kvattn_transformer_base(args)
 
 
+def _base_everywhere(args, kind):
+    attention_defaults(args, encoder_attention_type=kind, decoder_attention_type=kind, cross_attention_type=kind)
+    transformer_wmt_en_de(args)
+    kvattn_transformer_base(args)
+
+
 @register_model_architecture("kvattn_transformer", "factorized_base")
 def factorized_base(args):
     """Transformer-base with factorized attention at every position (constant-size decoding state)."""
-    attention_defaults(args, encoder_attention_type="factorized", decoder_attention_type="factorized",
-                       cross_attention_type="factorized")
-    transformer_wmt_en_de(args)
-    kvattn_transformer_base(args)
+    _base_everywhere(args, "factorized")
 
 
 @register_model_architecture("kvattn_transformer", "linformer_encoder_base")
@@ -153,7 +156,4 @@ def linformer_encoder_base(args):
 @register_model_architecture("kvattn_transformer", "linear_base")
 def linear_base(args):
     """Transformer-base with elu+1 linear attention at every position."""
-    attention_defaults(args, encoder_attention_type="linear", decoder_attention_type="linear",
-                       cross_attention_type="linear")
-    transformer_wmt_en_de(args)
-    kvattn_transformer_base(args)
+    _base_everywhere(args, "linear")
