@@ -172,3 +172,44 @@ def test_linear_time_encoder_architectures():
     # factorized has no projection dimension: the same parameters as softmax attention
     n = lambda layer: sum(p.numel() for p in layer.self_attn.parameters())  # noqa: E731
     assert n(fact.encoder.layers[0]) == n(fact.decoder.layers[0])
+
+
+WIKI103_MGK = {"softmax8": ("MultiheadAttention", 8), "mgk4": ("MGKAttention", 4), "smgk4": ("MGKAttention", 4),
+               "mgk8": ("MGKAttention", 8), "smgk8": ("MGKAttention", 8), "linear8": ("LinearAttention", 8),
+               "mlk4": ("MLKAttention", 4), "mlk8": ("MLKAttention", 8)}
+
+
+@pytest.mark.parametrize("variant", sorted(WIKI103_MGK))
+def test_mgk_wikitext103_architectures(variant):
+    import kvattn_fairseq.modules as kinds
+
+    cls_name, heads = WIKI103_MGK[variant]
+    cls = getattr(kinds, cls_name, MultiheadAttention)
+    model = build_on_meta(f"mgk_lm_wiki103_{variant}", vocab=70000)
+    dec = model.decoder
+    assert len(dec.layers) == 16 and dec.embed_dim == 128 and dec.layers[0].fc1.out_features == 2048
+    check_layers(dec.layers, "self_attn", cls, 128, heads)
+    assert dec.layers[0].self_attn.head_dim == 16
+    if variant.startswith("smgk"):
+        assert dec.layers[0].self_attn.shifted
+    if cls_name in ("MGKAttention", "MLKAttention"):
+        assert dec.layers[0].self_attn.components == 2
+
+
+def test_mgk4_has_fewer_attention_parameters_than_softmax8():
+    def attn_params(arch):
+        model = build_on_meta(arch, vocab=70000)
+        return sum(p.numel() for layer in model.decoder.layers for p in layer.self_attn.parameters())
+
+    softmax8, mgk4, smgk4, mlk4 = (attn_params(f"mgk_lm_wiki103_{v}") for v in ("softmax8", "mgk4", "smgk4", "mlk4"))
+    assert mgk4 < softmax8 and smgk4 < mgk4 and mlk4 < softmax8
+    assert softmax8 == 16 * 4 * (128 * 128 + 128)
+    assert mgk4 == 16 * (4 * (128 * 64 + 64) + 64 * 128 + 128 + 4 * 2)  # q, 2 keys, v; out; pi
+
+
+def test_mgk_flags_reach_the_modules():
+    model = build_model("mgk_tiny", "--mgk-components", "3", "--mgk-inv-var-scales", "1,3,5", "--mgk-estep", "hard",
+                        "--mgk-pi", "clamp")
+    m = model.decoder.layers[0].encoder_attn
+    assert (m.components, m.inv_var, m.hard, m.mixture.mode) == (3, (1.0, 3.0, 5.0), True, "clamp")
+    assert len(m.k_projs) == 2 and m.head_dim == 16 and m.num_heads == 2

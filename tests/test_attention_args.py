@@ -20,6 +20,10 @@ from fairseq.models import ARCH_MODEL_REGISTRY
     (["--memsizer-cross-slots", "-3"], "argument --memsizer-cross-slots: expected a positive integer, got -3"),
     (["--memsizer-encoder-slots", "four"], "argument --memsizer-encoder-slots: expected a positive integer"),
     (["--memsizer-q-init-scale", "0"], "argument --memsizer-q-init-scale: expected a positive finite number"),
+    (["--mgk-pi", "em"], "argument --mgk-pi: expected one of softmax, clamp, uniform, position, got 'em'"),
+    (["--mgk-inv-var-scales", "1,-3"], "argument --mgk-inv-var-scales: expected comma-separated positive numbers"),
+    (["--mgk-estep", "medium"], "argument --mgk-estep: expected one of soft, hard"),
+    (["--mgk-components", "0"], "argument --mgk-components: expected a positive integer, got 0"),
 ])
 def test_parser_rejects_bad_values(flags, expected, capsys):
     with pytest.raises(SystemExit) as e:
@@ -63,6 +67,9 @@ def _namespace(**over):
 
 
 @pytest.mark.parametrize("over,flag", [({"memsizer_self_slots": 0}, "--memsizer-self-slots"),
+                                       ({"decoder_attention_type": "mgk", "mgk_inv_var_scales": "1,2,3"},
+                                        "--mgk-inv-var-scales"),
+                                       ({"decoder_attention_type": "mlk", "mgk_pi": "position"}, "--mgk-pi"),
                                        ({"decoder_attention_type": "bogus"}, "--decoder-attention-type"),
                                        ({"memsizer_kv_init_scale": -1.0}, "--memsizer-kv-init-scale")])
 def test_python_api_and_hydra_values_are_checked_at_build(over, flag):
@@ -91,6 +98,8 @@ def test_build_from_dictconfig_keeps_the_attention_settings():
     (["--cross-attention-type", "kv"], "--cross-attention-type: 'kv' cannot be used for cross-attention: a "
                                        "query-less attention takes each query from its own key"),
     (["--linformer-k", "0"], "--linformer-k: expected a positive integer, got 0"),
+    (["--decoder-attention-type", "mgk", "--mgk-components", "2", "--mgk-inv-var-scales", "1,2,3"],
+     "--mgk-inv-var-scales: 3 values for 2 components (--mgk-components); give one value or 2"),
 ])
 def test_cli_errors_are_one_line_and_nothing_is_written(tmp_path, flags, expected):
     data = tmp_path / "no-data-needed"

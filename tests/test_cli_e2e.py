@@ -100,3 +100,14 @@ def test_lm_train_and_eval_lm(lm_bin, tmp_path):
                             "--context-window", "32")
     assert windowed["ppl"] < 0.75 * uniform
     torch.testing.assert_close(torch.tensor(float(windowed["tokens"])), torch.tensor(float(expected_tokens)))
+
+
+@pytest.mark.parametrize("arch", ["mgk_lm_tiny", "mlk_lm_tiny"])
+def test_mixture_of_keys_language_models_train_and_evaluate(arch, lm_bin, tmp_path):
+    log = runs.train_lm(lm_bin, tmp_path, arch, epochs=6)
+    assert ("MGKAttention" if arch.startswith("mgk") else "MLKAttention") in log
+    lines = runs.read_lines(lm_bin.parent / "lmraw" / "test.txt")
+    result = runs.eval_lm(lm_bin, tmp_path / "checkpoint_best.pt", "--tokens-per-sample", "64",
+                          "--context-window", "32")
+    assert result["tokens"] == sum(len(l.split()) + 1 for l in lines)
+    assert result["ppl"] < 20 + 2  # better than a uniform guess over the vocabulary

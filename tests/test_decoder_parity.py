@@ -23,7 +23,17 @@ def _configs():
     """Every registered kind at every position it supports (softmax elsewhere), plus named layouts."""
     enc_dec = {"memsizer-everywhere": ("kvattn_transformer_tiny",) + ALL_MEMSIZER, "memsizer-paper-layout":
                ("memsizer_tiny",)}
-    lm = {"memsizer-lm-arch": ("memsizer_lm_tiny",)}
+    enc_dec.update({
+        "mgk-hard-3-components": ("mgk_tiny", "--mgk-estep", "hard", "--mgk-components", "3",
+                                  "--mgk-inv-var-scales", "1,2,3"),
+        "smgk-position-pi": ("kvattn_transformer_tiny", "--encoder-attention-type", "smgk", "--decoder-attention-type",
+                             "smgk", "--cross-attention-type", "smgk", "--mgk-pi", "position", "--mgk-pi-positions",
+                             "64"),
+        "mlk-clamp-pi-narrow-heads": ("kvattn_transformer_tiny", "--decoder-attention-type", "mlk",
+                                      "--cross-attention-type", "mlk", "--mgk-pi", "clamp", "--mgk-head-dim", "8"),
+    })
+    lm = {"memsizer-lm-arch": ("memsizer_lm_tiny",), "mgk-lm-arch": ("mgk_lm_tiny", "--mgk-inv-var-scales", "1,3"),
+          "mlk-lm-arch": ("mlk_lm_tiny",)}
     for name, kind in ATTENTION_KINDS.items():
         flags = [f for p in kind.positions for f in (POSITION_FLAGS[p], name)]
         enc_dec[name] = ("kvattn_transformer_tiny", *flags)

@@ -147,7 +147,7 @@ def test_beamable_cross_memory_is_one_per_sentence():
     m.set_beam_size(beam)
     state = {}
     out0, _ = m(x[:1], src, src, incremental_state=state)
-    assert m._get_input_buffer(state)["memory_per_sentence"].shape[0] == sents
+    assert m._get_input_buffer(state)["memory0_per_sentence"].shape[0] == sents
     # reorder within sentences (beam search) then drop sentence 1
     within = torch.arange(sents * beam).view(sents, beam).flip(1).reshape(-1)
     m.reorder_incremental_state(state, within)
@@ -155,6 +155,6 @@ def test_beamable_cross_memory_is_one_per_sentence():
     shrink = (keep.view(-1, 1) * beam + torch.arange(beam)).view(-1)
     m.reorder_incremental_state(state, shrink)
     out1, _ = m(x[1:2, shrink], src[:, shrink], src[:, shrink], incremental_state=state)
-    assert m._get_input_buffer(state)["memory_per_sentence"].shape[0] == 3
+    assert m._get_input_buffer(state)["memory0_per_sentence"].shape[0] == 3
     torch.testing.assert_close(out0[0], reference[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out1[0], reference[1, shrink], atol=1e-5, rtol=1e-5)

@@ -157,3 +157,49 @@ def linformer_encoder_base(args):
 def linear_base(args):
     """Transformer-base with elu+1 linear attention at every position."""
     _base_everywhere(args, "linear")
+
+
+# --- Transformer-MGK / MLK on WikiText-103 (research/variants.md §2.6) -----------------------------------------------
+def _mgk_wiki103(args, kind, heads):
+    """The paper's WikiText-103 model in fairseq's LM: 16 layers of d_model 128 with d_head 16 and FFN 2048,
+    dropout 0.1, no attention dropout (train with --tokens-per-sample 256).  fairseq's LM is pre-norm (the paper's code is post-norm)
+    and its adaptive input/softmax are fairseq's WikiText-103 ones (cutoffs 20000,60000, factor 4, tied): both are
+    this port's choices, not the paper's."""
+    lm_attention_defaults(args, decoder_attention_type=kind)
+    _defaults(args, decoder_layers=16, decoder_embed_dim=128, decoder_ffn_embed_dim=2048, decoder_attention_heads=heads,
+              dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, no_decoder_final_norm=False)
+    if kind in ("mgk", "smgk", "mlk"):
+        _defaults(args, mgk_head_dim=16, mgk_components=2)
+    transformer_lm_baevski_wiki103(args)
+    kvattn_lm_base(args)
+
+
+for _kind, _heads in (("softmax", 8), ("mgk", 4), ("smgk", 4), ("mgk", 8), ("smgk", 8), ("linear", 8), ("mlk", 4),
+                      ("mlk", 8)):
+    register_model_architecture("kvattn_lm", f"mgk_lm_wiki103_{_kind}{_heads}")(
+        lambda args, kind=_kind, heads=_heads: _mgk_wiki103(args, kind, heads))
+
+
+@register_model_architecture("kvattn_lm", "mgk_lm_tiny")
+def mgk_lm_tiny(args):
+    """kvattn_lm_tiny with MGK self-attention: 2 heads of width 16 (the paper's fewer-heads setting)."""
+    lm_attention_defaults(args, decoder_attention_type="mgk", mgk_head_dim=16)
+    _defaults(args, decoder_attention_heads=2)
+    kvattn_lm_tiny(args)
+
+
+@register_model_architecture("kvattn_lm", "mlk_lm_tiny")
+def mlk_lm_tiny(args):
+    """kvattn_lm_tiny with MLK self-attention: 2 heads of width 16."""
+    lm_attention_defaults(args, decoder_attention_type="mlk", mgk_head_dim=16)
+    _defaults(args, decoder_attention_heads=2)
+    kvattn_lm_tiny(args)
+
+
+@register_model_architecture("kvattn_transformer", "mgk_tiny")
+def mgk_tiny(args):
+    """kvattn_transformer_tiny with MGK at every position, 2 heads of width 16."""
+    attention_defaults(args, encoder_attention_type="mgk", decoder_attention_type="mgk", cross_attention_type="mgk",
+                       mgk_head_dim=16)
+    _defaults(args, encoder_attention_heads=2, decoder_attention_heads=2)
+    kvattn_transformer_tiny(args)

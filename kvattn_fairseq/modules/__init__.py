@@ -1,16 +1,17 @@
 """Attention kinds: importing this package registers every kind."""
 from . import (kv_attention, linear_attention, linformer_attention, memsizer_attention,  # noqa: F401
-               softmax_attention)
+               mgk_attention, softmax_attention)
 from .base import KVAttentionBase
 from .kv_attention import KVAttention
 from .linear_attention import FactorizedAttention, LinearAttention
 from .linformer_attention import LinformerAttention
 from .memsizer_attention import MemSizerAttention
+from .mgk_attention import MGKAttention, MLKAttention
 from .registry import (ATTENTION_KINDS, POSITION_FLAGS, POSITIONS, AttentionConfigError, AttentionSite,
                        add_attention_args, apply_attention_defaults, attention_plan, build_attention, kinds_at,
                        register_attention_kind)
 
 __all__ = ["ATTENTION_KINDS", "POSITIONS", "POSITION_FLAGS", "AttentionConfigError", "AttentionSite",
            "FactorizedAttention", "KVAttention", "KVAttentionBase", "LinearAttention", "LinformerAttention",
-           "MemSizerAttention", "add_attention_args", "apply_attention_defaults", "attention_plan",
+           "MGKAttention", "MLKAttention", "MemSizerAttention", "add_attention_args", "apply_attention_defaults", "attention_plan",
            "build_attention", "kinds_at", "register_attention_kind"]

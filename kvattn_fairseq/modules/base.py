@@ -19,13 +19,13 @@ PER_SENTENCE = "_per_sentence"  # suffix of state entries kept once per source s
 
 @with_incremental_state
 class KVAttentionBase(nn.Module):
-    def __init__(self, embed_dim: int, num_heads: int, position: str):
+    def __init__(self, embed_dim: int, num_heads: int, position: str, head_dim: Optional[int] = None):
         super().__init__()
-        if embed_dim % num_heads != 0:
+        if head_dim is None and embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads  # read by fairseq's decoder layer
+        self.head_dim = head_dim or embed_dim // num_heads  # also read by fairseq's decoder layer
         self.position = position
         self.causal = position == "decoder"
         self.beam_size = 1
@@ -73,24 +73,29 @@ class KVAttentionBase(nn.Module):
         return x.transpose(1, 2).reshape(x.size(0), x.size(2), -1)
 
     def static_memory(self, state: Optional[Dict[str, Tensor]], name: str, src: Tensor, src_pad: Optional[Tensor],
-                      build: Callable[[Tensor, Optional[Tensor]], Tensor]) -> Tensor:
-        """A cross-attention memory built from the encoder output, cached on the first decoding step.
+                      build: Callable[[Tensor, Optional[Tensor]], Tuple[Tensor, ...]]) -> Tuple[Tensor, ...]:
+        """Cross-attention tensors built from the encoder output by `build`, cached on the first decoding step.
 
         Under fairseq's beam search (set_beam_size > 1) all beams of a sentence get the same encoder output, so the
-        memory is built and kept once per sentence, like fairseq's beamable MultiheadAttention; its batch is then
-        the number of sentences, and `x.size(0) // mem.size(0)` hypotheses share each row.
+        tensors are built and kept once per sentence, like fairseq's beamable MultiheadAttention; their batch is
+        then the number of sentences, and `x.size(0) // rows` hypotheses share each row.
         """
         if state is None:
             return build(src, src_pad)
-        for key in (name + PER_SENTENCE, name):
-            if key in state:
-                return state[key]
+        for suffix in (PER_SENTENCE, ""):
+            cached = []
+            while f"{name}{len(cached)}{suffix}" in state:
+                cached.append(state[f"{name}{len(cached)}{suffix}"])
+            if cached:
+                return tuple(cached)
+        suffix = ""
         beam = self.beam_size
         if beam > 1 and src.size(0) % beam == 0:
-            state[name + PER_SENTENCE] = build(src[::beam], None if src_pad is None else src_pad[::beam])
-            return state[name + PER_SENTENCE]
-        state[name] = build(src, src_pad)
-        return state[name]
+            src, src_pad, suffix = src[::beam], None if src_pad is None else src_pad[::beam], PER_SENTENCE
+        built = build(src, src_pad)
+        for i, t in enumerate(built):
+            state[f"{name}{i}{suffix}"] = t
+        return built
 
     # --- incremental state -------------------------------------------------------------------------------------
     def _get_input_buffer(self, incremental_state: Optional[IncrementalState]) -> Dict[str, Optional[Tensor]]:

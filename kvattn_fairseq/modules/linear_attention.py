@@ -25,6 +25,10 @@ class _HeadwiseLinear(ProjectedAttention):
 
     state_keys = ()
 
+    def key_input(self, src: Tensor) -> Tensor:
+        """What the ops take as keys, [B, H, S, d]: projected keys here, mixed key features for MLK."""
+        return self.heads(self.k_proj, src)
+
     def _memory(self, k: Tensor, v: Tensor, pad: Optional[Tensor]) -> Tensor:
         raise NotImplementedError
 
@@ -36,7 +40,7 @@ class _HeadwiseLinear(ProjectedAttention):
 
     def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
         bsz, h = x.size(0), self.num_heads
-        q, k, v = (_flat(self.heads(p, x)) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = _flat(self.heads(self.q_proj, x)), _flat(self.key_input(x)), _flat(self.heads(self.v_proj, x))
         fpad = _flat_pad(pad, h)
         if not self.causal:
             out = self._read(q, self._memory(k, v, fpad), x.dtype)
@@ -61,11 +65,11 @@ class _HeadwiseLinear(ProjectedAttention):
         h = self.num_heads
 
         def build(s: Tensor, s_pad: Optional[Tensor]) -> Tensor:
-            k, v = _flat(self.heads(self.k_proj, s)), _flat(self.heads(self.v_proj, s))
+            k, v = _flat(self.key_input(s)), _flat(self.heads(self.v_proj, s))
             mem = self._memory(k, v, _flat_pad(s_pad, h))
-            return mem.view(s.size(0), h, *mem.shape[1:])
+            return (mem.view(s.size(0), h, *mem.shape[1:]),)
 
-        mem = self.static_memory(state, "memory", src, src_pad, build)
+        mem, = self.static_memory(state, "memory", src, src_pad, build)
         q = self.fold(self.heads(self.q_proj, x), mem.size(0))
         out = self._read(_flat(q), _flat(mem), x.dtype)
         return self.output(self.unfold(out.view(mem.size(0), h, *out.shape[1:]), x.size(0)), x.dtype)

@@ -62,7 +62,8 @@ class LinformerAttention(ProjectedAttention):
 
     def attend_cross(self, x: Tensor, src: Tensor, src_pad: Optional[Tensor],
                      state: Optional[Dict[str, Tensor]]) -> Tensor:
-        return self._attend(x, self.static_memory(state, "compressed", src, src_pad, self._compress))
+        mem, = self.static_memory(state, "compressed", src, src_pad, lambda s, m: (self._compress(s, m),))
+        return self._attend(x, mem)
 
 
 @register_attention_kind(

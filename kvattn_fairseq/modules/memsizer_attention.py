@@ -70,7 +70,7 @@ class MemSizerAttention(KVAttentionBase):
     def attend_cross(self, x: Tensor, src: Tensor, src_pad: Optional[Tensor],
                      state: Optional[Dict[str, Tensor]]) -> Tensor:
         p = self.read_weights(x)
-        mem = self.static_memory(state, "memory", src, src_pad, self._memory)
+        mem, = self.static_memory(state, "memory", src, src_pad, lambda s, m: (self._memory(s, m),))
         # one memory row may serve several hypotheses (beam search): fold them into its query axis
         out = ops.read(p.reshape(mem.size(0), -1, p.size(-1)), mem, x.dtype)
         return out.view(x.size(0), x.size(1), -1)

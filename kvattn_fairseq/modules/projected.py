@@ -8,20 +8,25 @@ from .base import KVAttentionBase
 
 
 class ProjectedAttention(KVAttentionBase):
-    """q/k/v/out projections as fairseq builds them; `query_projection=False` leaves W_Q out entirely."""
+    """q/k/v/out projections as fairseq builds them; `query_projection=False` leaves W_Q out entirely and
+    `key_projections` > 1 gives one key projection per mixture component (`k_proj` + `k_projs`).  `head_dim`
+    decouples the heads' width from embed_dim / num_heads (fewer heads of the same width)."""
 
     def __init__(self, embed_dim: int, num_heads: int, position: str, kdim: Optional[int] = None,
-                 dropout: float = 0.0, query_projection: bool = True):
-        super().__init__(embed_dim, num_heads, position)
+                 dropout: float = 0.0, query_projection: bool = True, head_dim: Optional[int] = None,
+                 key_projections: int = 1):
+        super().__init__(embed_dim, num_heads, position, head_dim)
         kdim = kdim or embed_dim
+        inner = num_heads * self.head_dim
         self.dropout_p = dropout
         self.scaling = self.head_dim ** -0.5
-        self.q_proj = nn.Linear(embed_dim, embed_dim) if query_projection else None
-        self.k_proj = nn.Linear(kdim, embed_dim)
-        self.v_proj = nn.Linear(kdim, embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
-        same_dim = kdim == embed_dim
-        for lin in (self.q_proj, self.k_proj, self.v_proj):
+        self.q_proj = nn.Linear(embed_dim, inner) if query_projection else None
+        self.k_proj = nn.Linear(kdim, inner)
+        self.k_projs = nn.ModuleList(nn.Linear(kdim, inner) for _ in range(key_projections - 1))
+        self.v_proj = nn.Linear(kdim, inner)
+        self.out_proj = nn.Linear(inner, embed_dim)
+        same_dim = kdim == embed_dim and inner == embed_dim
+        for lin in (self.q_proj, self.k_proj, *self.k_projs, self.v_proj):
             if lin is not None:  # fairseq: gain 1/sqrt(2) when q, k, v share the input size
                 nn.init.xavier_uniform_(lin.weight, gain=1 / math.sqrt(2) if same_dim else 1.0)
         nn.init.xavier_uniform_(self.out_proj.weight)

@@ -79,13 +79,16 @@ class AttentionKind:
     unsupported: Dict[str, str] = field(default_factory=dict)
     # True when the decoding state does not grow with the number of generated tokens.
     constant_state: bool = False
+    # Checks across the kind's options, raising AttentionConfigError("--flag: ..."): fn(options, position).
+    validate: Optional[Callable[[Dict[str, Any], str], None]] = None
 
 
 ATTENTION_KINDS: Dict[str, AttentionKind] = {}
 
 
 def register_attention_kind(name: str, positions: Iterable[str], summary: str, options: Iterable[KindOption] = (),
-                            unsupported: Optional[Dict[str, str]] = None, constant_state: bool = False):
+                            unsupported: Optional[Dict[str, str]] = None, constant_state: bool = False,
+                            validate: Optional[Callable[[Dict[str, Any], str], None]] = None):
     """Decorator for a builder `fn(site: AttentionSite) -> nn.Module` (a fairseq MultiheadAttention drop-in)."""
     positions = tuple(positions)
     bad = [p for p in positions if p not in POSITIONS]
@@ -93,14 +96,15 @@ def register_attention_kind(name: str, positions: Iterable[str], summary: str, o
         raise ValueError(f"unknown attention position(s) {bad}; expected some of {POSITIONS}")
     if name in ATTENTION_KINDS:
         raise ValueError(f"attention kind {name!r} is already registered")
-    taken = {o.flag for k in ATTENTION_KINDS.values() for o in k.options}
-    clash = [o.flag for o in options if o.flag in taken]
+    options = tuple(options)
+    taken = {o.flag: o for k in ATTENTION_KINDS.values() for o in k.options}
+    clash = [o.flag for o in options if o.flag in taken and taken[o.flag] != o]  # kinds may share an option
     if clash:
         raise ValueError(f"attention kind {name!r}: flags {clash} are already used by another kind")
 
     def wrap(fn):
-        ATTENTION_KINDS[name] = AttentionKind(name, fn, positions, summary, tuple(options), dict(unsupported or {}),
-                                              constant_state)
+        ATTENTION_KINDS[name] = AttentionKind(name, fn, positions, summary, options, dict(unsupported or {}),
+                                              constant_state, validate)
         return fn
 
     return wrap
@@ -144,6 +148,27 @@ def positive_float(text: str) -> float:
     return value
 
 
+def choice(*allowed: str):
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    parse.__name__ = "choice"
+    return parse
+
+
+def positive_float_list(text: str):
+    """'1,3' -> (1.0, 3.0)"""
+    try:
+        values = tuple(float(v) for v in str(text).strip("()[] ").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
+    if not values or any(not v > 0 or v == float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
+    return values
+
+
 def _argparse_kind(position: str):
     def parse(text: str) -> str:
         try:
@@ -156,7 +181,11 @@ def _argparse_kind(position: str):
 
 
 def all_options() -> List[KindOption]:
-    return [o for k in ATTENTION_KINDS.values() for o in k.options]
+    unique = {}
+    for kind in ATTENTION_KINDS.values():
+        for opt in kind.options:
+            unique.setdefault(opt.flag, opt)
+    return list(unique.values())
 
 
 def add_attention_args(parser, positions: Iterable[str]) -> None:
@@ -166,7 +195,8 @@ def add_attention_args(parser, positions: Iterable[str]) -> None:
                             help=f"attention for {POSITION_NAMES[position]}: {', '.join(kinds_at(position))} "
                                  f"(default: the architecture's, else {DEFAULT_KIND})")
     for opt in all_options():
-        parser.add_argument(opt.flag, type=opt.type, metavar="N", help=f"{opt.help} (default: {opt.default})")
+        default = "derived" if opt.default is None else opt.default
+        parser.add_argument(opt.flag, type=opt.type, metavar="V", help=f"{opt.help} (default: {default})")
 
 
 def apply_attention_defaults(args, positions: Iterable[str], **arch_defaults) -> None:
@@ -190,6 +220,9 @@ def resolve_options(args, kind: AttentionKind) -> Dict[str, Any]:
         raw = getattr(args, opt.dest, None)
         if raw is None:
             raw = opt.default
+        if raw is None:  # an option whose default is "derived from other settings"
+            values[opt.dest] = None
+            continue
         try:
             values[opt.dest] = opt.type(str(raw)) if not isinstance(raw, bool) else raw
         except argparse.ArgumentTypeError as e:
@@ -203,7 +236,11 @@ def attention_plan(args, positions: Iterable[str]) -> Dict[str, Tuple[str, Dict[
     for position in positions:
         name = getattr(args, position_dest(position), None) or DEFAULT_KIND
         check_kind(position, name)
-        plan[position] = (name, resolve_options(args, ATTENTION_KINDS[name]))
+        kind = ATTENTION_KINDS[name]
+        options = resolve_options(args, kind)
+        if kind.validate is not None:
+            kind.validate(options, position)
+        plan[position] = (name, options)
     return plan
 
 

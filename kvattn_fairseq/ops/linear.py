@@ -21,8 +21,7 @@ def feature_map(x: Tensor) -> Tensor:
     return F.elu(x.to(acc_dtype(x))) + 1.0
 
 
-def _keys_values(k: Tensor, v: Tensor, pad: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    fk = feature_map(k)
+def _values_with_ones(fk: Tensor, v: Tensor, pad: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     if pad is not None:
         fk = fk.masked_fill(pad.unsqueeze(-1), 0.0)
     ones = torch.ones_like(v[..., :1], dtype=fk.dtype)
@@ -33,29 +32,48 @@ def _normalise(num_den: Tensor) -> Tensor:
     return num_den[..., :-1] / num_den[..., -1:].clamp(min=EPS)
 
 
-def memory(k: Tensor, v: Tensor, pad: Optional[Tensor] = None) -> Tensor:
-    """Non-causal (S | z): k [B, S, dk], v [B, S, dv] -> [B, dk, dv + 1] fp32."""
-    fk, va = _keys_values(k, v, pad)
+# The *_features functions take phi(q), phi(k) already computed (MLK mixes several key feature maps).
+def memory_features(fk: Tensor, v: Tensor, pad: Optional[Tensor] = None) -> Tensor:
+    """Non-causal (S | z): phi(k) [B, S, dk], v [B, S, dv] -> [B, dk, dv + 1] fp32."""
+    fk, va = _values_with_ones(fk, v, pad)
     return torch.einsum("bsk,bsv->bkv", fk, va)
 
 
+def read_features(fq: Tensor, mem: Tensor, out_dtype) -> Tensor:
+    return _normalise(torch.bmm(fq.to(mem.dtype), mem)).to(out_dtype)
+
+
+def causal_parallel_features(fq: Tensor, fk: Tensor, v: Tensor, pad: Optional[Tensor] = None,
+                             state: Optional[Tensor] = None, chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, Tensor]:
+    """phi(q), phi(k) [B, T, dk], v [B, T, dv] -> (out [B, T, dv], state [B, dk, dv + 1]), fp32."""
+    fk, va = _values_with_ones(fk, v, pad)
+    num_den, state = causal_dot_product(fq, fk, va, state, chunk)
+    return _normalise(num_den), state
+
+
+def causal_step_features(fq: Tensor, fk: Tensor, v: Tensor, state: Optional[Tensor] = None,
+                         pad: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    fk, va = _values_with_ones(fk, v, pad)
+    num_den, state = dot_product_step(fq, fk, va, state)
+    return _normalise(num_den), state
+
+
+def memory(k: Tensor, v: Tensor, pad: Optional[Tensor] = None) -> Tensor:
+    return memory_features(feature_map(k), v, pad)
+
+
 def read(q: Tensor, mem: Tensor, out_dtype) -> Tensor:
-    return _normalise(torch.bmm(feature_map(q), mem)).to(out_dtype)
+    return read_features(feature_map(q), mem, out_dtype)
 
 
 def causal_parallel(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = None, state: Optional[Tensor] = None,
                     chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, Tensor]:
-    """q, k [B, T, dk], v [B, T, dv] -> (out [B, T, dv], state [B, dk, dv + 1]), fp32."""
-    fk, va = _keys_values(k, v, pad)
-    num_den, state = causal_dot_product(feature_map(q), fk, va, state, chunk)
-    return _normalise(num_den), state
+    return causal_parallel_features(feature_map(q), feature_map(k), v, pad, state, chunk)
 
 
 def causal_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = None,
                 pad: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    fk, va = _keys_values(k, v, None if pad is None else pad)
-    num_den, state = dot_product_step(feature_map(q), fk, va, state)
-    return _normalise(num_den), state
+    return causal_step_features(feature_map(q), feature_map(k), v, state, pad)
 
 
 def reference(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = None, causal: bool = True) -> Tensor:

@@ -1,0 +1,225 @@
+"""Transformer-MGK, sMGK and the linear MLK (Nguyen et al., ICML 2022): keys as mixtures of Gaussians.
+
+`mgk` has a key projection per component; `smgk` one projection plus a learned per-head shift per component
+(initialised N(0, 0.5^2) with the first shift at 0, as the official code); `mlk` mixes elu+1 feature maps of
+per-component keys before accumulating, so its state is linear attention's.  Fewer heads is the point: with
+`--mgk-head-dim` the heads keep their width when their number drops (the paper's MGK-4 vs softmax-8, d_head 16).
+"""
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops import linear as lops
+from ..ops import mgk as ops
+from .linear_attention import _HeadwiseLinear
+from .projected import ProjectedAttention
+from .registry import (AttentionConfigError, AttentionSite, KindOption, choice, positive_float_list, positive_int,
+                       register_attention_kind)
+
+PI_MODES = ("softmax", "clamp", "uniform", "position")
+PI_MIN = 1e-6  # the official code clamps pi to [0, 1]; log(0) would be -inf
+
+
+class MixtureWeights(nn.Module):
+    """pi per head and component: `softmax` (learned, normalised; uniform at init), `clamp` (learned, each weight
+    clamped to [1e-6, 1] and not normalised: the official code), `uniform` (fixed 1/M), `position` (learned per key
+    position, normalised: the official LM code's table; keys past the table are refused)."""
+
+    def __init__(self, heads: int, components: int, mode: str, positions: int = 1024):
+        super().__init__()
+        self.mode, self.components, self.positions = mode, components, positions
+        if mode == "softmax":
+            self.logits = nn.Parameter(torch.zeros(heads, components))
+        elif mode == "clamp":
+            self.weight = nn.Parameter(torch.full((heads, components), 0.5))
+        elif mode == "position":
+            self.logits = nn.Parameter(torch.zeros(heads, positions, components))
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, components={self.components}"
+
+    def log_pi(self, key_positions: Optional[Tensor] = None) -> Optional[Tensor]:
+        """log pi broadcastable to [B, H, Tk, M]; None for equal weights (a constant that cancels)."""
+        if self.mode == "uniform":
+            return None
+        if self.mode == "softmax":
+            return F.log_softmax(self.logits, dim=-1)[None, :, None, :]
+        if self.mode == "clamp":
+            return self.weight.clamp(PI_MIN, 1.0).log()[None, :, None, :]
+        if int(key_positions.max()) >= self.positions:
+            raise ValueError(f"mgk: key position {int(key_positions.max())} is past the {self.positions}-entry "
+                             f"mixture-weight table (--mgk-pi-positions)")
+        return F.log_softmax(self.logits, dim=-1)[:, key_positions].permute(1, 0, 2, 3)
+
+    def pi(self) -> Tensor:
+        """pi per head and component, [H, M] (for MLK)."""
+        if self.mode == "uniform":
+            return torch.full((1, self.components), 1.0 / self.components)
+        return self.log_pi().exp()[0, :, 0]
+
+
+def _positions(pad: Tensor, before: Optional[Tensor] = None) -> Tensor:
+    """Absolute key positions counted over real tokens (a left-padded row sees the positions it would alone)."""
+    pos = torch.cumsum((~pad).long(), dim=1) - 1
+    if before is not None:
+        pos = pos + before.unsqueeze(1)
+    return pos.clamp(min=0)
+
+
+class MGKAttention(ProjectedAttention):
+    def __init__(self, embed_dim: int, num_heads: int, position: str, kdim: Optional[int] = None,
+                 dropout: float = 0.0, components: int = 2, shifted: bool = False, pi: str = "softmax",
+                 inv_var=(1.0,), hard: bool = False, head_dim: Optional[int] = None, pi_positions: int = 1024):
+        super().__init__(embed_dim, num_heads, position, kdim=kdim, dropout=dropout, head_dim=head_dim,
+                         key_projections=1 if shifted else components)
+        self.components, self.shifted, self.hard = components, shifted, hard
+        self.inv_var = tuple(inv_var) * components if len(inv_var) == 1 else tuple(inv_var)
+        self.mixture = MixtureWeights(num_heads, components, pi, pi_positions)
+        if shifted:
+            shifts = torch.randn(components, num_heads, self.head_dim) * 0.5
+            shifts[0] = 0.0
+            self.shifts = nn.Parameter(shifts)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, components={self.components}, shifted={self.shifted}, "
+                f"{'hard' if self.hard else 'soft'}-E, inv_var={self.inv_var}")
+
+    def project_keys(self, src: Tensor) -> Tensor:
+        """What the cache holds: [B, H, S, M, d] (mgk) or [B, H, S, d] (smgk: shifts are added at use)."""
+        if self.shifted:
+            return self.heads(self.k_proj, src)
+        return torch.stack([self.heads(p, src) for p in (self.k_proj, *self.k_projs)], dim=3)
+
+    def component_keys(self, keys: Tensor) -> Tensor:
+        if not self.shifted:
+            return keys
+        return keys.unsqueeze(3) - self.shifts.permute(1, 0, 2).unsqueeze(1).unsqueeze(0)
+
+    def _attend(self, q: Tensor, keys: Tensor, v: Tensor, key_pad: Tensor, positions: Tensor, causal: bool):
+        log_pi = self.mixture.log_pi(positions if self.mixture.mode == "position" else None)
+        return ops.attention(q, self.component_keys(keys), v, self.inv_var, log_pi, self.hard,
+                             key_pad if bool(key_pad.any()) else None, causal, self.dropout_p, self.training)
+
+    def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
+        q, keys, v = self.heads(self.q_proj, x), self.project_keys(x), self.heads(self.v_proj, x)
+        new_pad = pad if pad is not None else torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+        cached = state is not None and "prev_key" in state
+        before = (~state["prev_key_padding_mask"]).sum(1) if cached else None
+        positions = _positions(new_pad, before)
+        key_pad = new_pad
+        if cached:
+            keys = torch.cat([state["prev_key"], keys], dim=2)
+            v = torch.cat([state["prev_value"], v], dim=2)
+            key_pad = torch.cat([state["prev_key_padding_mask"], new_pad], dim=1)
+            positions = torch.cat([state["prev_key_position"], positions], dim=1)
+        if state is not None:
+            state.update(prev_key=keys, prev_value=v, prev_key_padding_mask=key_pad, prev_key_position=positions)
+        return self.output(self._attend(q, keys, v, key_pad, positions, self.causal), x.dtype)
+
+    def attend_cross(self, x: Tensor, src: Tensor, src_pad: Optional[Tensor],
+                     state: Optional[Dict[str, Tensor]]) -> Tensor:
+        def build(s: Tensor, s_pad: Optional[Tensor]):
+            s_pad = s_pad if s_pad is not None else torch.zeros(s.shape[:2], dtype=torch.bool, device=s.device)
+            return self.project_keys(s), self.heads(self.v_proj, s), s_pad, _positions(s_pad)
+
+        keys, v, key_pad, positions = self.static_memory(state, "source", src, src_pad, build)
+        q = self.fold(self.heads(self.q_proj, x), keys.size(0))
+        out = self._attend(q, keys, v, key_pad, positions, causal=False)
+        return self.output(self.unfold(out, x.size(0)), x.dtype)
+
+
+class MLKAttention(_HeadwiseLinear):
+    """Linear MGK: phi(q)^T sum_j (sum_r pi_r phi(k_jr)) v_j^T / phi(q)^T sum_j sum_r pi_r phi(k_jr)."""
+
+    state_keys = ("kv_sum",)
+
+    def __init__(self, embed_dim: int, num_heads: int, position: str, kdim: Optional[int] = None,
+                 dropout: float = 0.0, components: int = 2, pi: str = "softmax", head_dim: Optional[int] = None):
+        super().__init__(embed_dim, num_heads, position, kdim=kdim, dropout=dropout, head_dim=head_dim,
+                         key_projections=components)
+        self.components = components
+        self.mixture = MixtureWeights(num_heads, components, pi)
+
+    def key_input(self, src: Tensor) -> Tensor:
+        keys = torch.stack([self.heads(p, src) for p in (self.k_proj, *self.k_projs)], dim=3)  # [B, H, S, M, d]
+        pi = self.mixture.pi().to(keys.device)[None, :, None, :]
+        return ops.mixed_key_features(keys, pi)
+
+    def _memory(self, fk, v, pad):
+        return lops.memory_features(fk, v, pad)
+
+    def _read(self, q, mem, dtype):
+        return lops.read_features(lops.feature_map(q), mem, dtype)
+
+    def _causal(self, q, fk, v, pad, state, step):
+        if step:
+            return lops.causal_step_features(lops.feature_map(q), fk, v, state, pad)
+        return lops.causal_parallel_features(lops.feature_map(q), fk, v, pad, state)
+
+
+MGK_OPTIONS = {
+    "components": KindOption("--mgk-components", 2, positive_int,
+                             "mixture components M per key (mgk, smgk, mlk)"),
+    "pi": KindOption("--mgk-pi", "softmax", choice(*PI_MODES),
+                     "mixture weights: softmax (learned, normalised), clamp (learned, clamped to [0,1]: the official "
+                     "code), uniform (fixed), position (learned per key position: the official LM code; mgk/smgk)"),
+    "inv_var": KindOption("--mgk-inv-var-scales", "1", positive_float_list,
+                          "inverse-variance scale s_r per component, sigma_r^2 = sqrt(d_head)/s_r: one value for all, "
+                          "or M values ('1,3' is the official LM code)"),
+    "estep": KindOption("--mgk-estep", "soft", choice("soft", "hard"),
+                        "soft: log-sum-exp over components; hard: max over components (pi unused)"),
+    "head_dim": KindOption("--mgk-head-dim", None, positive_int,
+                           "width of each head (default: embed dim / heads); keeps d_head when the heads are fewer"),
+    "pi_positions": KindOption("--mgk-pi-positions", 1024, positive_int,
+                               "size of the per-position mixture-weight table of --mgk-pi position"),
+}
+
+
+def _check_mgk(o: Dict[str, Any], position: str) -> None:
+    m, scales = o["mgk_components"], o["mgk_inv_var_scales"]
+    if len(scales) not in (1, m):
+        raise AttentionConfigError(f"--mgk-inv-var-scales: {len(scales)} values for {m} components "
+                                   f"(--mgk-components); give one value or {m}")
+
+
+def _check_mlk(o: Dict[str, Any], position: str) -> None:
+    if o["mgk_pi"] == "position":
+        raise AttentionConfigError("--mgk-pi: 'position' is not supported by mlk (its state has no key positions); "
+                                   "use softmax, clamp or uniform")
+
+
+def _mgk(site: AttentionSite, shifted: bool) -> MGKAttention:
+    o = site.options
+    return MGKAttention(site.embed_dim, site.num_heads, site.position, kdim=site.kdim, dropout=site.dropout,
+                        components=o["mgk_components"], shifted=shifted, pi=o["mgk_pi"],
+                        inv_var=o["mgk_inv_var_scales"], hard=o["mgk_estep"] == "hard", head_dim=o["mgk_head_dim"],
+                        pi_positions=o["mgk_pi_positions"])
+
+
+_ALL = ("encoder", "decoder", "cross")
+
+
+@register_attention_kind("mgk", positions=_ALL, options=tuple(MGK_OPTIONS.values()), validate=_check_mgk,
+                         summary="mixture of Gaussian keys, a key projection per component, RBF scores in log "
+                                 "space (Nguyen et al., ICML 2022)")
+def build_mgk(site: AttentionSite) -> MGKAttention:
+    return _mgk(site, shifted=False)
+
+
+@register_attention_kind("smgk", positions=_ALL, options=tuple(MGK_OPTIONS.values()), validate=_check_mgk,
+                         summary="mixture of shifted Gaussian keys: one key projection plus a learned shift per "
+                                 "component (Nguyen et al., ICML 2022)")
+def build_smgk(site: AttentionSite) -> MGKAttention:
+    return _mgk(site, shifted=True)
+
+
+@register_attention_kind("mlk", positions=_ALL, constant_state=True, validate=_check_mlk,
+                         options=(MGK_OPTIONS["components"], MGK_OPTIONS["pi"], MGK_OPTIONS["head_dim"]),
+                         summary="linear mixture of keys: elu+1 features of the components mixed before a linear "
+                                 "attention's (S, z) state (Nguyen et al., ICML 2022)")
+def build_mlk(site: AttentionSite) -> MLKAttention:
+    o = site.options
+    return MLKAttention(site.embed_dim, site.num_heads, site.position, kdim=site.kdim, dropout=site.dropout,
+                        components=o["mgk_components"], pi=o["mgk_pi"], head_dim=o["mgk_head_dim"])

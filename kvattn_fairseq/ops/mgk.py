@@ -1,0 +1,94 @@
+"""Transformer with a mixture of Gaussian keys (Nguyen et al., ICML 2022), torch only.
+
+Each key position j carries M Gaussian components with means k_jr, variances sigma_r^2 = sqrt(d) / s_r (s_r: the
+inverse-variance scales; the paper's equal variances are s = 1, the official LM code's are 1, 3) and weights pi_jr:
+
+    l_ijr = log pi_jr - s_r ||q_i - k_jr||^2 / (2 sqrt(d))
+    soft E-step: L_ij = logsumexp_r l_ijr        hard E-step: L_ij = max_r (-s_r ||q_i - k_jr||^2 / (2 sqrt(d)))
+    A = softmax_j(L_ij + mask),  out_i = sum_j A_ij v_j
+
+computed in log space (the official code's exp -> divide-by-(sum + 1e-6) path zeroes whole rows once the kernels
+underflow).  Squared distances come from ||q||^2 + ||k||^2 - 2 q.k (a matmul), clamped at 0.
+
+MLK, the linear version: phi(q)^T sum_j (sum_r pi_r phi(k_jr)) v_j^T / phi(q)^T sum_j sum_r pi_r phi(k_jr), with
+phi = elu + 1: the components are mixed before accumulating, so the state is that of linear attention, whatever M.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def log_kernel(q: Tensor, keys: Tensor, inv_var: Sequence[float], log_pi: Optional[Tensor] = None,
+               hard: bool = False) -> Tensor:
+    """q [B, H, Tq, d]; keys [B, H, Tk, M, d]; log_pi broadcastable to [B, H, Tk, M] -> L [B, H, Tq, Tk] (fp32)."""
+    q = q.float()
+    keys = keys.float()
+    tau = q.size(-1) ** -0.5
+    q2 = q.pow(2).sum(-1).unsqueeze(-1)  # [B, H, Tq, 1]
+    parts = []
+    for r, s in enumerate(inv_var):
+        k = keys[..., r, :]
+        d2 = (q2 + k.pow(2).sum(-1).unsqueeze(-2) - 2.0 * torch.matmul(q, k.transpose(-1, -2))).clamp(min=0.0)
+        part = -0.5 * tau * s * d2
+        if log_pi is not None and not hard:
+            part = part + log_pi[..., r].unsqueeze(-2)
+        parts.append(part)
+    stacked = torch.stack(parts, dim=-1)
+    return stacked.max(dim=-1).values if hard else torch.logsumexp(stacked, dim=-1)
+
+
+def attention(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], log_pi: Optional[Tensor] = None,
+              hard: bool = False, key_pad: Optional[Tensor] = None, causal: bool = False, dropout_p: float = 0.0,
+              training: bool = False) -> Tensor:
+    """Causal queries are the last Tq of the Tk positions (decoding continues a cache)."""
+    scores = log_kernel(q, keys, inv_var, log_pi, hard)
+    tq, tk = scores.shape[-2:]
+    blocked = torch.zeros(1, 1, tq, tk, dtype=torch.bool, device=q.device)
+    if causal:
+        blocked = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(tk - tq + 1).view(1, 1, tq, tk)
+    if key_pad is not None:
+        blocked = blocked | key_pad.view(key_pad.size(0), 1, 1, tk)
+    empty = blocked.all(dim=-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(blocked, float("-inf")).masked_fill(empty, 0.0), dim=-1)
+    probs = probs.masked_fill(empty, 0.0)
+    if dropout_p > 0.0 and training:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    return torch.matmul(probs, v.float()).to(v.dtype)
+
+
+def reference(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], pi: Optional[Tensor] = None,
+              hard: bool = False, key_pad: Optional[Tensor] = None, causal: bool = False) -> Tensor:
+    """The paper's eq. (9), literally (mixture of Gaussian densities, normalised over keys), in fp64.
+    pi [B, H, Tk, M] (or None: equal weights)."""
+    bsz, heads, tq, d = q.shape
+    tk, m = keys.size(2), keys.size(3)
+    out = torch.zeros(bsz, heads, tq, v.size(-1), dtype=torch.float64)
+    for b in range(bsz):
+        for h in range(heads):
+            for i in range(tq):
+                pos = tk - tq + i
+                js = [j for j in range(tk) if (not causal or j <= pos) and (key_pad is None or not key_pad[b, j])]
+                if not js:
+                    continue
+                w = []
+                for j in js:
+                    comps = [-(inv_var[r] * (q[b, h, i].double() - keys[b, h, j, r].double()).pow(2).sum())
+                             / (2 * d ** 0.5) for r in range(m)]
+                    if hard:
+                        w.append(torch.stack(comps).max())
+                    else:
+                        weights = [1.0 / m if pi is None else pi[b, h, j, r].double() for r in range(m)]
+                        w.append(torch.log(sum(wr * torch.exp(c) for wr, c in zip(weights, comps))))
+                w = torch.stack(w)
+                a = torch.exp(w - w.max())
+                a = a / a.sum()
+                out[b, h, i] = sum(a[n] * v[b, h, j].double() for n, j in enumerate(js))
+    return out
+
+
+def mixed_key_features(keys: Tensor, pi: Tensor) -> Tensor:
+    """MLK: sum_r pi_r phi(k_r): keys [..., M, d], pi broadcastable to [..., M] -> [..., d] (fp32)."""
+    feats = F.elu(keys.float()) + 1.0
+    return (feats * pi.float().unsqueeze(-1)).sum(dim=-2)
