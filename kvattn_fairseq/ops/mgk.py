@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .softmax_kv import attend
+
 
 def log_kernel(q: Tensor, keys: Tensor, inv_var: Sequence[float], log_pi: Optional[Tensor] = None,
                hard: bool = False) -> Tensor:
@@ -43,19 +45,7 @@ def attention(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], log_
               hard: bool = False, key_pad: Optional[Tensor] = None, causal: bool = False, dropout_p: float = 0.0,
               training: bool = False) -> Tensor:
     """Causal queries are the last Tq of the Tk positions (decoding continues a cache)."""
-    scores = log_kernel(q, keys, inv_var, log_pi, hard)
-    tq, tk = scores.shape[-2:]
-    blocked = torch.zeros(1, 1, tq, tk, dtype=torch.bool, device=q.device)
-    if causal:
-        blocked = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(tk - tq + 1).view(1, 1, tq, tk)
-    if key_pad is not None:
-        blocked = blocked | key_pad.view(key_pad.size(0), 1, 1, tk)
-    empty = blocked.all(dim=-1, keepdim=True)
-    probs = torch.softmax(scores.masked_fill(blocked, float("-inf")).masked_fill(empty, 0.0), dim=-1)
-    probs = probs.masked_fill(empty, 0.0)
-    if dropout_p > 0.0 and training:
-        probs = F.dropout(probs, p=dropout_p, training=True)
-    return torch.matmul(probs, v.float()).to(v.dtype)
+    return attend(log_kernel(q, keys, inv_var, log_pi, hard), v, key_pad, causal, dropout_p, training)
 
 
 def reference(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], pi: Optional[Tensor] = None,

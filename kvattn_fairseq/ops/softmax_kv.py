@@ -21,21 +21,26 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None,
               key_bias: Optional[Tensor] = None, scale: float = 1.0, dropout_p: float = 0.0,
               training: bool = False) -> Tensor:
     """Softmax attention. q [B, H, Tq, d]; k, v [B, H, Tk, d]; key_pad [B, Tk] True at pads; key_bias [B, Tk]
-    (or [B, H, Tk]) added to every query's scores.  Causal queries are the last Tq of the Tk positions (decoding
-    continues a cache).  Scores and softmax in fp32; a query with no visible key gets zeros."""
+    (or [B, H, Tk]) added to every query's scores.  Scores and softmax in fp32."""
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
     if key_bias is not None:
         scores = scores + (key_bias.float().unsqueeze(1) if key_bias.dim() == 2 else key_bias.float()).unsqueeze(-2)
-    tq, tk = q.size(-2), k.size(-2)
-    blocked = torch.zeros(tq, tk, dtype=torch.bool, device=q.device)
+    return attend(scores, v, key_pad, causal, dropout_p, training)
+
+
+def attend(scores: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, causal: bool = False,
+           dropout_p: float = 0.0, training: bool = False) -> Tensor:
+    """softmax_j(scores [B, H, Tq, Tk] + masks) @ v.  Causal queries are the last Tq of the Tk positions (decoding
+    continues a cache); a query with no visible key gets zeros."""
+    tq, tk = scores.shape[-2:]
+    blocked = torch.zeros(1, 1, tq, tk, dtype=torch.bool, device=scores.device)
     if causal:
-        blocked = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(tk - tq + 1)
-    blocked = blocked.view(1, 1, tq, tk)
+        blocked = torch.ones(tq, tk, dtype=torch.bool, device=scores.device).triu(tk - tq + 1).view(1, 1, tq, tk)
     if key_pad is not None:
         blocked = blocked | key_pad.view(key_pad.size(0), 1, 1, tk)
-    scores = scores.masked_fill(blocked, float("-inf"))
     empty = blocked.all(dim=-1, keepdim=True)
-    probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    probs = torch.softmax(scores.masked_fill(blocked, float("-inf")).masked_fill(empty, 0.0), dim=-1)
+    probs = probs.masked_fill(empty, 0.0)
     if dropout_p > 0.0 and training:
         probs = F.dropout(probs, p=dropout_p, training=True)
     return torch.matmul(probs, v.float()).to(v.dtype)
