@@ -32,10 +32,6 @@ class KVAttention(ProjectedAttention):
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", asymmetric, pos_channels={self.pos_channels}" if self.asymmetric else "")
 
-    def score_scale(self):
-        """tau, times alpha = sum_c w_c for the asymmetric form."""
-        return self.scaling * self.pos_map.weight.sum() if self.asymmetric else self.scaling
-
     def key_bias(self, positions: Tensor) -> Tensor:
         """r(j) = sum over the key channels of w_c e_c(j): [B, T] for absolute key positions [B, T]."""
         feats = ops.key_position_features(positions, self.pos_channels).to(self.pos_map.weight.dtype)
@@ -62,9 +58,18 @@ class KVAttention(ProjectedAttention):
             state["prev_key"], state["prev_value"], state["prev_key_padding_mask"] = keys, values, key_pad
             if bias is not None:
                 state["prev_key_bias"] = bias
-        out = ops.attention(k, keys, values, key_pad=key_pad if bool(key_pad.any()) else None, causal=self.causal,
-                            key_bias=bias, scale=self.score_scale(), dropout_p=self.dropout_p,
-                            training=self.training)
+        pad_arg = key_pad if bool(key_pad.any()) else None
+        if bias is None:
+            out = ops.attention(k, keys, values, key_pad=pad_arg, causal=self.causal, scale=self.scaling,
+                                dropout_p=self.dropout_p, training=self.training)
+        else:
+            # alpha tau k_i.k_j + r(j) as one dot product, [alpha k_i, 1] . [k_j, r(j) / tau] * tau, so that the
+            # fused kernel runs (a learned additive mask would make it keep T x T matrices for backward)
+            q_aug = torch.cat([k * self.pos_map.weight.sum(), torch.ones_like(k[..., :1])], dim=-1)
+            k_aug = torch.cat([keys, (bias / self.scaling).unsqueeze(1).expand(-1, keys.size(1), -1)
+                               .unsqueeze(-1).to(keys.dtype)], dim=-1)
+            out = ops.attention(q_aug, k_aug, values, key_pad=pad_arg, causal=self.causal, scale=self.scaling,
+                                dropout_p=self.dropout_p, training=self.training)
         return self.output(out, x.dtype)
 
 

@@ -72,12 +72,19 @@ def causal_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[State] = None,
     return out, new
 
 
+# Within a chunk whose finite keys span less than this, exp(k_j - R) and exp(R - m_t) (R: the chunk's maximum) stay
+# inside fp32's range, so the exact prefix weights factor into a C x C matrix product.
+SAFE_RANGE = 60.0
+
+
 def causal_parallel(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = None, state: Optional[State] = None,
                     chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, State]:
     """Whole sequence: q, k [B, T, dk], v [B, T, dv] -> (out [B, T, dv] fp32, final state).
 
-    Chunks of C positions; inside a chunk each position uses its exact prefix maximum (a [C, C, dk] tensor), across
-    chunks the running state.  Linear in T; the loop runs over T / C chunks.
+    Chunks of C positions; inside a chunk each position t normalises by its exact prefix maximum m_t, across chunks
+    the running state carries (N, Z, m).  Inside a chunk, exp(k_j - m_t) = exp(k_j - R) exp(R - m_t) factors into a
+    C x C product when the chunk's keys span < SAFE_RANGE (checked once per call); otherwise a [C, C, dk] tensor of
+    weights is formed.  Linear in T; the loop runs over T / C chunks.
     """
     bsz, tlen, dk = k.shape
     acc = acc_dtype(k)
@@ -85,18 +92,28 @@ def causal_parallel(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = Non
     if state is None:
         state = (k.new_zeros(bsz, dk, v.size(-1)), k.new_zeros(bsz, dk), k.new_full((bsz, dk), NEG_INF))
     num, den, m = state
+    factored = _chunk_range(k, chunk) < SAFE_RANGE
     outs = []
     for start in range(0, tlen, chunk):
         qc, kc, vc = qf[:, start:start + chunk], k[:, start:start + chunk], v[:, start:start + chunk]
         c = kc.size(1)
         prefix_max = torch.maximum(m.unsqueeze(1), torch.cummax(kc, dim=1).values)  # [B, C, dk]
         pm = _finite(prefix_max)
-        causal = torch.ones(c, c, dtype=torch.bool, device=k.device).tril().view(1, c, c, 1)
-        w = torch.exp(kc.unsqueeze(1) - pm.unsqueeze(2)).masked_fill(~causal, 0.0)  # [B, t, j, dk]
         decay = torch.exp(m.unsqueeze(1) - pm)  # carries the earlier chunks to each position's maximum
-        z = w.sum(dim=2) + den.unsqueeze(1) * decay  # [B, C, dk]
-        qz = qc / z.clamp(min=1e-30)
-        intra = torch.einsum("btk,btjk,bjv->btv", qz, w, vc)
+        causal = torch.ones(c, c, dtype=torch.bool, device=k.device).tril()
+        if factored:
+            top = pm[:, -1:]  # R
+            b = torch.exp(kc - top)  # [B, C, dk]
+            lift = torch.exp(top - pm)  # [B, C, dk]
+            z = lift * torch.cumsum(b, dim=1) + den.unsqueeze(1) * decay
+            qz = qc / z.clamp(min=1e-30)
+            scores = torch.bmm(qz * lift, b.transpose(1, 2)).masked_fill(~causal, 0.0)  # [B, t, j]
+            intra = torch.bmm(scores, vc)
+        else:
+            w = torch.exp(kc.unsqueeze(1) - pm.unsqueeze(2)).masked_fill(~causal.view(1, c, c, 1), 0.0)
+            z = w.sum(dim=2) + den.unsqueeze(1) * decay
+            qz = qc / z.clamp(min=1e-30)
+            intra = torch.einsum("btk,btjk,bjv->btv", qz, w, vc)
         inter = torch.einsum("btk,bkv->btv", qz * decay, num)
         outs.append(intra + inter)
         m_end = pm[:, -1]
@@ -106,6 +123,18 @@ def causal_parallel(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = Non
         den = den * carry + w_end.sum(dim=1)
         m = prefix_max[:, -1]
     return torch.cat(outs, dim=1), (num, den, m)
+
+
+def _chunk_range(k: Tensor, chunk: int) -> float:
+    """The largest spread of finite key values inside any chunk (one number: one host sync per call)."""
+    bsz, tlen, dk = k.shape
+    n = (tlen + chunk - 1) // chunk
+    kp = torch.nn.functional.pad(k.detach(), (0, 0, 0, n * chunk - tlen), value=NEG_INF).view(bsz, n, chunk, dk)
+    finite = torch.isfinite(kp)
+    hi = kp.masked_fill(~finite, NEG_INF).amax(dim=2)
+    lo = kp.masked_fill(~finite, float("inf")).amin(dim=2)
+    spread = (hi - lo).masked_fill(~finite.any(dim=2), 0.0)
+    return float(spread.max()) if spread.numel() else 0.0
 
 
 def causal_reference(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = None) -> Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .softmax_kv import attend
+from . import softmax_kv
 
 
 def log_kernel(q: Tensor, keys: Tensor, inv_var: Sequence[float], log_pi: Optional[Tensor] = None,
@@ -44,8 +44,47 @@ def log_kernel(q: Tensor, keys: Tensor, inv_var: Sequence[float], log_pi: Option
 def attention(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], log_pi: Optional[Tensor] = None,
               hard: bool = False, key_pad: Optional[Tensor] = None, causal: bool = False, dropout_p: float = 0.0,
               training: bool = False) -> Tensor:
-    """Causal queries are the last Tq of the Tk positions (decoding continues a cache)."""
-    return attend(log_kernel(q, keys, inv_var, log_pi, hard), v, key_pad, causal, dropout_p, training)
+    """Causal queries are the last Tq of the Tk positions (decoding continues a cache).
+
+    The soft E-step is softmax attention over M * Tk keys, one per (position, component) sharing the position's
+    value, with augmented vectors whose dot product is exactly l_ijr / tau:
+        q~_i = [q_i, 1, |q_i|^2],   k~_jr = [s_r k_jr, -s_r |k_jr|^2 / 2 + log pi_jr / tau, -s_r / 2],
+    so it runs in torch's fused attention kernel (no Tq x Tk x M tensors kept for backward).  The hard E-step (a
+    max over components) has no such form and uses the explicit scores.
+    """
+    if hard:
+        return _explicit(log_kernel(q, keys, inv_var, log_pi, hard=True), v, key_pad, causal, dropout_p, training)
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q, keys = q.to(dtype), keys.to(dtype)
+    tau = q.size(-1) ** -0.5
+    bsz, heads, tk, m, _ = keys.shape
+    s = torch.tensor(inv_var, dtype=dtype, device=q.device).view(1, 1, 1, m, 1)
+    offset = -0.5 * s * keys.pow(2).sum(-1, keepdim=True)
+    if log_pi is not None:
+        offset = offset + log_pi.to(dtype).expand(bsz, heads, tk, m).unsqueeze(-1) / tau
+    k_aug = torch.cat([s * keys, offset, (-0.5 * s).expand(bsz, heads, tk, m, 1)], dim=-1)
+    k_aug = k_aug.transpose(2, 3).reshape(bsz, heads, m * tk, -1)  # component-major blocks of Tk keys
+    q_aug = torch.cat([q, torch.ones_like(q[..., :1]), q.pow(2).sum(-1, keepdim=True)], dim=-1)
+    out = softmax_kv.attention(q_aug, k_aug, v.to(dtype).repeat(1, 1, m, 1), key_pad, causal, scale=tau,
+                               dropout_p=dropout_p, training=training, key_blocks=m)
+    return out.to(v.dtype)
+
+
+def _explicit(scores: Tensor, v: Tensor, key_pad: Optional[Tensor], causal: bool, dropout_p: float,
+              training: bool) -> Tensor:
+    """softmax_j(scores + masks) @ v for scores [B, H, Tq, Tk] that have no dot-product form."""
+    tq, tk = scores.shape[-2:]
+    blocked = torch.zeros(1, 1, tq, tk, dtype=torch.bool, device=scores.device)
+    if causal:
+        blocked = torch.ones(tq, tk, dtype=torch.bool, device=scores.device).triu(tk - tq + 1).view(1, 1, tq, tk)
+    if key_pad is not None:
+        blocked = blocked | key_pad.view(key_pad.size(0), 1, 1, tk)
+    empty = blocked.all(dim=-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(blocked, float("-inf")).masked_fill(empty, 0.0), dim=-1)
+    probs = probs.masked_fill(empty, 0.0)
+    if dropout_p > 0.0 and training:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    return torch.matmul(probs, v.float()).to(v.dtype)
 
 
 def reference(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], pi: Optional[Tensor] = None,

@@ -18,32 +18,44 @@ from torch import Tensor
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, causal: bool = False,
-              key_bias: Optional[Tensor] = None, scale: float = 1.0, dropout_p: float = 0.0,
-              training: bool = False) -> Tensor:
-    """Softmax attention. q [B, H, Tq, d]; k, v [B, H, Tk, d]; key_pad [B, Tk] True at pads; key_bias [B, Tk]
-    (or [B, H, Tk]) added to every query's scores.  Scores and softmax in fp32."""
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    if key_bias is not None:
-        scores = scores + (key_bias.float().unsqueeze(1) if key_bias.dim() == 2 else key_bias.float()).unsqueeze(-2)
-    return attend(scores, v, key_pad, causal, dropout_p, training)
+              key_bias: Optional[Tensor] = None, scale=1.0, dropout_p: float = 0.0, training: bool = False,
+              key_blocks: int = 1) -> Tensor:
+    """Softmax attention through torch's fused scaled_dot_product_attention (no T x T matrices kept for backward).
 
-
-def attend(scores: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, causal: bool = False,
-           dropout_p: float = 0.0, training: bool = False) -> Tensor:
-    """softmax_j(scores [B, H, Tq, Tk] + masks) @ v.  Causal queries are the last Tq of the Tk positions (decoding
-    continues a cache); a query with no visible key gets zeros."""
-    tq, tk = scores.shape[-2:]
-    blocked = torch.zeros(1, 1, tq, tk, dtype=torch.bool, device=scores.device)
+    q [B, H, Tq, dq]; k [B, H, R*Tk, dq] and v [B, H, R*Tk, dv] hold `key_blocks` = R blocks of keys for the same
+    Tk positions (R = 1 but for MGK's mixture components); key_pad [B, Tk] True at pads; key_bias [B, Tk] or
+    [B, H, Tk] added to every query's scores; `scale` multiplies the scores and may be a tensor.
+    Causal queries are the last Tq of the Tk positions (decoding continues a cache).  A query with no visible key
+    gets zeros (fused kernels would give NaN).
+    """
+    tq, tk = q.size(-2), k.size(-2) // key_blocks
+    if torch.is_tensor(scale):  # a learned scale: fold it into the queries, the kernel takes a float
+        q, scale = q * scale.to(q.dtype), 1.0
+    drop = dropout_p if training else 0.0
+    dq, dv = q.size(-1), v.size(-1)
+    if dq != dv:  # torch's CPU flash kernel needs one head width; zero padding changes neither scores nor values
+        width = max(dq, dv)
+        q, k, v = (F.pad(t, (0, width - t.size(-1))) for t in (q, k, v))
+        return attention(q, k, v, key_pad, causal, key_bias, scale, dropout_p, training, key_blocks)[..., :dv]
+    if key_pad is None and key_bias is None and (not causal or tq == tk) and key_blocks == 1:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=causal, scale=scale)
+    blocked = torch.zeros(1, 1, tq, tk, dtype=torch.bool, device=q.device)
     if causal:
-        blocked = torch.ones(tq, tk, dtype=torch.bool, device=scores.device).triu(tk - tq + 1).view(1, 1, tq, tk)
+        blocked = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(tk - tq + 1).view(1, 1, tq, tk)
     if key_pad is not None:
         blocked = blocked | key_pad.view(key_pad.size(0), 1, 1, tk)
     empty = blocked.all(dim=-1, keepdim=True)
-    probs = torch.softmax(scores.masked_fill(blocked, float("-inf")).masked_fill(empty, 0.0), dim=-1)
-    probs = probs.masked_fill(empty, 0.0)
-    if dropout_p > 0.0 and training:
-        probs = F.dropout(probs, p=dropout_p, training=True)
-    return torch.matmul(probs, v.float()).to(v.dtype)
+    any_empty = bool(empty.any())
+    if any_empty:
+        blocked = blocked & ~empty  # let such rows see everything, then zero them below
+    blocked = blocked.repeat(1, 1, 1, key_blocks)
+    if key_bias is None:
+        mask = ~blocked
+    else:
+        bias = key_bias.unsqueeze(1) if key_bias.dim() == 2 else key_bias
+        mask = bias.unsqueeze(-2).to(q.dtype).repeat(1, 1, 1, key_blocks).masked_fill(blocked, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, scale=scale)
+    return out.masked_fill(empty, 0.0) if any_empty else out
 
 
 def reference(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, causal: bool = False,

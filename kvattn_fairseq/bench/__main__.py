@@ -1,0 +1,138 @@
+"""python -m kvattn_fairseq.bench --mode quick|full [--out DIR] [--device auto|cpu|cuda] [--kinds a,b]"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+from ..building import make_dictionary
+from ..modules.registry import ATTENTION_KINDS
+from . import decode, report, train, translate
+from .common import VANILLA, Size, build_lm, build_translation, decoder_kinds, machine
+
+MODES = {
+    "quick": dict(lm=Size(6, 512, 2048, 8, 8000), decode=[(4, 1, 512)], probes=(32, 64, 128, 256, 512),
+                  mt=Size(6, 512, 2048, 8, 8000), mt_sentences=32, mt_batch=16, mt_repeats=1,
+                  train=Size(2, 512, 2048, 8, 1000), train_T=(512, 2048), train_repeats=1),
+    "full": dict(lm=Size(6, 512, 2048, 8, 8000), decode=[(4, 1, 4096), (1, 1, 4096), (16, 1, 2048), (1, 4, 2048),
+                                                         (4, 4, 2048)],
+                 probes=(32, 64, 128, 256, 512, 1024, 2048, 4096),
+                 mt=Size(6, 512, 2048, 8, 32000), mt_sentences=256, mt_batch=64, mt_repeats=2,
+                 train=Size(6, 512, 2048, 8, 1000), train_T=(512, 1024, 2048, 4096, 8192), train_repeats=2),
+    # seconds, for the test suite: tiny models, short lengths
+    "smoke": dict(lm=Size(2, 32, 64, 4, 50), decode=[(2, 1, 16), (1, 2, 8)], probes=(4, 8, 16),
+                  mt=Size(1, 32, 64, 4, 50), mt_sentences=4, mt_batch=2, mt_repeats=1,
+                  train=Size(1, 32, 64, 4, 50), train_T=(16, 32), train_repeats=1),
+}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kvattn_fairseq.bench", description=__doc__)
+    p.add_argument("--mode", choices=sorted(MODES), default="quick")
+    p.add_argument("--out", default="bench_out", help="directory for results.json, summary.md and the plots")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--kinds", default="", help="comma-separated attention kinds (default: every decoder-capable kind)")
+    p.add_argument("--parts", default="decode,translate,train", help="which of decode,translate,train to run")
+    p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (default: torch's choice)")
+    p.add_argument("--decode", default="", metavar="BxWxL[,..]",
+                   help="decoding runs as batch x beam x length, e.g. 4x1x2048 (default: the mode's)")
+    a = p.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible")
+    device = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available()) else "cpu")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    only = [k for k in a.kinds.split(",") if k]
+    unknown = [k for k in only if k not in ATTENTION_KINDS]
+    if unknown:
+        p.error(f"--kinds: unknown attention kind(s) {unknown}; registered: {sorted(ATTENTION_KINDS)}")
+    parts = [x for x in a.parts.split(",") if x]
+    bad = [x for x in parts if x not in ("decode", "translate", "train")]
+    if bad:
+        p.error(f"--parts: unknown part(s) {bad}; choose from decode, translate, train")
+    cfg = dict(MODES[a.mode])
+    if a.decode:
+        try:
+            cfg["decode"] = [tuple(int(x) for x in run.split("x")) for run in a.decode.split(",")]
+            assert all(len(run) == 3 and min(run) > 0 for run in cfg["decode"])
+        except (ValueError, AssertionError):
+            p.error(f"--decode: expected BATCHxBEAMxLENGTH[,...] with positive numbers, got {a.decode!r}")
+        longest = max(run[2] for run in cfg["decode"])
+        cfg["probes"] = tuple(sorted({t for t in MODES["full"]["probes"] if t <= longest} | {longest}))
+    kinds = decoder_kinds(only)
+    models = [VANILLA] + kinds
+    os.makedirs(a.out, exist_ok=True)
+    results = {"mode": a.mode, "machine": machine(device), "kinds": kinds, "baseline": "fairseq transformer_lm / "
+               "transformer of the same size"}
+    started = time.time()
+
+    if "decode" in parts:
+        d = make_dictionary(cfg["lm"].vocab)
+        results["decode"] = {"size": cfg["lm"].__dict__, "configs": []}
+        for batch, beam, length in cfg["decode"]:
+            entry = {"batch": batch, "beam": beam, "length": length, "models": {}}
+            results["decode"]["configs"].append(entry)
+            for kind in models:
+                torch.manual_seed(0)
+                model = build_lm(kind, cfg["lm"], d, length + 8, device)
+                t0 = time.time()
+                entry["models"][kind] = decode.decode_lm(model, d, device, batch, beam, length, cfg["probes"])
+                log(f"[decode batch={batch} beam={beam}] {kind:<11} {time.time() - t0:6.1f}s  ms/step " +
+                    " ".join(f"t={t}:{v:.1f}" for t, v in entry["models"][kind]["step_ms"].items()))
+                del model
+
+    if "translate" in parts:
+        d = make_dictionary(cfg["mt"].vocab)
+        results["translate"] = {"size": cfg["mt"].__dict__, "beam": 4, "src_len": 30, "out_len": 30,
+                                "sentences": cfg["mt_sentences"], "batch": cfg["mt_batch"], "models": {}}
+        for kind in models:
+            torch.manual_seed(0)
+            model = build_translation(kind, cfg["mt"], d, device)
+            r = translate.throughput(model, d, device, cfg["mt_sentences"], cfg["mt_batch"], 4, 30, 30,
+                                     cfg["mt_repeats"])
+            results["translate"]["models"][kind] = r
+            log(f"[translate beam=4] {kind:<11} {r['sentences_per_s']:7.1f} sentences/s {r['tokens_per_s']:8.0f} "
+                f"tokens/s")
+            del model
+
+    if "train" in parts:
+        results["train"] = {"size": cfg["train"].__dict__, "batch": 1, "models": {}}
+        for kind in models:
+            per_t = results["train"]["models"].setdefault(kind, {})
+            for tlen in cfg["train_T"]:
+                per_t[tlen] = train.run_isolated(kind, cfg["train"], tlen, 1, device.type, cfg["train_repeats"],
+                                                 timeout=1800)
+                r = per_t[tlen]
+                log(f"[train T={tlen}] {kind:<11} " + (r["error"] if "error" in r else
+                    f"{r['tokens_per_s']:8.0f} tokens/s  peak {r['peak_bytes'] / 2**20:8.1f} MiB"))
+
+    constant = [k for k in kinds if ATTENTION_KINDS[k].constant_state]
+    rows = report.summarise(json.loads(json.dumps(results), object_hook=_int_keys), constant)
+    results["summary"] = rows
+    results["targets"] = report.targets(rows)
+    results["seconds"] = round(time.time() - started, 1)
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    md = report.markdown(rows, results)
+    with open(os.path.join(a.out, "summary.md"), "w") as f:
+        f.write(md + "\n" + "\n".join(results["targets"]) + "\n")
+    written = report.plots(json.loads(json.dumps(results), object_hook=_int_keys), a.out)
+    log("\n" + md)
+    log("\n".join(results["targets"]))
+    log(f"\nwrote {os.path.join(a.out, 'results.json')}, summary.md and {len(written)} plots in "
+        f"{results['seconds']:.0f}s")
+    return 0
+
+
+def _int_keys(d):
+    return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in d.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""LM decoding through fairseq's SequenceGenerator: per-step time and state bytes against generated length."""
+import statistics
+from typing import Dict, List, Sequence
+
+import torch
+from fairseq.sequence_generator import SequenceGenerator
+
+from .common import BenchmarkError, now, state_bytes
+
+
+class StepRecorder:
+    """Wraps model.decoder.forward: times every decoding step (the interval between calls includes the search
+    and the per-step reorder fairseq performs), reads the state size, and checks that every call feeds the layers
+    exactly one new token, i.e. that decoding really is incremental."""
+
+    def __init__(self, model, device, probe_steps: Sequence[int]):
+        self.model, self.device, self.probe = model, device, set(probe_steps)
+        self.times: List[float] = []
+        self.bytes_per_hyp: Dict[int, float] = {}
+        self._forward = model.decoder.forward
+        self._hook = model.decoder.layers[0].register_forward_pre_hook(self._check_one_token)
+        model.decoder.forward = self._timed
+
+    def _check_one_token(self, module, args):
+        x = args[0]
+        if x.size(0) != 1:
+            raise BenchmarkError(f"decoding is not incremental: a decoder layer got {x.size(0)} positions in one "
+                                 f"step instead of 1")
+
+    def _timed(self, prev_output_tokens, *args, **kwargs):
+        if kwargs.get("incremental_state") is None:
+            raise BenchmarkError("decoding is not incremental: the decoder was called without incremental_state")
+        self.times.append(now(self.device))
+        out = self._forward(prev_output_tokens, *args, **kwargs)
+        step = prev_output_tokens.size(1)
+        if step in self.probe:
+            self.bytes_per_hyp[step] = state_bytes(kwargs["incremental_state"]) / prev_output_tokens.size(0)
+        return out
+
+    def close(self):
+        self._hook.remove()
+        self.model.decoder.forward = self._forward
+
+    def step_ms(self, t: int, window: int = 8) -> float:
+        """Median time of the steps just before step t (robust to the odd scheduler hiccup)."""
+        deltas = [b - a for a, b in zip(self.times, self.times[1:])]
+        lo = max(0, min(t, len(deltas)) - window)
+        return 1000.0 * statistics.median(deltas[lo:max(lo + 1, min(t, len(deltas)))])
+
+
+def decode_lm(model, dictionary, device, batch: int, beam: int, length: int, probe: Sequence[int]) -> Dict:
+    """Generate exactly `length` tokens per hypothesis (EOS held off by min_len) from a one-token prompt."""
+    search = SequenceGenerator([model], dictionary, beam_size=beam, max_len_a=0, max_len_b=length, min_len=length)
+    src = torch.full((batch, 1), dictionary.eos(), dtype=torch.long, device=device)
+    sample = {"net_input": {"src_tokens": src, "src_lengths": torch.ones(batch, dtype=torch.long, device=device)}}
+    with torch.no_grad():  # warm-up: first-call costs (allocator, kernels) are not per-step time
+        SequenceGenerator([model], dictionary, beam_size=beam, max_len_a=0, max_len_b=min(length, 8),
+                          min_len=min(length, 8)).generate([model], sample)
+    rec = StepRecorder(model, device, probe)
+    try:
+        with torch.no_grad():
+            hyps = search.generate([model], sample)
+    finally:
+        rec.close()
+    if len(hyps) != batch:
+        raise BenchmarkError(f"{len(hyps)} of {batch} sequences came back")
+    steps = [t for t in probe if t <= length]
+    return {"step_ms": {t: rec.step_ms(t) for t in steps},
+            "state_bytes_per_hypothesis": {t: rec.bytes_per_hyp.get(t) for t in steps}}

@@ -1,0 +1,54 @@
+"""The benchmark runs end to end (tiny sizes) and refuses to time a decoder that is not incremental.
+Timings themselves are never asserted."""
+import json
+import os
+
+import pytest
+import torch
+
+from kvattn_fairseq.bench import decode
+from kvattn_fairseq.bench.__main__ import main
+from kvattn_fairseq.bench.common import BenchmarkError, Size, build_lm
+from kvattn_fairseq.building import make_dictionary
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_results_summary_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["--mode", "smoke", "--out", str(out), "--kinds", "memsizer,kv", "--device", "cpu"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["kinds"] == ["kv", "memsizer"]
+    assert results["machine"]["torch"] == torch.__version__ and results["machine"]["torch_threads"] >= 1
+    cfg = results["decode"]["configs"][0]
+    assert set(cfg["models"]) == {"vanilla", "kv", "memsizer"}
+    state = cfg["models"]["memsizer"]["state_bytes_per_hypothesis"]
+    assert len(set(state.values())) == 1  # constant in t
+    growing = cfg["models"]["kv"]["state_bytes_per_hypothesis"]
+    assert growing["16"] > growing["4"]
+    assert set(results["translate"]["models"]) == {"vanilla", "kv", "memsizer"}
+    for per_t in results["train"]["models"].values():
+        assert all("tokens_per_s" in r and r["peak_bytes"] >= 0 for r in per_t.values())
+    summary = (out / "summary.md").read_text()
+    assert "| memsizer (constant state) |" in summary
+    pngs = [f for f in os.listdir(out) if f.endswith(".png")]
+    assert len(pngs) >= 5
+
+
+def test_non_incremental_decoding_fails_loudly():
+    """A decoder that recomputes the whole prefix at every step (as one fairseq release silently did) is caught."""
+    d = make_dictionary(50)
+    model = build_lm("memsizer", Size(1, 16, 32, 2, 50), d, 32, torch.device("cpu"))
+    forward = model.decoder.forward
+
+    def full_recompute(prev_output_tokens, *args, incremental_state=None, **kwargs):
+        return forward(prev_output_tokens, *args, incremental_state=None, **kwargs)
+
+    model.decoder.forward = full_recompute
+    with pytest.raises(BenchmarkError, match="not incremental"):
+        decode.decode_lm(model, d, torch.device("cpu"), batch=1, beam=1, length=6, probe=(4,))
+
+
+def test_bad_arguments_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--kinds", "memsizer,nope"])
+    assert "--kinds: unknown attention kind(s) ['nope']" in capsys.readouterr().err
