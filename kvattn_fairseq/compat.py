@@ -7,9 +7,19 @@
    use np.compat.long.
 3. fairseq main's data_utils.batch_by_size drops the last batch when its size is not a multiple of
    --required-batch-size-multiple (default 8): fairseq-generate silently translates 96 of 100 sentences.
+Two more that users hit:
+4. A checkpoint that torch refuses (a global outside the allow-list) surfaces as a long pickle error that suggests
+   allow-listing the global; it becomes a one-line refusal that names the file and the global.
+5. Distributed training on CPU (gloo): fairseq divides by torch.cuda.device_count() to pick a device, defaults to
+   the NCCL backend, and hands CPU modules to DistributedDataParallel with device_ids; launched with torchrun,
+   CPU workers now get device 0, gloo, and no device_ids.
 """
 import argparse
 import functools
+import logging
+import os
+import pickle
+import re
 import sys
 import types
 
@@ -65,7 +75,85 @@ def keep_last_batch() -> None:
         data_utils.batch_by_size = _keep_last_batch(data_utils.batch_by_size)
 
 
+class CheckpointRefused(pickle.UnpicklingError):
+    """A checkpoint needs a global that is not allow-listed; it was not loaded and nothing in it ran."""
+
+
+def _refuse_clearly(load):
+    @functools.wraps(load)
+    def wrapper(path, *args, **kwargs):
+        try:
+            return load(path, *args, **kwargs)
+        except pickle.UnpicklingError as e:
+            if isinstance(e, CheckpointRefused) or "Weights only load failed" not in str(e):
+                raise
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            what = found.group(1) if found else "a global that is not allow-listed"
+            raise CheckpointRefused(
+                f"refusing to load checkpoint {path}: it references {what}, which fairseq checkpoints do not need "
+                f"and which could run code on load; load only checkpoints you trust, and if you do trust this one, "
+                f"allow-list that global with torch.serialization.add_safe_globals") from None
+
+    wrapper.kvattn_refuses_clearly = True
+    return wrapper
+
+
+def refuse_unsafe_checkpoints_clearly() -> None:
+    from fairseq import checkpoint_utils
+
+    if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "kvattn_refuses_clearly", False):
+        checkpoint_utils.load_checkpoint_to_cpu = _refuse_clearly(checkpoint_utils.load_checkpoint_to_cpu)
+
+
+def distributed_on_cpu() -> None:
+    import torch
+    from fairseq.distributed import utils as dist_utils
+    from fairseq.models import distributed_fairseq_model
+
+    launch_init = dist_utils._infer_torch_distributed_launch_init
+    if getattr(launch_init, "kvattn_cpu_aware", False):
+        return
+
+    @functools.wraps(launch_init)
+    def infer_launch(cfg):
+        if torch.cuda.is_available():
+            return launch_init(cfg)
+        cfg.distributed_init_method = "env://"
+        cfg.distributed_world_size = int(os.environ["WORLD_SIZE"])
+        cfg.distributed_rank = int(os.environ["RANK"])
+        cfg.device_id = 0  # no GPU to pick: every CPU worker uses "device" 0
+        cfg.distributed_no_spawn = True
+
+    infer_launch.kvattn_cpu_aware = True
+    dist_utils._infer_torch_distributed_launch_init = infer_launch
+
+    init = dist_utils.distributed_init
+
+    @functools.wraps(init)
+    def distributed_init(cfg):
+        dt = cfg.distributed_training if hasattr(cfg, "distributed_training") else cfg
+        if not torch.cuda.is_available() and getattr(dt, "distributed_backend", None) == "nccl":
+            logging.getLogger(__name__).warning("no CUDA device: using the gloo backend instead of nccl")
+            dt.distributed_backend = "gloo"
+        return init(cfg)
+
+    dist_utils.distributed_init = distributed_init
+
+    ddp = distributed_fairseq_model.DistributedDataParallel
+
+    class CPUAwareDDP(ddp):
+        def __init__(self, module, *args, **kwargs):
+            if next(module.parameters()).device.type == "cpu":  # DDP refuses device_ids for CPU modules
+                kwargs.pop("device_ids", None)
+                kwargs.pop("output_device", None)
+            super().__init__(module, *args, **kwargs)
+
+    distributed_fairseq_model.DistributedDataParallel = CPUAwareDDP
+
+
 def apply() -> None:
     allow_fairseq_checkpoint_globals()
     restore_np_compat()
     keep_last_batch()
+    refuse_unsafe_checkpoints_clearly()
+    distributed_on_cpu()

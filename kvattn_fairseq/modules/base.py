@@ -7,6 +7,7 @@ dict of tensors with the batch first) or None when not decoding incrementally.
 """
 from typing import Callable, Dict, Optional, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from fairseq.incremental_decoding_utils import with_incremental_state
@@ -113,6 +114,10 @@ class KVAttentionBase(nn.Module):
         buffer = self._get_input_buffer(incremental_state)
         if not buffer:
             return incremental_state
+        first = next((v for v in buffer.values() if v is not None), None)
+        if first is not None and first.size(0) == new_order.numel() and torch.equal(
+                new_order, torch.arange(new_order.numel(), device=new_order.device)):
+            return incremental_state  # the identity (greedy search): nothing moves
         for k, v in buffer.items():
             if v is None:
                 continue

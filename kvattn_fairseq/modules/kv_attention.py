@@ -59,8 +59,9 @@ class KVAttention(ProjectedAttention):
             if bias is not None:
                 state["prev_key_bias"] = bias
         pad_arg = key_pad if bool(key_pad.any()) else None
-        if bias is None:
-            out = ops.attention(k, keys, values, key_pad=pad_arg, causal=self.causal, scale=self.scaling,
+        if bias is None or x.size(1) <= ops.FEW_QUERIES:
+            scale = self.scaling if bias is None else self.scaling * self.pos_map.weight.sum()
+            out = ops.attention(k, keys, values, key_pad=pad_arg, causal=self.causal, key_bias=bias, scale=scale,
                                 dropout_p=self.dropout_p, training=self.training)
         else:
             # alpha tau k_i.k_j + r(j) as one dot product, [alpha k_i, 1] . [k_j, r(j) / tau] * tau, so that the

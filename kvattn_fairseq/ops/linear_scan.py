@@ -51,8 +51,8 @@ def causal_dot_product(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] 
 def dot_product_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """One position: q, k [N, dk], v [N, dv] -> (out [N, dv], new state [N, dk, dv]) in the accumulation dtype."""
     acc = acc_dtype(k)
-    update = k.to(acc).unsqueeze(2) * v.to(acc).unsqueeze(1)
-    state = update if state is None else state + update
+    k, v = k.to(acc).unsqueeze(2), v.to(acc).unsqueeze(1)
+    state = torch.bmm(k, v) if state is None else torch.baddbmm(state, k, v)
     return torch.bmm(q.to(acc).unsqueeze(1), state).squeeze(1), state
 
 

@@ -52,8 +52,9 @@ def attention(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], log_
     so it runs in torch's fused attention kernel (no Tq x Tk x M tensors kept for backward).  The hard E-step (a
     max over components) has no such form and uses the explicit scores.
     """
-    if hard:
-        return _explicit(log_kernel(q, keys, inv_var, log_pi, hard=True), v, key_pad, causal, dropout_p, training)
+    if hard or q.size(-2) <= softmax_kv.FEW_QUERIES:  # (decoding: the augmented keys would be rebuilt every step)
+        scores = log_kernel(q, keys, inv_var, log_pi, hard)
+        return softmax_kv.attend_scores(scores, v, key_pad, causal, dropout_p, training)
     dtype = torch.promote_types(q.dtype, torch.float32)
     q, keys = q.to(dtype), keys.to(dtype)
     tau = q.size(-1) ** -0.5
@@ -68,23 +69,6 @@ def attention(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], log_
     out = softmax_kv.attention(q_aug, k_aug, v.to(dtype).repeat(1, 1, m, 1), key_pad, causal, scale=tau,
                                dropout_p=dropout_p, training=training, key_blocks=m)
     return out.to(v.dtype)
-
-
-def _explicit(scores: Tensor, v: Tensor, key_pad: Optional[Tensor], causal: bool, dropout_p: float,
-              training: bool) -> Tensor:
-    """softmax_j(scores + masks) @ v for scores [B, H, Tq, Tk] that have no dot-product form."""
-    tq, tk = scores.shape[-2:]
-    blocked = torch.zeros(1, 1, tq, tk, dtype=torch.bool, device=scores.device)
-    if causal:
-        blocked = torch.ones(tq, tk, dtype=torch.bool, device=scores.device).triu(tk - tq + 1).view(1, 1, tq, tk)
-    if key_pad is not None:
-        blocked = blocked | key_pad.view(key_pad.size(0), 1, 1, tk)
-    empty = blocked.all(dim=-1, keepdim=True)
-    probs = torch.softmax(scores.masked_fill(blocked, float("-inf")).masked_fill(empty, 0.0), dim=-1)
-    probs = probs.masked_fill(empty, 0.0)
-    if dropout_p > 0.0 and training:
-        probs = F.dropout(probs, p=dropout_p, training=True)
-    return torch.matmul(probs, v.float()).to(v.dtype)
 
 
 def reference(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], pi: Optional[Tensor] = None,

@@ -17,6 +17,28 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+FEW_QUERIES = 8
+
+
+def attend_scores(scores: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, causal: bool = False,
+                  dropout_p: float = 0.0, training: bool = False) -> Tensor:
+    """softmax_j(scores [B, H, Tq, Tk] + masks) @ v, explicitly (for scores with no dot-product form, and for the
+    few queries of a decoding step).  Causal queries are the last Tq positions; a query with no visible key gets
+    zeros."""
+    tq, tk = scores.shape[-2:]
+    blocked = torch.zeros(1, 1, tq, tk, dtype=torch.bool, device=scores.device)
+    if causal:
+        blocked = torch.ones(tq, tk, dtype=torch.bool, device=scores.device).triu(tk - tq + 1).view(1, 1, tq, tk)
+    if key_pad is not None:
+        blocked = blocked | key_pad.view(key_pad.size(0), 1, 1, tk)
+    empty = blocked.all(dim=-1, keepdim=True)
+    probs = torch.softmax(scores.float().masked_fill(blocked, float("-inf")).masked_fill(empty, 0.0), dim=-1)
+    probs = probs.masked_fill(empty, 0.0)
+    if dropout_p > 0.0 and training:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    return torch.matmul(probs, v.float()).to(v.dtype)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, causal: bool = False,
               key_bias: Optional[Tensor] = None, scale=1.0, dropout_p: float = 0.0, training: bool = False,
               key_blocks: int = 1) -> Tensor:
@@ -32,6 +54,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None,
     if torch.is_tensor(scale):  # a learned scale: fold it into the queries, the kernel takes a float
         q, scale = q * scale.to(q.dtype), 1.0
     drop = dropout_p if training else 0.0
+    if tq <= FEW_QUERIES:  # decoding: a plain product is cheaper than building the fused kernel's inputs
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+        if key_bias is not None:
+            bias = key_bias.unsqueeze(1) if key_bias.dim() == 2 else key_bias
+            scores = scores + bias.float().repeat(1, 1, key_blocks).unsqueeze(-2)
+        if key_blocks > 1:  # the R blocks are alternatives for the same position: sum their weights
+            scores = torch.logsumexp(scores.unflatten(-1, (key_blocks, tk)), dim=-2)
+            v = v[..., :tk, :]
+        return attend_scores(scores, v, key_pad, causal, drop, training)
     dq, dv = q.size(-1), v.size(-1)
     if dq != dv:  # torch's CPU flash kernel needs one head width; zero padding changes neither scores nor values
         width = max(dq, dv)
