@@ -7,14 +7,17 @@ from .modules.registry import ATTENTION_KINDS, POSITIONS, AttentionConfigError
 
 
 def install_error_hook() -> None:
-    """A bad attention setting surfaces from deep inside fairseq's argument parsing or model build; print it as
-    one line naming the flag (like argparse does) instead of a stack trace.  Other exceptions are untouched."""
+    """A bad attention setting surfaces from deep inside fairseq's argument parsing or model build, and an input
+    longer than the model admits from deep inside batching, an unsafe checkpoint from its loader; print each as one line naming the fix (like argparse
+    does) instead of a stack trace.  Other exceptions are untouched."""
     previous = sys.excepthook
     if getattr(previous, "kvattn_hook", False):
         return
 
     def hook(exc_type, exc, tb):
-        if issubclass(exc_type, AttentionConfigError):
+        from .compat import CheckpointRefused
+
+        if issubclass(exc_type, (AttentionConfigError, CheckpointRefused)) or _is_size_error(exc_type, exc):
             prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "kvattn_fairseq"
             print(f"{prog}: error: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -22,6 +25,12 @@ def install_error_hook() -> None:
 
     hook.kvattn_hook = True
     sys.excepthook = hook
+
+
+def _is_size_error(exc_type, exc) -> bool:
+    """fairseq's refusal of an input longer than the model admits; its message already names the fix
+    (--skip-invalid-size-inputs-valid-test, which turns it into a counted, logged skip)."""
+    return exc_type is Exception and str(exc).startswith("Size of sample #") and "skip this example" in str(exc)
 
 
 def main(argv=None) -> int:

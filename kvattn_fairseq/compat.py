@@ -151,9 +151,35 @@ def distributed_on_cpu() -> None:
     distributed_fairseq_model.DistributedDataParallel = CPUAwareDDP
 
 
+def bf16_without_tpu() -> None:
+    """fairseq's argparse path turns --bf16 into --tpu (a 2020 TPU-era shortcut), which sends CPU and CUDA runs to
+    torch_xla and crashes.  Without torch_xla there is no TPU to mean, so keep bf16 on the real device."""
+    import importlib.util
+
+    from fairseq.distributed import utils as dist_utils
+
+    call_main = dist_utils.call_main
+    if getattr(call_main, "kvattn_bf16_fixed", False) or importlib.util.find_spec("torch_xla") is not None:
+        return
+
+    @functools.wraps(call_main)
+    def fixed(cfg, main, **kwargs):
+        from omegaconf import open_dict
+
+        common = getattr(cfg, "common", None)
+        if common is not None and getattr(common, "bf16", False) and getattr(common, "tpu", False):
+            with open_dict(cfg):
+                common.tpu = False
+        return call_main(cfg, main, **kwargs)
+
+    fixed.kvattn_bf16_fixed = True
+    dist_utils.call_main = fixed
+
+
 def apply() -> None:
     allow_fairseq_checkpoint_globals()
     restore_np_compat()
     keep_last_batch()
     refuse_unsafe_checkpoints_clearly()
     distributed_on_cpu()
+    bf16_without_tpu()

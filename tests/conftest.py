@@ -15,9 +15,9 @@ USER_DIR = kvattn_fairseq.USER_DIR
 BIN_DIR = os.path.dirname(sys.executable)
 
 
-def build_model(arch: str, *flags: str, dictionary: Dictionary = None, seed: int = 0):
+def build_model(arch: str, *flags: str, dictionary: Dictionary = None, seed: int = 0, **task_args):
     torch.manual_seed(seed)
-    return building.build_model(arch, *flags, dictionary=dictionary)
+    return building.build_model(arch, *flags, dictionary=dictionary, **task_args)
 
 
 def run_cli(tool: str, *args, cwd=None, input: str = None, timeout: int = 900, check: bool = True,

@@ -70,6 +70,8 @@ def _namespace(**over):
                                        ({"decoder_attention_type": "mgk", "mgk_inv_var_scales": "1,2,3"},
                                         "--mgk-inv-var-scales"),
                                        ({"decoder_attention_type": "mlk", "mgk_pi": "position"}, "--mgk-pi"),
+                                       ({"decoder_attention_type": "mgk", "mgk_pi": "position",
+                                         "mgk_pi_positions": 100}, "--mgk-pi-positions"),
                                        ({"decoder_attention_type": "bogus"}, "--decoder-attention-type"),
                                        ({"memsizer_kv_init_scale": -1.0}, "--memsizer-kv-init-scale")])
 def test_python_api_and_hydra_values_are_checked_at_build(over, flag):

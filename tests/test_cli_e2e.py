@@ -1,5 +1,6 @@
 """End to end through the real fairseq CLI on toy data: preprocess -> train -> generate (beam 4, every sentence
 out) -> interactive -> checkpoint reload / resume; and for the LM: train -> eval-lm."""
+import os
 import re
 
 import pytest
@@ -10,6 +11,7 @@ from fairseq import checkpoint_utils
 from kvattn_fairseq.modules import ATTENTION_KINDS, POSITION_FLAGS, MemSizerAttention
 
 import fairseq_runs as runs
+from conftest import USER_DIR, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -111,3 +113,54 @@ def test_mixture_of_keys_language_models_train_and_evaluate(arch, lm_bin, tmp_pa
                           "--context-window", "32")
     assert result["tokens"] == sum(len(l.split()) + 1 for l in lines)
     assert result["ppl"] < 20 + 2  # better than a uniform guess over the vocabulary
+
+
+def test_interactive_empty_and_over_long_lines(memsizer_run, reverse_bin):
+    """An empty line is a (short) input like any other; a line longer than the model admits is refused in one
+    line naming the fix, or skipped with a count in the log when asked to."""
+    save, _ = memsizer_run
+    ckpt = save / "checkpoint_best.pt"
+    long_line = " ".join(["a"] * 40)
+    lines = ["a b c", "", long_line, "q r s"]
+    base = ["fairseq-interactive", reverse_bin, "--path", ckpt, "--beam", "4", "--cpu", "--user-dir", USER_DIR,
+            "--source-lang", "src", "--target-lang", "tgt", "--max-source-positions", "20"]
+    refused = run_cli(*base, input="\n".join(lines) + "\n", check=False)
+    assert refused.returncode == 2
+    assert "Traceback" not in refused.stderr
+    assert "skip this example with --skip-invalid-size-inputs-valid-test" in refused.stderr.strip().splitlines()[-1]
+    skipped = run_cli(*base, "--skip-invalid-size-inputs-valid-test", input="\n".join(lines) + "\n")
+    hyps = runs.parse_hypotheses(skipped.stdout)
+    assert sorted(hyps) == [0, 1, 3]  # the empty line got a hypothesis; the long one was skipped ...
+    assert "1 samples have invalid sizes and will be skipped" in skipped.stderr  # ... and counted in the log
+
+
+def test_generate_refuses_or_counts_over_long_sources(memsizer_run, reverse_bin):
+    save, _ = memsizer_run
+    ckpt = save / "checkpoint_best.pt"
+    srcs = runs.read_lines(reverse_bin.parent / "raw" / "test.src")
+    too_long = sum(len(s.split()) + 1 > 8 for s in srcs)
+    assert 0 < too_long < len(srcs)
+    refused = run_cli("fairseq-generate", reverse_bin, "--path", ckpt, "--cpu", "--user-dir", USER_DIR,
+                      "--max-source-positions", "8", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "--skip-invalid-size-inputs-valid-test" in refused.stderr.strip().splitlines()[-1]
+    skipped = run_cli("fairseq-generate", reverse_bin, "--path", ckpt, "--cpu", "--user-dir", USER_DIR,
+                      "--max-source-positions", "8", "--skip-invalid-size-inputs-valid-test")
+    assert len(runs.parse_hypotheses(skipped.stdout)) == len(srcs) - too_long
+    assert f"{too_long} samples have invalid sizes and will be skipped" in skipped.stderr + skipped.stdout
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo PWNED > pwned.txt",))
+
+
+def test_generate_refuses_a_crafted_checkpoint_in_one_line(reverse_bin, tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"cfg": None, "model": {}, "payload": _Payload()}, evil)
+    proc = run_cli("fairseq-generate", reverse_bin, "--path", evil, "--user-dir", USER_DIR, "--cpu", cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 2 and not (tmp_path / "pwned.txt").exists()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "refusing to load checkpoint" in last and re.search(r"\b(posix|os|nt)\.system\b", last), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

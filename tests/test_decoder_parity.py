@@ -28,7 +28,7 @@ def _configs():
                                   "--mgk-inv-var-scales", "1,2,3"),
         "smgk-position-pi": ("kvattn_transformer_tiny", "--encoder-attention-type", "smgk", "--decoder-attention-type",
                              "smgk", "--cross-attention-type", "smgk", "--mgk-pi", "position", "--mgk-pi-positions",
-                             "64"),
+                             "64", "--max-source-positions", "64", "--max-target-positions", "64"),
         "mlk-clamp-pi-narrow-heads": ("kvattn_transformer_tiny", "--decoder-attention-type", "mlk",
                                       "--cross-attention-type", "mlk", "--mgk-pi", "clamp", "--mgk-head-dim", "8"),
     })

@@ -38,9 +38,9 @@ def build_at(cfg, position: str):
     else:
         dim, heads = cfg.decoder.embed_dim, cfg.decoder.attention_heads
         kdim = cfg.encoder.embed_dim if position == "cross" else dim
+    limit = getattr(cfg, "max_target_positions" if position == "decoder" else "max_source_positions", None)
     site = AttentionSite(position=position, embed_dim=dim, num_heads=heads, kdim=kdim,
-                         dropout=cfg.attention_dropout, options=options,
-                         max_source_positions=getattr(cfg, "max_source_positions", None))
+                         dropout=cfg.attention_dropout, options=options, max_positions=limit)
     return build_attention(name, site)
 
 

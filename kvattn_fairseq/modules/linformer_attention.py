@@ -74,5 +74,5 @@ class LinformerAttention(ProjectedAttention):
                         "Linformer's compressed length k (keys and values are projected from the source length to k)"),),
     summary="keys and values compressed along positions to k rows, non-causal (Wang et al., 2020)")
 def build_linformer(site: AttentionSite) -> LinformerAttention:
-    return LinformerAttention(site.embed_dim, site.num_heads, site.position, site.max_source_positions or 1024,
+    return LinformerAttention(site.embed_dim, site.num_heads, site.position, site.max_positions or 1024,
                               site.options["linformer_k"], kdim=site.kdim, dropout=site.dropout)

@@ -192,6 +192,10 @@ def _check_mlk(o: Dict[str, Any], position: str) -> None:
 
 def _mgk(site: AttentionSite, shifted: bool) -> MGKAttention:
     o = site.options
+    if o["mgk_pi"] == "position" and site.max_positions and o["mgk_pi_positions"] < site.max_positions:
+        flag = "--max-target-positions" if site.position == "decoder" else "--max-source-positions"
+        raise AttentionConfigError(f"--mgk-pi-positions: its {o['mgk_pi_positions']}-entry table is shorter than the "
+                                   f"{site.max_positions} positions {flag} admits; raise it or lower {flag}")
     return MGKAttention(site.embed_dim, site.num_heads, site.position, kdim=site.kdim, dropout=site.dropout,
                         components=o["mgk_components"], shifted=shifted, pi=o["mgk_pi"],
                         inv_var=o["mgk_inv_var_scales"], hard=o["mgk_estep"] == "hard", head_dim=o["mgk_head_dim"],

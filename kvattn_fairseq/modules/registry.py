@@ -61,7 +61,9 @@ class AttentionSite:
     kdim: int
     dropout: float
     options: Dict[str, Any] = field(default_factory=dict)
-    max_source_positions: Optional[int] = None
+    # the longest key sequence the model admits here: --max-source-positions (encoder, cross) or
+    # --max-target-positions (decoder); None when unknown
+    max_positions: Optional[int] = None
 
     @property
     def causal(self) -> bool:

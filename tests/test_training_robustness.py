@@ -1,0 +1,108 @@
+"""Long training runs must not lose work: half-precision training stays finite, a SIGKILLed run resumes to the
+same result, and fairseq's distributed training (2 CPU processes, gloo) matches a single process."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import fairseq_runs as runs
+from conftest import BIN_DIR
+
+pytestmark = pytest.mark.slow
+FLAGS = ["--max-tokens", "500", "--dropout", "0", "--warmup-updates", "20"]
+
+
+@pytest.fixture(scope="module")
+def reverse_bin(tmp_path_factory):
+    return runs.prepare_reverse(tmp_path_factory.mktemp("robust"), train=600, valid=100, test=20)
+
+
+def losses(log: str, which: str = "valid"):
+    return [float(x) for x in re.findall(rf"\| {which} \| epoch \d+ .*?\| loss ([\d.]+|nan|inf)", log)]
+
+
+@pytest.mark.parametrize("kind", ["memsizer", "linear"])
+def test_bf16_training_stays_finite_and_learns(kind, reverse_bin, tmp_path):
+    log = runs.train_translation(reverse_bin, tmp_path, "kvattn_transformer_tiny", "--decoder-attention-type", kind,
+                                 "--cross-attention-type", kind, "--bf16", *FLAGS, epochs=8, lr="5e-3")
+    train = losses(log, "train")
+    assert len(train) == 8 and all(torch.isfinite(torch.tensor(train)))
+    assert train[-1] < 0.8 * train[0]
+    assert "Minimum loss scale" not in log and "nan" not in " ".join(map(str, train))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp16_training_on_cuda_keeps_the_loss_scaler_alive(reverse_bin, tmp_path):
+    flags = [f for f in runs.TRAIN_FLAGS if f != "--cpu"]
+    proc = subprocess.run([os.path.join(BIN_DIR, "fairseq-train"), str(reverse_bin), "--arch", "memsizer_tiny",
+                           "--save-dir", str(tmp_path), "--max-epoch", "8", "--lr", "5e-3", "--fp16", *flags, *FLAGS],
+                          capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    train = losses(log, "train")
+    assert train[-1] < 0.8 * train[0] and "Minimum loss scale" not in log
+
+
+def _train_cmd(reverse_bin, save_dir):
+    return [os.path.join(BIN_DIR, "fairseq-train"), str(reverse_bin), "--arch", "memsizer_tiny", "--save-dir",
+            str(save_dir), "--max-update", "120", "--lr", "5e-3", "--save-interval-updates", "10",
+            *runs.TRAIN_FLAGS, *FLAGS]
+
+
+def test_sigkill_mid_epoch_then_resume_reaches_the_same_loss(reverse_bin, tmp_path):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    straight = subprocess.run(_train_cmd(reverse_bin, tmp_path / "straight"), capture_output=True, text=True,
+                              env=env, timeout=900)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    save = tmp_path / "killed"
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(_train_cmd(reverse_bin, save), stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            if re.search(r"Saved checkpoint .*checkpoint_last\.pt \(epoch \d+ @ (4\d|5\d|6\d) updates",
+                         log_path.read_text()):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    first = log_path.read_text()
+    assert "done training" not in first
+    resumed = subprocess.run(_train_cmd(reverse_bin, save), capture_output=True, text=True, env=env, timeout=900)
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-3000:]
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ [1-9]\d* updates\)", log)
+    assert "num_updates 120" in log
+    a, b = losses(straight.stdout + straight.stderr)[-1], losses(log)[-1]
+    # Stated tolerance: fairseq's mid-epoch resume is not bitwise (its own transformer lands within ~1% here, as
+    # the restored epoch iterator does not replay the identical batches), so 5% of the loss.
+    assert abs(a - b) <= 0.05 * a, f"uninterrupted {a} vs resumed {b}"
+
+
+def test_two_process_gloo_training_matches_one_process(reverse_bin, tmp_path):
+    """torchrun with 2 CPU workers, each importing the plugin through --user-dir, against one process with
+    --update-freq 2: the same batches per update, so the same losses up to float summation order."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    common = ["--arch", "memsizer_tiny", "--max-epoch", "3", "--lr", "5e-3", *runs.TRAIN_FLAGS, *FLAGS]
+    single = subprocess.run([os.path.join(BIN_DIR, "fairseq-train"), str(reverse_bin), "--save-dir",
+                             str(tmp_path / "single"), "--update-freq", "2", *common], capture_output=True, text=True,
+                            env=env, timeout=900)
+    assert single.returncode == 0, single.stderr[-3000:]
+    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29517", "-m", "fairseq_cli.train", str(reverse_bin), "--save-dir", str(tmp_path / "dist"),
+                           "--distributed-world-size", "2", "--distributed-backend", "gloo", *common],
+                          capture_output=True, text=True, env=env, timeout=900)
+    log = dist.stdout + dist.stderr
+    assert dist.returncode == 0, log[-4000:]
+    assert "distributed init (rank 1)" in log
+    a, b = losses(single.stdout + single.stderr), losses(log)
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 2e-3, f"single {a} vs distributed {b}"
