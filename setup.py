@@ -18,6 +18,7 @@ setup(
         "hydra-core>=1.0.7",
         "sacrebleu>=2.0",
         "rouge-score",
+        "sacremoses",  # Moses tokenization for the compound-split tokenized BLEU of the WMT tables
         "sentencepiece",
     ],
     extras_require={

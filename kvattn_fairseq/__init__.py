@@ -5,9 +5,13 @@
 Importing the package applies the compatibility fixes (compat.py) and registers the attention kinds, the models
 `kvattn_transformer` / `kvattn_lm` and their architectures.
 """
+import logging
 import os
 
-from . import compat
+# fairseq's import logs an optional-dependency hint on stderr in front of every one-line error; it is not actionable.
+logging.getLogger("fairseq.tasks.text_to_speech").addFilter(lambda r: "tensorboardX" not in r.getMessage())
+
+from . import compat  # noqa: E402
 
 compat.apply()
 

@@ -26,8 +26,18 @@ import types
 import numpy as np
 import torch
 
-# Globals a fairseq checkpoint may pickle besides tensors and plain containers (the legacy model args).
-CHECKPOINT_SAFE_GLOBALS = (argparse.Namespace,)
+
+def _numpy_multiarray():
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed np.core
+    return core.multiarray
+
+
+# Globals a fairseq checkpoint may pickle besides tensors and plain containers: the legacy model args, and the
+# numpy arrays and scalars fairseq's metrics keep in extra_state (e.g. --eval-bleu's n-gram counts).  Rebuilding
+# an array or scalar from a dtype and raw bytes runs no code; an object array still needs its elements' globals.
+_NUMERIC_DTYPES = tuple({type(np.dtype(c)) for c in "?bhilqBHILQefdgFDG"})
+CHECKPOINT_SAFE_GLOBALS = (argparse.Namespace, np.ndarray, np.dtype, _numpy_multiarray()._reconstruct,
+                           _numpy_multiarray().scalar) + _NUMERIC_DTYPES
 
 
 def allow_fairseq_checkpoint_globals() -> None:

@@ -36,6 +36,24 @@ def test_checkpoints_with_namespace_load_with_weights_only(tmp_path):
     assert "LOADED" in with_plugin.stdout
 
 
+def test_checkpoints_with_numpy_metrics_load_but_object_arrays_do_not(tmp_path):
+    """fairseq keeps --eval-bleu's n-gram counts as numpy arrays in extra_state['metrics']."""
+    path, evil = tmp_path / "ckpt.pt", tmp_path / "objects.pt"
+    metrics = {"_bleu_counts": np.array([3, 2, 1, 0]), "loss": np.float64(2.5), "ppl": np.float32(1.5)}
+    torch.save({"extra_state": {"metrics": metrics}, "model": {"w": torch.ones(2)}}, path)
+    torch.save({"extra_state": {"metrics": {"x": np.array([print], dtype=object)}}}, evil)
+    code = f"""
+        import torch
+        state = torch.load({str(path)!r}, map_location="cpu")
+        assert state["extra_state"]["metrics"]["_bleu_counts"].tolist() == [3, 2, 1, 0]
+        print("LOADED")
+        torch.load({str(evil)!r}, map_location="cpu")
+    """
+    proc = run_python(code, with_plugin=True)
+    assert "LOADED" in proc.stdout, proc.stderr[-3000:]
+    assert proc.returncode != 0 and "ObjectDType" in proc.stderr
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("echo PWNED > pwned.txt",))
