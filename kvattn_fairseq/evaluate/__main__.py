@@ -1,0 +1,123 @@
+"""python -m kvattn_fairseq.evaluate {wmt,cnndm,lm,synthetic} --data DIR --checkpoint CKPT --out results.json
+[options] [-- extra fairseq flags]"""
+import argparse
+import os
+import sys
+
+from . import cnndm, common, lm, results, synthetic, wmt
+
+EVALUATORS = {"wmt": wmt, "cnndm": cnndm, "lm": lm, "synthetic": synthetic}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage block) and exits 2."""
+
+    def error(self, message):
+        if "unrecognized arguments" in message:
+            message += " (fairseq flags go after --)"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _common(p: argparse.ArgumentParser, lm_task: bool = False) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="the prepared data directory (holds data-bin/)")
+    p.add_argument("--checkpoint", metavar="CKPT", help="the checkpoint to evaluate")
+    p.add_argument("--average-last", type=int, metavar="N",
+                   help="instead of --checkpoint: average the last N checkpoints of --checkpoint-dir first")
+    p.add_argument("--average-by", choices=["epoch", "update"], default="epoch",
+                   help="with --average-last: epoch checkpoints (checkpointE.pt, default) or update checkpoints "
+                        "(checkpoint_E_U.pt)")
+    p.add_argument("--checkpoint-dir", metavar="D", help="with --average-last: where the checkpoints are")
+    p.add_argument("--average-output", metavar="FILE",
+                   help="with --average-last: where the averaged checkpoint goes (default D/checkpoint.avgN.pt)")
+    p.add_argument("--out", required=True, metavar="results.json",
+                   help="the results file; hypotheses and logs go next to it (same name, other suffixes)")
+    p.add_argument("--name", help="experiment name (default: the checkpoint's directory name)")
+    p.add_argument("--table", choices=results.TABLES, help="which paper table the result belongs to "
+                                                           "(default: inferred from the task and architecture)")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help=f"sentences per batch (default {2 if lm_task else 128} unless --max-tokens is given)")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="tokens per batch")
+
+
+def _generation(p: argparse.ArgumentParser, beam: int, lenpen: float) -> None:
+    p.add_argument("--beam", type=int, default=beam, help=f"beam size (default {beam})")
+    p.add_argument("--lenpen", type=float, default=lenpen, help=f"length penalty (default {lenpen})")
+    p.add_argument("--gen-subset", default="test", help="which binarized split to decode (default test)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m kvattn_fairseq.evaluate", description=__doc__)
+    sub = parser.add_subparsers(dest="task", metavar="{wmt,cnndm,lm,synthetic}", required=True)
+
+    p = sub.add_parser("wmt", help="WMT En-De: sacreBLEU (+ compound-split tok-BLEU)", description=wmt.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    _generation(p, 4, 0.6)
+    p.add_argument("--target-lang", default="de", help="reference suffix DIR/test.LANG and tokenizer language")
+    p.add_argument("--sacrebleu-tokenize", default="13a", help="sacreBLEU tokenizer (default 13a)")
+
+    p = sub.add_parser("cnndm", help="CNN/DailyMail: ROUGE-1/2/L/Lsum", description=cnndm.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    _generation(p, 4, 2.0)
+    p.add_argument("--min-len", type=int, default=55, help="minimum summary length in tokens (default 55)")
+    p.add_argument("--max-len-b", type=int, default=140, help="maximum summary length in tokens (default 140)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=3, help="default 3")
+    p.add_argument("--no-truncate-source", action="store_true",
+                   help="do not pass --truncate-source (a too-long article then stops generation with an error)")
+
+    p = sub.add_parser("lm", help="language modelling: fairseq-eval-lm perplexity", description=lm.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p, lm_task=True)
+    p.add_argument("--context-window", type=int, default=0, metavar="C", help="context tokens before each block")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--tokens-per-sample", type=int, metavar="M",
+                      help="the model's input window, context included (fairseq's meaning)")
+    size.add_argument("--score-block", type=int, metavar="B",
+                      help="tokens scored per window; passes --tokens-per-sample B + C")
+    p.add_argument("--splits", default="valid,test", help="comma-separated splits (default valid,test)")
+
+    p = sub.add_parser("synthetic", help="synthetic sequence tasks: exact-match accuracy",
+                       description=synthetic.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    _generation(p, 1, 1.0)
+    p.add_argument("--synthetic-task", metavar="NAME",
+                   help="reverse, sort, copy, swap, sub, ... (default: the data directory's name)")
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    a.extra = extra
+    prog = f"{parser.prog} {a.task}"
+    if a.checkpoint and a.average_last:
+        print(f"{prog}: error: --checkpoint and --average-last exclude each other", file=sys.stderr)
+        return 2
+    if os.path.isdir(a.out):
+        print(f"{prog}: error: --out {a.out} is a directory; give the results file's name", file=sys.stderr)
+        return 2
+    module = EVALUATORS[a.task]
+    try:
+        result = module.run(a)
+    except common.EvalError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except common.ToolError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing written", file=sys.stderr)
+        return 130
+    print(f"{result['name']}: {module.summary_line(result)}")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

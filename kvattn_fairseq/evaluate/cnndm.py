@@ -1,0 +1,125 @@
+"""CNN/DailyMail: fairseq-generate with the BART recipe's settings, sentencepiece decoding, ROUGE with rouge-score.
+
+Input directory (scripts/prepare-cnndm.sh's output): DIR/data-bin (source-target, sentencepiece pieces),
+DIR/spm.model, DIR/test.target (one reference summary per line) and DIR/test.ref.jsonl (one JSON list of reference
+sentences per line, same order).
+
+Generation defaults are fairseq's examples/bart/summarize.py CNN settings: beam 4, length penalty 2.0, min length
+55, max length 140 (max_len_a 0, max_len_b 140), no-repeat n-gram size 3; sources longer than the model admits are
+truncated (--truncate-source) rather than skipped, so every article gets a summary.
+
+Scores: rouge-score's RougeScorer with use_stemmer=True (its default tokenizer lowercases and keeps [a-z0-9]).
+ROUGE-1, ROUGE-2 and ROUGE-L compare each hypothesis with its line of test.target; ROUGE-Lsum (summary-level LCS)
+compares the hypothesis split into sentences with the reference sentences of test.ref.jsonl, both newline-joined.
+Hypothesis sentences are split by `split_sentences` below (rule-based, documented, no downloaded model; NLTK's
+punkt needs data that cannot be fetched here).  Each number is the mean over examples of F1 (and of precision and
+recall), ×100.
+"""
+import json
+import os
+import re
+from typing import Dict, List, Sequence
+
+from . import common, results
+from .wmt import spm_decode
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+# A sentence ends at . ! or ? (with any closing quotes or brackets after it), followed by whitespace and then
+# something that starts a sentence: an upper-case letter, a digit, or an opening quote / bracket.
+_BOUNDARY = re.compile(r"([.!?][\"'\u201d\u2019)\]]*)\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
+SPLITTER = ("rule-based: split after . ! ? (and closing quotes/brackets) before an upper-case letter, digit or "
+            "opening quote")
+
+
+def split_sentences(text: str) -> List[str]:
+    """Split a summary into sentences (see SPLITTER); never returns an empty list for non-empty text."""
+    text = " ".join(text.split())
+    if not text:
+        return []
+    return [s.strip() for s in _BOUNDARY.sub("\\1\n", text).split("\n") if s.strip()]
+
+
+def read_reference_sentences(path: str) -> List[List[str]]:
+    refs = []
+    for i, line in enumerate(common.read_lines(path, "--data (reference sentences test.ref.jsonl)"), 1):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise common.EvalError(f"{path}:{i}: not a JSON list of sentences ({e.msg})") from None
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            raise common.EvalError(f"{path}:{i}: expected a JSON list of sentence strings")
+        refs.append(value)
+    return refs
+
+
+def rouge(hyps: Sequence[str], refs: Sequence[str], ref_sentences: Sequence[Sequence[str]]) -> Dict:
+    """Mean P/R/F ×100 per ROUGE type; rougeLsum on newline-joined sentences."""
+    from rouge_score import rouge_scorer
+
+    plain = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    summary = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    totals = {t: {"p": 0.0, "r": 0.0, "f": 0.0} for t in ROUGE_TYPES}
+    for hyp, ref, ref_sents in zip(hyps, refs, ref_sentences):
+        scores = plain.score(ref, hyp)  # reference first
+        scores.update(summary.score("\n".join(ref_sents), "\n".join(split_sentences(hyp))))
+        for t in ROUGE_TYPES:
+            totals[t]["p"] += scores[t].precision
+            totals[t]["r"] += scores[t].recall
+            totals[t]["f"] += scores[t].fmeasure
+    n = max(len(hyps), 1)
+    return {t: {k: round(100 * v / n, 2) for k, v in totals[t].items()} for t in ROUGE_TYPES}
+
+
+def run(a) -> Dict:
+    data = common.require_dir(a.data, "--data")
+    data_bin = os.path.join(data, "data-bin")
+    common.require_data_bin(data_bin, "--data", [a.gen_subset])
+    spm_model = common.require_file(os.path.join(data, "spm.model"), "--data (sentencepiece model)")
+    target_path = os.path.join(data, f"{a.gen_subset}.target")
+    refs = common.read_lines(target_path, f"--data (reference summaries {a.gen_subset}.target)")
+    ref_path = os.path.join(data, f"{a.gen_subset}.ref.jsonl")
+    ref_sentences = read_reference_sentences(ref_path)
+    if len(ref_sentences) != len(refs):
+        raise common.EvalError(f"{ref_path} has {len(ref_sentences)} examples but {target_path} has {len(refs)}")
+    common.check_extra_flags(a.extra, common.MANAGED_GENERATE_FLAGS + common.DETOK_FLAGS + (
+        "--min-len", "--max-len-a", "--max-len-b", "--no-repeat-ngram-size", "--truncate-source"), {
+        **{f: "the evaluator decodes sentencepiece itself with DIR/spm.model" for f in common.DETOK_FLAGS}})
+    checkpoint, averaged = common.resolve_checkpoint(a)
+    info, saved_avg = common.checkpoint_info(checkpoint)
+    averaged = averaged or saved_avg
+
+    stem = common.stem(a.out)
+    log = f"{stem}.generate-{a.gen_subset}.log"
+    flags = ["--min-len", str(a.min_len), "--max-len-a", "0", "--max-len-b", str(a.max_len_b),
+             "--no-repeat-ngram-size", str(a.no_repeat_ngram_size)]
+    if not a.no_truncate_source:
+        flags.append("--truncate-source")
+    hyps, summary, args = common.generate(
+        data_bin, checkpoint, subset=a.gen_subset, beam=a.beam, lenpen=a.lenpen, batch_size=a.batch_size,
+        max_tokens=a.max_tokens, flags=flags, extra=a.extra, log_path=log)
+    pieces = common.in_order(hyps, len(refs), target_path)
+    detok = spm_decode(spm_model, pieces)
+    scores = rouge(detok, refs, ref_sentences)
+    metrics = dict(scores)
+    metrics["sentence_splitter"] = SPLITTER
+    metrics["generate"] = {k: summary.get(k) for k in ("sentences_per_s", "tokens_per_s", "seconds")}
+    hyp_path = f"{stem}.hyp.txt"
+    settings = {"subset": a.gen_subset, "beam": a.beam, "lenpen": a.lenpen, "min_len": a.min_len,
+                "max_len_b": a.max_len_b, "no_repeat_ngram_size": a.no_repeat_ngram_size,
+                "truncate_source": not a.no_truncate_source, **common.batch_settings(a),
+                "detokenizer": "sentencepiece (DIR/spm.model)", "fairseq_flags": common.settings_flags(args)}
+    signature = "rouge-score use_stemmer=True; F1 x100, mean over examples; rougeLsum on newline-split sentences"
+    result = results.make("cnndm", name=common.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
+                          averaged_from=averaged, data=data, settings=settings, metrics=metrics,
+                          main_value=scores["rougeLsum"]["f"], signature=signature, sentences=len(refs),
+                          files={"hypotheses": hyp_path, "logs": [log]}, results_path=a.out, table=a.table,
+                          extra_versions=("rouge-score", "sentencepiece"))
+    results.write_atomic(hyp_path, "".join(h + "\n" for h in detok))
+    results.save(result, a.out)
+    return result
+
+
+def summary_line(result: Dict) -> str:
+    m = result["metrics"]
+    return (f"ROUGE F1 x100: R-1 {m['rouge1']['f']:.2f}, R-2 {m['rouge2']['f']:.2f}, R-L {m['rougeL']['f']:.2f}, "
+            f"R-Lsum {m['rougeLsum']['f']:.2f}; {result['sentences']} summaries")

@@ -1,0 +1,101 @@
+"""WikiText-103 (or any fairseq language-modelling data-bin): fairseq-eval-lm on the valid and test splits.
+
+How the window works (fairseq_cli/eval_lm.py): fairseq subtracts --context-window from --tokens-per-sample, cuts
+the split into blocks of (tokens-per-sample - context-window) tokens, and feeds each block with up to
+context-window preceding tokens in front of it, scored only on the block.  So the model never sees more than
+--tokens-per-sample tokens at once, and:
+
+    --tokens-per-sample M  the model's input window (context + scored block), fairseq's meaning; must be at most
+                           the model's max_target_positions and larger than --context-window
+    --score-block B        alternatively, the number of tokens scored per window: M = B + context-window is passed
+    --context-window C     tokens of context before each block (0: blocks scored without context, which gives a
+                           higher perplexity)
+
+Both forms are recorded in the results (tokens_per_sample, context_window, scored_block).  The MGK paper's
+sliding-window evaluation (window 256, scoring one new token per window) is --tokens-per-sample 256
+--context-window 255 (slow); fairseq's README example is --tokens-per-sample 512 --context-window 400.
+"""
+import os
+import re
+from typing import Dict
+
+from . import common, results
+
+LOSS = re.compile(r"Loss \(base 2\): ([\d.]+|inf|nan), Perplexity: ([\d.]+|inf|nan)")
+TOKENS = re.compile(r"Evaluated ([\d,]+) tokens")
+MANAGED = ("--path", "--user-dir", "--gen-subset", "--context-window", "--tokens-per-sample", "--batch-size",
+           "--max-sentences", "--max-tokens", "--output-word-probs", "--output-word-stats", "--quiet")
+
+
+def window(a, max_positions) -> Dict:
+    if a.context_window < 0:
+        raise common.EvalError(f"--context-window: must be >= 0, got {a.context_window}")
+    if a.score_block is not None:
+        if a.score_block < 1:
+            raise common.EvalError(f"--score-block: must be >= 1, got {a.score_block}")
+        total = a.score_block + a.context_window
+    else:
+        total = a.tokens_per_sample
+        if a.context_window >= total:
+            raise common.EvalError(
+                f"--context-window {a.context_window} must be smaller than --tokens-per-sample {total}: fairseq "
+                f"scores blocks of tokens-per-sample - context-window tokens (or give --score-block instead)")
+    if max_positions and total > max_positions:
+        raise common.EvalError(
+            f"--tokens-per-sample {total} (context {a.context_window} + scored block {total - a.context_window}) "
+            f"exceeds the model's max_target_positions {max_positions}")
+    return {"tokens_per_sample": total, "context_window": a.context_window,
+            "scored_block": total - a.context_window}
+
+
+def run(a) -> Dict:
+    data = common.require_dir(a.data, "--data")
+    data_bin = os.path.join(data, "data-bin")
+    splits = [s for s in a.splits.split(",") if s]
+    if not splits:
+        raise common.EvalError("--splits: give at least one split, e.g. valid,test")
+    common.require_data_bin(data_bin, "--data", splits)
+    common.check_extra_flags(a.extra, MANAGED)
+    checkpoint, averaged = common.resolve_checkpoint(a)
+    info, saved_avg = common.checkpoint_info(checkpoint)
+    averaged = averaged or saved_avg
+    win = window(a, info.get("max_target_positions"))
+
+    stem = common.stem(a.out)
+    metrics: Dict = dict(win)
+    logs = []
+    args = []
+    for split in splits:
+        log = f"{stem}.eval-lm-{split}.log"
+        args = ["--path", checkpoint, "--user-dir", common.user_dir(), "--gen-subset", split,
+                "--context-window", str(win["context_window"]), "--tokens-per-sample", str(win["tokens_per_sample"])]
+        if a.max_tokens:
+            args += ["--max-tokens", str(a.max_tokens)]
+        if a.batch_size or not a.max_tokens:
+            args += ["--batch-size", str(a.batch_size or 2)]
+        args += list(a.extra)
+        output = common.run_tool(common.fairseq_command("eval_lm") + [data_bin] + args, log, "fairseq-eval-lm")
+        loss, tokens = LOSS.search(output), TOKENS.search(output)
+        if not loss or not tokens:
+            raise common.ToolError(f"fairseq-eval-lm printed no loss/perplexity for '{split}'; full log: {log}")
+        metrics[split] = {"loss_base2": float(loss.group(1)), "ppl": float(loss.group(2)),
+                          "tokens": int(tokens.group(1).replace(",", ""))}
+        logs.append(log)
+    main_split = "test" if "test" in splits else splits[-1]
+    settings = {"splits": splits, **win, **common.batch_settings(a, 2), "fairseq_flags": common.settings_flags(args)}
+    result = results.make("lm", name=common.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
+                          averaged_from=averaged, data=data, settings=settings, metrics=metrics,
+                          main_value=metrics[main_split]["ppl"],
+                          signature=(f"fairseq-eval-lm perplexity, context window {win['context_window']}, "
+                                     f"scored block {win['scored_block']}"),
+                          sentences=None, files={"logs": logs}, results_path=a.out, table=a.table)
+    result["main"]["metric"] = f"{main_split}_ppl"
+    results.save(result, a.out)
+    return result
+
+
+def summary_line(result: Dict) -> str:
+    m = result["metrics"]
+    parts = [f"{s} ppl {m[s]['ppl']:.2f} (loss {m[s]['loss_base2']:.4f} bits, {m[s]['tokens']:,} tokens)"
+             for s in result["settings"]["splits"]]
+    return "; ".join(parts) + f"; context window {m['context_window']}, scored block {m['scored_block']}"

@@ -1,0 +1,172 @@
+"""The results file every evaluator writes, and the code that reads it back (scripts/make_tables.py).
+
+One JSON object per evaluated checkpoint and task, schema ``kvattn_fairseq.evaluate/1``:
+
+    schema        "kvattn_fairseq.evaluate/1"
+    task          "wmt" | "cnndm" | "lm" | "synthetic"
+    table         which paper table the result belongs to: "memsizer_mt", "memsizer_summarization",
+                  "memsizer_lm", "mgk_lm", "kv_synthetic" (inferred from task and arch, or --table)
+    name          experiment name (--name; default: the checkpoint's directory name)
+    timestamp     UTC, ISO 8601, when the evaluation finished
+    model         {"arch", "model" (fairseq model name), "attention": {position: kind} for the positions the model
+                  has ("encoder", "decoder", "cross"), "heads": {"encoder", "decoder"}, "parameters" (distinct
+                  floating-point tensors of the state dict), "num_updates", "max_target_positions"}, read from
+                  the checkpoint's saved cfg / args
+    checkpoint    {"path": relative to the results file's directory, "averaged_from": [file names] or null}
+    data          the data directory, relative to the results file's directory
+    settings      generation / evaluation settings actually passed to fairseq (beam, lenpen, ..., extra flags)
+    sentences     number of scored test sentences (translation-like tasks), or null for "lm"
+    metrics       task-specific numbers (below)
+    main          {"metric": name, "value": number}: the headline number of the task
+    signature     the sacreBLEU signature (wmt), or a short description of the metric otherwise
+    files         {"hypotheses": ..., "logs": [...]}, relative to the results file's directory
+    versions      {"kvattn_fairseq", "fairseq", "torch", "sacrebleu" | "rouge_score", ...}
+
+metrics per task:
+    wmt        sacrebleu (detokenized, the main number), sacrebleu_signature, sacrebleu_detail {score (unrounded),
+               bp, sys_len, ref_len, precisions}, tok_bleu_compound_split (secondary: Moses-tokenized, ##AT##-split, no
+               smoothing; inflated and not comparable with sacreBLEU), tok_bleu_tokenizer, tok_bleu_signature,
+               generate {sentences_per_s, tokens_per_s} (fairseq-generate's own summary line)
+    cnndm      rouge1 / rouge2 / rougeL / rougeLsum, each {"f", "p", "r"} ×100 (mean over examples), with
+               rouge-score's use_stemmer=True; rougeLsum on newline-separated sentences; sentence_splitter
+    lm         per split ("valid", "test"): {"loss_base2", "ppl", "tokens"}; plus context_window,
+               tokens_per_sample (the model's input window) and scored_block (= tokens_per_sample - context_window)
+    synthetic  sequence_accuracy and token_accuracy (fractions in [0, 1]), synthetic_task (e.g. "reverse")
+"""
+import datetime
+import json
+import os
+import tempfile
+from typing import Any, Dict, Iterable, List, Optional
+
+SCHEMA = "kvattn_fairseq.evaluate/1"
+TASKS = ("wmt", "cnndm", "lm", "synthetic")
+TABLES = ("memsizer_mt", "memsizer_summarization", "memsizer_lm", "mgk_lm", "kv_synthetic")
+REQUIRED = ("schema", "task", "table", "name", "timestamp", "model", "checkpoint", "data", "settings", "sentences",
+            "metrics", "main", "signature", "files", "versions")
+MAIN_METRIC = {"wmt": "sacrebleu", "cnndm": "rougeLsum", "lm": "test_ppl", "synthetic": "sequence_accuracy"}
+
+
+class ResultsError(ValueError):
+    """A results file that does not follow the schema."""
+
+
+def default_table(task: str, model: Dict[str, Any]) -> str:
+    if task == "wmt":
+        return "memsizer_mt"
+    if task == "cnndm":
+        return "memsizer_summarization"
+    if task == "synthetic":
+        return "kv_synthetic"
+    arch = model.get("arch") or ""
+    kind = (model.get("attention") or {}).get("decoder")
+    if arch.startswith("mgk_lm") or kind in ("mgk", "smgk", "mlk"):
+        return "mgk_lm"
+    return "memsizer_lm"
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def relative(path: Optional[str], results_path: str) -> Optional[str]:
+    """`path` relative to the results file's directory (so a results tree can move with its checkpoints)."""
+    if path is None:
+        return None
+    base = os.path.dirname(os.path.abspath(results_path))
+    try:
+        return os.path.relpath(os.path.abspath(path), base)
+    except ValueError:  # another drive (Windows)
+        return os.path.basename(path)
+
+
+def versions(*extra: str) -> Dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for dist in ("kvattn_fairseq", "fairseq-fixed", "fairseq", "torch", *extra):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def make(task: str, *, name: str, model: Dict[str, Any], checkpoint: str, averaged_from: Optional[List[str]],
+         data: str, settings: Dict[str, Any], metrics: Dict[str, Any], main_value: float, signature: str,
+         sentences: Optional[int], files: Dict[str, Any], results_path: str, table: Optional[str] = None,
+         extra_versions: Iterable[str] = ()) -> Dict[str, Any]:
+    """Assemble one results object; paths are made relative to the results file's directory."""
+    result = {
+        "schema": SCHEMA,
+        "task": task,
+        "table": table or default_table(task, model),
+        "name": name,
+        "timestamp": now_utc(),
+        "model": model,
+        "checkpoint": {"path": relative(checkpoint, results_path), "averaged_from": averaged_from},
+        "data": relative(data, results_path),
+        "settings": settings,
+        "sentences": sentences,
+        "metrics": metrics,
+        "main": {"metric": MAIN_METRIC[task], "value": main_value},
+        "signature": signature,
+        "files": {k: (relative(v, results_path) if isinstance(v, str) else [relative(p, results_path) for p in v])
+                  for k, v in files.items()},
+        "versions": versions(*extra_versions),
+    }
+    validate(result)
+    return result
+
+
+def validate(result: Any, where: str = "results") -> Dict[str, Any]:
+    if not isinstance(result, dict):
+        raise ResultsError(f"{where}: not a JSON object")
+    if result.get("schema") != SCHEMA:
+        raise ResultsError(f"{where}: schema is {result.get('schema')!r}, expected {SCHEMA!r}")
+    missing = [k for k in REQUIRED if k not in result]
+    if missing:
+        raise ResultsError(f"{where}: missing field(s) {', '.join(missing)}")
+    if result["task"] not in TASKS:
+        raise ResultsError(f"{where}: unknown task {result['task']!r}")
+    if result["table"] not in TABLES:
+        raise ResultsError(f"{where}: unknown table {result['table']!r}")
+    if not isinstance(result["model"], dict) or not isinstance(result["model"].get("attention"), dict):
+        raise ResultsError(f"{where}: model.attention must map positions to attention kinds")
+    if not isinstance(result["metrics"], dict):
+        raise ResultsError(f"{where}: metrics must be an object")
+    return result
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory and a rename: a reader (or a crash)
+    never sees a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(result: Dict[str, Any], path: str) -> None:
+    validate(result)
+    write_atomic(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+
+
+def load(path: str) -> Dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ResultsError(f"{path}: not valid JSON ({e})") from None
+    return validate(data, path)
+
+
+def is_results(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("schema") == SCHEMA

@@ -1,0 +1,87 @@
+"""Synthetic sequence tasks (the Key-Value Transformer paper's reverse / sort / copy / swap / sub) as translation:
+fairseq-generate on DIR/data-bin, then accuracy against DIR/test.tgt.
+
+Input directory: DIR/data-bin (binarized src-tgt, symbols separated by spaces, no BPE), and the raw test set in
+the order of the binarized one, one sequence per line: DIR/test.src and DIR/test.tgt, or DIR/raw/test.src and
+DIR/raw/test.tgt (the layout `python -m kvattn_fairseq.synthetic` writes).  The task's name is --synthetic-task,
+else the "task" of DIR/synthetic.json (written by kvattn_fairseq.synthetic), else the directory's name.
+
+    sequence_accuracy  fraction of test sequences generated exactly (the main number)
+    token_accuracy     fraction of reference positions i whose token the hypothesis has at position i (a
+                       hypothesis shorter than its reference gets the missing positions wrong; extra tokens are
+                       not counted).  This is the closest to the paper's per-position accuracy, which came from
+                       an encoder-only classifier (research/variants.md §1.4), so neither number is the paper's.
+
+Decoding defaults to greedy (--beam 1): the tasks are deterministic.
+"""
+import json
+import os
+from typing import Dict, List, Sequence
+
+from . import common, results
+
+
+def accuracy(hyps: Sequence[str], refs: Sequence[str]) -> Dict[str, float]:
+    exact, right, total = 0, 0, 0
+    for hyp, ref in zip(hyps, refs):
+        h, r = hyp.split(), ref.split()
+        exact += h == r
+        right += sum(1 for i, tok in enumerate(r) if i < len(h) and h[i] == tok)
+        total += len(r)
+    n = max(len(refs), 1)
+    return {"sequence_accuracy": exact / n, "token_accuracy": right / total if total else 0.0}
+
+
+def _recorded_task(data: str):
+    path = os.path.join(data, "synthetic.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise common.EvalError(f"--data: {path} is not readable JSON ({e})") from None
+    return meta.get("task") if isinstance(meta, dict) else None
+
+
+def run(a) -> Dict:
+    data = common.require_dir(a.data, "--data")
+    data_bin = os.path.join(data, "data-bin")
+    common.require_data_bin(data_bin, "--data", [a.gen_subset])
+    raw = data if os.path.isfile(os.path.join(data, f"{a.gen_subset}.tgt")) else os.path.join(data, "raw")
+    common.read_lines(os.path.join(raw, f"{a.gen_subset}.src"), f"--data (source {a.gen_subset}.src)")
+    ref_path = os.path.join(raw, f"{a.gen_subset}.tgt")
+    refs: List[str] = common.read_lines(ref_path, f"--data (reference {a.gen_subset}.tgt)")
+    task_name = a.synthetic_task or _recorded_task(data) or os.path.basename(os.path.normpath(os.path.abspath(data)))
+    common.check_extra_flags(a.extra, common.MANAGED_GENERATE_FLAGS + common.DETOK_FLAGS)
+    checkpoint, averaged = common.resolve_checkpoint(a)
+    info, saved_avg = common.checkpoint_info(checkpoint)
+    averaged = averaged or saved_avg
+
+    stem = common.stem(a.out)
+    log = f"{stem}.generate-{a.gen_subset}.log"
+    hyps, summary, args = common.generate(
+        data_bin, checkpoint, subset=a.gen_subset, beam=a.beam, lenpen=a.lenpen, batch_size=a.batch_size,
+        max_tokens=a.max_tokens, flags=[], extra=a.extra, log_path=log)
+    ordered = common.in_order(hyps, len(refs), ref_path)
+    metrics: Dict = accuracy(ordered, refs)
+    metrics["synthetic_task"] = task_name
+    metrics["generate"] = {k: summary.get(k) for k in ("sentences_per_s", "tokens_per_s", "seconds")}
+    hyp_path = f"{stem}.hyp.tgt"
+    settings = {"subset": a.gen_subset, "beam": a.beam, "lenpen": a.lenpen, **common.batch_settings(a),
+                "fairseq_flags": common.settings_flags(args)}
+    result = results.make("synthetic", name=common.experiment_name(a, checkpoint), model=info,
+                          checkpoint=checkpoint, averaged_from=averaged, data=data, settings=settings,
+                          metrics=metrics, main_value=metrics["sequence_accuracy"],
+                          signature="exact-match sequence accuracy on whitespace tokens",
+                          sentences=len(refs), files={"hypotheses": hyp_path, "logs": [log]}, results_path=a.out,
+                          table=a.table)
+    results.write_atomic(hyp_path, "".join(h + "\n" for h in ordered))
+    results.save(result, a.out)
+    return result
+
+
+def summary_line(result: Dict) -> str:
+    m = result["metrics"]
+    return (f"{m['synthetic_task']}: sequence accuracy {100 * m['sequence_accuracy']:.1f}%, token accuracy "
+            f"{100 * m['token_accuracy']:.1f}%; {result['sentences']} sequences")

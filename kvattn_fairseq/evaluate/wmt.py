@@ -1,0 +1,115 @@
+"""WMT En-De: fairseq-generate, sentencepiece decoding, detokenized sacreBLEU and compound-split tokenized BLEU.
+
+Input directory (scripts/prepare-wmt16.sh's output): DIR/data-bin (binarized sentencepiece pieces, joined
+dictionary), DIR/spm.model, DIR/test.en and DIR/test.de (raw, detokenized, in the order of the binarized test set).
+
+Main number: sacreBLEU on detokenized text against DIR/test.de (default 13a tokenization), with its signature.
+Secondary, labelled number ("tok-BLEU, compound split"), for comparison with the AIAYN / tensor2tensor / fairseq
+Scaling-NMT / MemSizer lineage: hypotheses and references are Moses-tokenized (sacremoses, `tokenizer.perl -l de`
+without -a, as tensor2tensor's get_ende_bleu.sh), compounds are split with `(\\S)-(\\S)` -> `\\1 ##AT##-##AT## \\2`
+(fairseq's scripts/compound_split_bleu.sh), then BLEU is computed on whitespace tokens without smoothing
+(multi-bleu.perl / fairseq-score).  It inflates BLEU and is not comparable with sacreBLEU; fairseq's README calls it
+"not recommended".  Without sacremoses installed, sacreBLEU's 13a tokenizer stands in and the result says so.
+"""
+import os
+import re
+from typing import Dict, List, Sequence, Tuple
+
+from . import common, results
+
+COMPOUND = re.compile(r"(\S)-(\S)")
+
+
+def spm_decode(model_path: str, lines: Sequence[str]) -> List[str]:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.Load(model_path)
+    except (OSError, RuntimeError) as e:
+        raise common.EvalError(f"{model_path}: not a sentencepiece model ({str(e).splitlines()[0]})") from None
+    return [sp.DecodePieces(line.split()) for line in lines]
+
+
+def compound_split(text: str) -> str:
+    return COMPOUND.sub(r"\1 ##AT##-##AT## \2", text)
+
+
+def moses_tokenizer(lang: str):
+    """(tokenize function, label): sacremoses' Moses tokenizer, or sacreBLEU's 13a when sacremoses is missing."""
+    try:
+        from sacremoses import MosesTokenizer
+    except ImportError:
+        from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+        return Tokenizer13a(), "13a (sacremoses not installed: the Moses tokenizer was not used)"
+    tok = MosesTokenizer(lang=lang)
+    return (lambda s: tok.tokenize(s, return_str=True, escape=True)), f"moses -l {lang} (sacremoses)"
+
+
+def sacrebleu_score(hyps: Sequence[str], refs: Sequence[str], tokenize: str = "13a") -> Tuple[Dict, str]:
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU(tokenize=tokenize)
+    score = metric.corpus_score(list(hyps), [list(refs)])
+    detail = {"score": score.score, "bp": score.bp, "sys_len": score.sys_len, "ref_len": score.ref_len,
+              "precisions": [round(p, 4) for p in score.precisions]}
+    return {"score": score.score, "detail": detail}, str(metric.get_signature())
+
+
+def tok_bleu_compound_split(hyps: Sequence[str], refs: Sequence[str], lang: str = "de") -> Dict:
+    from sacrebleu.metrics import BLEU
+
+    tokenize, label = moses_tokenizer(lang)
+    h = [compound_split(tokenize(x)) for x in hyps]
+    r = [compound_split(tokenize(x)) for x in refs]
+    metric = BLEU(tokenize="none", smooth_method="none", force=True)
+    score = metric.corpus_score(h, [r])
+    return {"score": score.score, "tokenizer": label, "signature": str(metric.get_signature()) + "|compound:##AT##"}
+
+
+def run(a) -> Dict:
+    data = common.require_dir(a.data, "--data")
+    data_bin = os.path.join(data, "data-bin")
+    common.require_data_bin(data_bin, "--data", [a.gen_subset])
+    spm_model = common.require_file(os.path.join(data, "spm.model"), "--data (sentencepiece model)")
+    ref_path = os.path.join(data, f"{a.gen_subset}.{a.target_lang}")
+    refs = common.read_lines(ref_path, f"--data (reference {a.gen_subset}.{a.target_lang})")
+    common.check_extra_flags(a.extra, common.MANAGED_GENERATE_FLAGS + common.DETOK_FLAGS, {
+        **{f: "the evaluator decodes sentencepiece itself with DIR/spm.model" for f in common.DETOK_FLAGS}})
+    checkpoint, averaged = common.resolve_checkpoint(a)
+    info, saved_avg = common.checkpoint_info(checkpoint)
+    averaged = averaged or saved_avg
+
+    stem = common.stem(a.out)
+    log = f"{stem}.generate-{a.gen_subset}.log"
+    hyps, summary, args = common.generate(
+        data_bin, checkpoint, subset=a.gen_subset, beam=a.beam, lenpen=a.lenpen, batch_size=a.batch_size,
+        max_tokens=a.max_tokens, flags=[], extra=a.extra, log_path=log)
+    pieces = common.in_order(hyps, len(refs), ref_path)
+    detok = spm_decode(spm_model, pieces)
+
+    bleu, signature = sacrebleu_score(detok, refs, a.sacrebleu_tokenize)
+    tok = tok_bleu_compound_split(detok, refs, a.target_lang)
+    metrics = {"sacrebleu": round(bleu["score"], 2), "sacrebleu_signature": signature,
+               "sacrebleu_detail": bleu["detail"], "tok_bleu_compound_split": round(tok["score"], 2),
+               "tok_bleu_tokenizer": tok["tokenizer"], "tok_bleu_signature": tok["signature"],
+               "generate": {k: summary.get(k) for k in ("sentences_per_s", "tokens_per_s", "seconds")}}
+    hyp_path = f"{stem}.hyp.{a.target_lang}"
+    settings = {"subset": a.gen_subset, "beam": a.beam, "lenpen": a.lenpen, **common.batch_settings(a),
+                "detokenizer": "sentencepiece (DIR/spm.model)", "fairseq_flags": common.settings_flags(args)}
+    result = results.make("wmt", name=common.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
+                          averaged_from=averaged, data=data, settings=settings, metrics=metrics,
+                          main_value=metrics["sacrebleu"], signature=signature, sentences=len(refs),
+                          files={"hypotheses": hyp_path, "logs": [log]}, results_path=a.out, table=a.table,
+                          extra_versions=("sacrebleu", "sacremoses", "sentencepiece"))
+    results.write_atomic(hyp_path, "".join(h + "\n" for h in detok))
+    results.save(result, a.out)
+    return result
+
+
+def summary_line(result: Dict) -> str:
+    m = result["metrics"]
+    return (f"sacreBLEU {m['sacrebleu']:.2f} ({m['sacrebleu_signature']}); tok-BLEU compound split "
+            f"{m['tok_bleu_compound_split']:.2f} [secondary, {m['tok_bleu_tokenizer']}]; {result['sentences']} "
+            f"sentences")
