@@ -1,6 +1,6 @@
 """WMT En-De: fairseq-generate, sentencepiece decoding, detokenized sacreBLEU and compound-split tokenized BLEU.
 
-Input directory (scripts/prepare-wmt16.sh's output): DIR/data-bin (binarized sentencepiece pieces, joined
+Input directory (scripts/prepare-wmt16-en-de.sh's output): DIR/data-bin (binarized sentencepiece pieces, joined
 dictionary), DIR/spm.model, DIR/test.en and DIR/test.de (raw, detokenized, in the order of the binarized test set).
 
 Main number: sacreBLEU on detokenized text against DIR/test.de (default 13a tokenization), with its signature.
