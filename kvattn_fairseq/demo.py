@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -72,6 +73,7 @@ def main(argv=None) -> None:
                                      min_len=3, max_len=15))
     print("[2/4] fairseq-preprocess", flush=True)
     data = work / "bin"
+    shutil.rmtree(data, ignore_errors=True)  # the raw data was just regenerated; fairseq-preprocess refuses old dicts
     run([BIN / "fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", raw / "train",
          "--validpref", raw / "valid", "--testpref", raw / "test", "--destdir", data, "--joined-dictionary",
          "--workers", "2"], work / "preprocess.log")
