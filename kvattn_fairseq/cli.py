@@ -7,9 +7,9 @@ from .modules.registry import ATTENTION_KINDS, POSITIONS, AttentionConfigError
 
 
 def install_error_hook() -> None:
-    """A bad attention setting surfaces from deep inside fairseq's argument parsing or model build, and an input
-    longer than the model admits from deep inside batching, an unsafe checkpoint from its loader; print each as one line naming the fix (like argparse
-    does) instead of a stack trace.  Other exceptions are untouched."""
+    """Some errors surface deep inside fairseq: a bad attention setting (argument parsing, model build), an input
+    longer than the model admits (batching), an unsafe checkpoint (its loader).  Print each as one line naming the
+    fix, as argparse does, instead of a stack trace.  Other exceptions are untouched."""
     previous = sys.excepthook
     if getattr(previous, "kvattn_hook", False):
         return

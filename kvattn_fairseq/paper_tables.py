@@ -1,7 +1,7 @@
 """Regenerate a paper's table end to end: prepare the data, train every row, evaluate it, write the table.
 
     python -m kvattn_fairseq.paper_tables TABLE --work DIR [--raw DIR] [--tiny] [--rows R1,R2] [--kinds K1,K2]
-        [--bench results.json] [-- extra fairseq-train flags]
+        [--bench results.json] [--drop FLAG]... [-- extra fairseq-train flags]
 
 TABLE is one of memsizer_mt, memsizer_summarization, memsizer_lm, mgk_lm, kv_synthetic.  Each step is one real
 command (scripts/prepare-*.sh, `python -m kvattn_fairseq.synthetic`, `python -m kvattn_fairseq.experiments train`,
@@ -67,7 +67,7 @@ TABLES: Dict[str, Table] = {
         rows=(Row("transformer", "memsizer_wikitext103", "softmax", "wikitext103"),
               Row("memsizer", "memsizer_wikitext103", None, "wikitext103")),
         evaluate="lm", eval_flags=("--tokens-per-sample", "512", "--context-window", "384"),
-        tiny_eval_flags=("--tokens-per-sample", "64", "--context-window", "32"), checkpoint="checkpoint_best.pt"),
+        tiny_eval_flags=("--tokens-per-sample", "64", "--context-window", "32")),
     # The MGK code evaluates 256-token blocks without memory (mem_len 0): no context window.
     "mgk_lm": Table(
         rows=tuple(Row(r, f"mgk_wikitext103_{r}", None, "wikitext103") for r in MGK_ROWS),
@@ -153,7 +153,8 @@ def prepare(data: str, work: str, raw: Optional[str], tiny: bool, env: Dict[str,
     return out
 
 
-def train(row: Row, table: str, data_dir: str, work: str, tiny: bool, extra: Sequence[str], env) -> str:
+def train(row: Row, table: str, data_dir: str, work: str, tiny: bool, extra: Sequence[str], drop: Sequence[str],
+          env) -> str:
     save = os.path.join(work, "runs", table, row.name)
     if os.path.isfile(os.path.join(save, "train.done")):
         log(f"train {row.name}: finished earlier, skipped")
@@ -161,6 +162,7 @@ def train(row: Row, table: str, data_dir: str, work: str, tiny: bool, extra: Seq
     cmd = [sys.executable, "-m", "kvattn_fairseq.experiments", "train", row.experiment,
            os.path.join(data_dir, "data-bin"), save]
     cmd += (["--kind", row.kind] if row.kind else []) + (["--tiny"] if tiny else [])
+    cmd += [f"--drop={flag}" for flag in drop]
     cmd += (["--"] + list(extra)) if extra else []
     run_step(f"train {row.name}", cmd, os.path.join(work, "logs", f"train-{table}-{row.name}.log"), env)
     open(os.path.join(save, "train.done"), "w").close()
@@ -187,7 +189,7 @@ def run(args) -> str:
         raise TableError(f"--bench: {args.bench} does not exist (python -m kvattn_fairseq.bench writes it)")
     for row in rows:  # every command is checked by the experiments table before anything runs
         try:
-            experiments.train_args(row.experiment, kind=row.kind, tiny=args.tiny, extra=args.extra)
+            experiments.train_args(row.experiment, kind=row.kind, tiny=args.tiny, extra=args.extra, drop=args.drop)
         except experiments.ExperimentError as e:
             raise TableError(str(e)) from None
     work = os.path.abspath(args.work)
@@ -198,7 +200,7 @@ def run(args) -> str:
         log(f"row {i}/{len(rows)}: {row.name}")
         if row.data not in data_dirs:
             data_dirs[row.data] = prepare(row.data, work, args.raw, args.tiny, env)
-        save = train(row, args.table, data_dirs[row.data], work, args.tiny, args.extra, env)
+        save = train(row, args.table, data_dirs[row.data], work, args.tiny, args.extra, args.drop, env)
         evaluate(row, spec, args.table, data_dirs[row.data], save, work, args.tiny, env)
     tables_md = os.path.join(work, "tables.md")  # every table run in this work directory so far
     cmd = [sys.executable, os.path.join(REPO_SCRIPTS, "make_tables.py"), os.path.join(work, "results"),
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", help="comma-separated subset of the table's rows")
     p.add_argument("--kinds", help="extra rows: the last row's experiment with each of these kinds everywhere it fits")
     p.add_argument("--bench", help="benchmark results.json for the speed and memory columns")
+    p.add_argument("--drop", action="append", default=[], metavar="FLAG",
+                   help="remove a recipe flag for every row, e.g. --drop fp16 on hardware without fp16; repeatable")
     return p
 
 

@@ -20,7 +20,7 @@ import os
 import re
 from typing import Dict, List, Sequence
 
-from . import common, results
+from . import common, generation
 from .wmt import spm_decode
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -84,39 +84,21 @@ def run(a) -> Dict:
     common.check_extra_flags(a.extra, common.MANAGED_GENERATE_FLAGS + common.DETOK_FLAGS + (
         "--min-len", "--max-len-a", "--max-len-b", "--no-repeat-ngram-size", "--truncate-source"), {
         **{f: "the evaluator decodes sentencepiece itself with DIR/spm.model" for f in common.DETOK_FLAGS}})
-    checkpoint, averaged = common.resolve_checkpoint(a)
-    info, saved_avg = common.checkpoint_info(checkpoint)
-    averaged = averaged or saved_avg
-
-    stem = common.stem(a.out)
-    log = f"{stem}.generate-{a.gen_subset}.log"
     flags = ["--min-len", str(a.min_len), "--max-len-a", "0", "--max-len-b", str(a.max_len_b),
              "--no-repeat-ngram-size", str(a.no_repeat_ngram_size)]
     if not a.no_truncate_source:
         flags.append("--truncate-source")
-    hyps, summary, args = common.generate(
-        data_bin, checkpoint, subset=a.gen_subset, beam=a.beam, lenpen=a.lenpen, batch_size=a.batch_size,
-        max_tokens=a.max_tokens, flags=flags, extra=a.extra, log_path=log)
-    pieces = common.in_order(hyps, len(refs), target_path)
-    detok = spm_decode(spm_model, pieces)
+    gen = generation.generate_in_order(a, data_bin, target_path, len(refs), flags)
+    detok = spm_decode(spm_model, gen.hypotheses)
     scores = rouge(detok, refs, ref_sentences)
     metrics = dict(scores)
     metrics["sentence_splitter"] = SPLITTER
-    metrics["generate"] = {k: summary.get(k) for k in ("sentences_per_s", "tokens_per_s", "seconds")}
-    hyp_path = f"{stem}.hyp.txt"
-    settings = {"subset": a.gen_subset, "beam": a.beam, "lenpen": a.lenpen, "min_len": a.min_len,
-                "max_len_b": a.max_len_b, "no_repeat_ngram_size": a.no_repeat_ngram_size,
-                "truncate_source": not a.no_truncate_source, **common.batch_settings(a),
-                "detokenizer": "sentencepiece (DIR/spm.model)", "fairseq_flags": common.settings_flags(args)}
+    settings = {"min_len": a.min_len, "max_len_b": a.max_len_b, "no_repeat_ngram_size": a.no_repeat_ngram_size,
+                "truncate_source": not a.no_truncate_source, "detokenizer": "sentencepiece (DIR/spm.model)"}
     signature = "rouge-score use_stemmer=True; F1 x100, mean over examples; rougeLsum on newline-split sentences"
-    result = results.make("cnndm", name=common.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
-                          averaged_from=averaged, data=data, settings=settings, metrics=metrics,
-                          main_value=scores["rougeLsum"]["f"], signature=signature, sentences=len(refs),
-                          files={"hypotheses": hyp_path, "logs": [log]}, results_path=a.out, table=a.table,
-                          extra_versions=("rouge-score", "sentencepiece"))
-    results.write_atomic(hyp_path, "".join(h + "\n" for h in detok))
-    results.save(result, a.out)
-    return result
+    return generation.save(a, "cnndm", gen, data=data, hyp_suffix="txt", hypotheses=detok, settings=settings,
+                           metrics=metrics, main_value=scores["rougeLsum"]["f"], signature=signature,
+                           extra_versions=("rouge-score", "sentencepiece"))
 
 
 def summary_line(result: Dict) -> str:

@@ -18,7 +18,7 @@ import json
 import os
 from typing import Dict, List, Sequence
 
-from . import common, results
+from . import common, generation
 
 
 def accuracy(hyps: Sequence[str], refs: Sequence[str]) -> Dict[str, float]:
@@ -54,31 +54,12 @@ def run(a) -> Dict:
     refs: List[str] = common.read_lines(ref_path, f"--data (reference {a.gen_subset}.tgt)")
     task_name = a.synthetic_task or _recorded_task(data) or os.path.basename(os.path.normpath(os.path.abspath(data)))
     common.check_extra_flags(a.extra, common.MANAGED_GENERATE_FLAGS + common.DETOK_FLAGS)
-    checkpoint, averaged = common.resolve_checkpoint(a)
-    info, saved_avg = common.checkpoint_info(checkpoint)
-    averaged = averaged or saved_avg
-
-    stem = common.stem(a.out)
-    log = f"{stem}.generate-{a.gen_subset}.log"
-    hyps, summary, args = common.generate(
-        data_bin, checkpoint, subset=a.gen_subset, beam=a.beam, lenpen=a.lenpen, batch_size=a.batch_size,
-        max_tokens=a.max_tokens, flags=[], extra=a.extra, log_path=log)
-    ordered = common.in_order(hyps, len(refs), ref_path)
-    metrics: Dict = accuracy(ordered, refs)
+    gen = generation.generate_in_order(a, data_bin, ref_path, len(refs))
+    metrics: Dict = accuracy(gen.hypotheses, refs)
     metrics["synthetic_task"] = task_name
-    metrics["generate"] = {k: summary.get(k) for k in ("sentences_per_s", "tokens_per_s", "seconds")}
-    hyp_path = f"{stem}.hyp.tgt"
-    settings = {"subset": a.gen_subset, "beam": a.beam, "lenpen": a.lenpen, **common.batch_settings(a),
-                "fairseq_flags": common.settings_flags(args)}
-    result = results.make("synthetic", name=common.experiment_name(a, checkpoint), model=info,
-                          checkpoint=checkpoint, averaged_from=averaged, data=data, settings=settings,
-                          metrics=metrics, main_value=metrics["sequence_accuracy"],
-                          signature="exact-match sequence accuracy on whitespace tokens",
-                          sentences=len(refs), files={"hypotheses": hyp_path, "logs": [log]}, results_path=a.out,
-                          table=a.table)
-    results.write_atomic(hyp_path, "".join(h + "\n" for h in ordered))
-    results.save(result, a.out)
-    return result
+    return generation.save(a, "synthetic", gen, data=data, hyp_suffix="tgt", hypotheses=gen.hypotheses,
+                           settings={}, metrics=metrics, main_value=metrics["sequence_accuracy"],
+                           signature="exact-match sequence accuracy on whitespace tokens")
 
 
 def summary_line(result: Dict) -> str:

@@ -15,7 +15,7 @@ import os
 import re
 from typing import Dict, List, Sequence, Tuple
 
-from . import common, results
+from . import common, generation
 
 COMPOUND = re.compile(r"(\S)-(\S)")
 
@@ -77,35 +77,18 @@ def run(a) -> Dict:
     refs = common.read_lines(ref_path, f"--data (reference {a.gen_subset}.{a.target_lang})")
     common.check_extra_flags(a.extra, common.MANAGED_GENERATE_FLAGS + common.DETOK_FLAGS, {
         **{f: "the evaluator decodes sentencepiece itself with DIR/spm.model" for f in common.DETOK_FLAGS}})
-    checkpoint, averaged = common.resolve_checkpoint(a)
-    info, saved_avg = common.checkpoint_info(checkpoint)
-    averaged = averaged or saved_avg
-
-    stem = common.stem(a.out)
-    log = f"{stem}.generate-{a.gen_subset}.log"
-    hyps, summary, args = common.generate(
-        data_bin, checkpoint, subset=a.gen_subset, beam=a.beam, lenpen=a.lenpen, batch_size=a.batch_size,
-        max_tokens=a.max_tokens, flags=[], extra=a.extra, log_path=log)
-    pieces = common.in_order(hyps, len(refs), ref_path)
-    detok = spm_decode(spm_model, pieces)
+    gen = generation.generate_in_order(a, data_bin, ref_path, len(refs))
+    detok = spm_decode(spm_model, gen.hypotheses)
 
     bleu, signature = sacrebleu_score(detok, refs, a.sacrebleu_tokenize)
     tok = tok_bleu_compound_split(detok, refs, a.target_lang)
     metrics = {"sacrebleu": round(bleu["score"], 2), "sacrebleu_signature": signature,
                "sacrebleu_detail": bleu["detail"], "tok_bleu_compound_split": round(tok["score"], 2),
-               "tok_bleu_tokenizer": tok["tokenizer"], "tok_bleu_signature": tok["signature"],
-               "generate": {k: summary.get(k) for k in ("sentences_per_s", "tokens_per_s", "seconds")}}
-    hyp_path = f"{stem}.hyp.{a.target_lang}"
-    settings = {"subset": a.gen_subset, "beam": a.beam, "lenpen": a.lenpen, **common.batch_settings(a),
-                "detokenizer": "sentencepiece (DIR/spm.model)", "fairseq_flags": common.settings_flags(args)}
-    result = results.make("wmt", name=common.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
-                          averaged_from=averaged, data=data, settings=settings, metrics=metrics,
-                          main_value=metrics["sacrebleu"], signature=signature, sentences=len(refs),
-                          files={"hypotheses": hyp_path, "logs": [log]}, results_path=a.out, table=a.table,
-                          extra_versions=("sacrebleu", "sacremoses", "sentencepiece"))
-    results.write_atomic(hyp_path, "".join(h + "\n" for h in detok))
-    results.save(result, a.out)
-    return result
+               "tok_bleu_tokenizer": tok["tokenizer"], "tok_bleu_signature": tok["signature"]}
+    return generation.save(a, "wmt", gen, data=data, hyp_suffix=a.target_lang, hypotheses=detok,
+                           settings={"detokenizer": "sentencepiece (DIR/spm.model)"}, metrics=metrics,
+                           main_value=metrics["sacrebleu"], signature=signature,
+                           extra_versions=("sacrebleu", "sacremoses", "sentencepiece"))
 
 
 def summary_line(result: Dict) -> str:

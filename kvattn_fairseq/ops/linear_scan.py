@@ -52,7 +52,7 @@ def dot_product_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = 
     """One position: q, k [N, dk], v [N, dv] -> (out [N, dv], new state [N, dk, dv]) in the accumulation dtype."""
     acc = acc_dtype(k)
     k, v = k.to(acc).unsqueeze(2), v.to(acc).unsqueeze(1)
-    # one elementwise pass: baddbmm runs a tiny GEMM per row and copies its operands (5-20x slower on CPU here)
+    # one elementwise pass instead of baddbmm's tiny GEMM per row (about 2x faster on CPU for a 64x65 state)
     state = k * v if state is None else torch.addcmul(state.to(acc), k, v)
     return torch.bmm(q.to(acc).unsqueeze(1), state).squeeze(1), state
 
