@@ -115,9 +115,11 @@ class KVAttentionBase(nn.Module):
         if not buffer:
             return incremental_state
         first = next((v for v in buffer.values() if v is not None), None)
-        if first is not None and first.size(0) == new_order.numel() and torch.equal(
-                new_order, torch.arange(new_order.numel(), device=new_order.device)):
-            return incremental_state  # the identity (greedy search): nothing moves
+        # Skipping the copy for an identity order (greedy search) needs the order's values: free on the CPU, but on
+        # a GPU reading them back would stall every decoding step, so there the state is always gathered.
+        if first is not None and new_order.device.type == "cpu" and first.size(0) == new_order.numel() and \
+                torch.equal(new_order, torch.arange(new_order.numel())):
+            return incremental_state
         for k, v in buffer.items():
             if v is None:
                 continue
