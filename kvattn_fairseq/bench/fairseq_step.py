@@ -3,6 +3,7 @@ fairseq's Trainer casts it, fairseq's own FP16Optimizer (fp32 master weights aro
 for fp16), the cross_entropy criterion's loss, then backward, gradient normalisation, clipping (where fp16
 overflow is detected) and the update, in the Trainer's order.  Used by the benchmark's GPU mode and the CUDA tests.
 """
+import functools
 from typing import Callable, Dict
 
 import torch
@@ -11,20 +12,27 @@ import torch.nn.functional as F
 from .common import DTYPES
 
 
-def fairseq_optimizer(model, precision: str, lr: float = 1e-4, clip_norm: float = 0.0):
-    """fairseq's optimizer for `precision` (fp16, bf16 or fp32), built from its own command-line flags."""
-    from fairseq import optim, options
+@functools.lru_cache(maxsize=None)
+def _config(precision: str, lr: float, clip_norm: float, flatten: bool):
+    from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     import kvattn_fairseq  # noqa: F401  (the compat fix that lets --bf16 run without torch_xla)
 
-    params = [p for p in model.parameters() if p.requires_grad]
     flags = ["unused", "--task", "language_modeling", "--arch", "transformer_lm", "--optimizer", "adam", "--lr",
              str(lr), "--clip-norm", str(clip_norm)] + ([f"--{precision}"] if precision != "fp32" else [])
-    if params[0].device.type != "cuda":  # fairseq flattens fp16 master weights on the current CUDA device only
+    if not flatten:
         flags.append("--fp16-no-flatten-grads")
-    args = options.parse_args_and_arch(options.get_training_parser(), flags)
-    cfg = convert_namespace_to_omegaconf(args)
+    return convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), flags))
+
+
+def fairseq_optimizer(model, precision: str, lr: float = 1e-4, clip_norm: float = 0.0):
+    """fairseq's optimizer for `precision` (fp16, bf16 or fp32), built from its own command-line flags."""
+    from fairseq import optim
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    # fairseq flattens fp16 master weights on the current CUDA device only
+    cfg = _config(precision, lr, clip_norm, params[0].device.type == "cuda")
     if precision == "fp32":
         return optim.build_optimizer(cfg.optimizer, params), cfg
     return optim.FP16Optimizer.build_optimizer(cfg, params), cfg

@@ -91,7 +91,9 @@ class KVAttentionBase(nn.Module):
                 return tuple(cached)
         suffix = ""
         beam = self.beam_size
-        if beam > 1 and src.size(0) % beam == 0:
+        # The beam size is a setting that outlives one search (fairseq sets it only for beam > 1), so the rows are
+        # checked to be beam copies before sharing them: one comparison per search, on its first step.
+        if beam > 1 and src.size(0) % beam == 0 and torch.equal(src, src[::beam].repeat_interleave(beam, dim=0)):
             src, src_pad, suffix = src[::beam], None if src_pad is None else src_pad[::beam], PER_SENTENCE
         built = build(src, src_pad)
         for i, t in enumerate(built):
