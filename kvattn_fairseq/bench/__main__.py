@@ -25,9 +25,9 @@ MODES = {
     # a GPU (see gpu.py): fp16 and bf16, decoding at batch 1/16/128 up to 8192 tokens, fairseq's fp16 training path
     "gpu": dict(lm=Size(6, 512, 2048, 8, 8000), dtypes=("fp16", "bf16"), decode_batches=(1, 16, 128),
                 probes=(128, 512, 2048, 4096, 8192), window=16,
-                mt=Size(6, 512, 2048, 8, 32000), mt_sentences=512, mt_batch=128, mt_repeats=1,
+                mt=Size(6, 512, 2048, 8, 32000), mt_sentences=256, mt_batch=128, mt_repeats=1,
                 train=Size(6, 512, 2048, 8, 8000), train_T=(512, 2048, 8192, 16384), train_tokens=16384,
-                train_repeats=3, train_dtypes=("fp16", "bf16")),
+                train_repeats=2, train_dtypes=("fp16", "bf16")),
     # the GPU mode's code path at tiny sizes, for a CPU (scripts/gpu-check.sh --dry-run, the test suite)
     "gpu-dry": dict(lm=Size(2, 32, 64, 4, 50), dtypes=("fp16", "bf16"), decode_batches=(1, 4), probes=(8, 32),
                     window=3, mt=Size(1, 32, 64, 4, 50), mt_sentences=4, mt_batch=2, mt_repeats=1,
