@@ -27,7 +27,7 @@ else
 fi
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-WHEELS=.cache/wheels
+WHEELS=${KVATTN_WHEEL_CACHE:-.cache/wheels}  # compiled fairseq wheels, one per (Python, torch)
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -107,7 +107,29 @@ if ! "$PY" -c 'import fairseq' 2>/dev/null; then
 fi
 
 say "installing kvattn_fairseq (editable) and its tools from $WHEELHOUSE"
-offline_pip install -q "${FIND[@]}" --no-build-isolation -e ".[test]"
-offline_pip check
+offline_pip install -q "${FIND[@]}" --no-build-isolation --use-pep517 -e ".[test]"
+if [ $OFFLINE = 0 ]; then
+  offline_pip check
+else
+  # The venv also sees the machine's own packages, whose conflicts among themselves are not this set-up's to fix:
+  # only a broken requirement of a package of the plugin's stack (the wheelhouse's, fairseq, torch, the plugin)
+  # fails the set-up; the others are shown.
+  offline_pip check > "$VENV/pip-check.txt" 2>&1 || true
+  "$PY" - "$WHEELHOUSE/manifest.json" "$VENV/pip-check.txt" <<'PYEOF' || exit 1
+import json, re, sys
+canon = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+ours = {canon(n) for n in json.load(open(sys.argv[1]))["resolved"]} | {"fairseq-fixed", "kvattn-fairseq", "torch"}
+bad = []
+for line in open(sys.argv[2]):
+    if line.strip() and not line.startswith("No broken"):
+        if canon(line.split()[0]) in ours:
+            bad.append(line.strip())
+        else:
+            print("note, the machine's own packages:", line.strip())
+if bad:
+    sys.exit("setup: pip check: " + "; ".join(bad))
+print("pip check: no broken requirements in the plugin's stack")
+PYEOF
+fi
 "$PY" -c 'import fairseq, kvattn_fairseq' || die "$VENV: import fairseq, kvattn_fairseq failed"
 say "ready: $VENV"

@@ -246,7 +246,7 @@ def main(argv=None) -> int:
             "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "python": a.python, "platforms": list(a.platform or PLATFORMS),
             "requirements": [r for rs in wanted.values() for r in rs],
-            "fairseq": {"requirement": str(fairseq[0]), "sdist": os.path.basename(sdist)},
+            "fairseq": {"requirement": fairseq_pin, "sdist": os.path.basename(sdist)},
             "torch": torch_version,
             "left_out": {"torch stack": TORCH_STACK.pattern, "the target has": sorted(have)},
             "resolved": {n: v for n, v in resolved},

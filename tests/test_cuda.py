@@ -1,8 +1,9 @@
 """The GPU path (`pytest -m cuda`, run by scripts/gpu-check.sh): every kind at every position trains a step in fp16
 and bf16 through fairseq's own --fp16/--bf16 optimizer, decodes incrementally exactly like its full forward on
-CUDA, and keeps its cross-attention memory once per sentence under fairseq's beam search on CUDA.  (4096-step fp16
-decoding of the constant-state kinds is test_numerics.py's CUDA case.)  Without a GPU the CUDA cases skip; the
-bf16 training step and the beam-search check also run on the CPU, so their logic is tested everywhere."""
+CUDA, keeps its cross-attention memory once per sentence under fairseq's beam search on CUDA, and decodes without
+ever reading back from the GPU.  (4096-step fp16 decoding of the constant-state kinds is test_numerics.py's CUDA
+case.)  Without a GPU the CUDA cases skip; the bf16 training step and the beam-search check also run on the CPU, so
+their logic is tested everywhere."""
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from fairseq.sequence_generator import SequenceGenerator
 
 from kvattn_fairseq.bench.fairseq_step import (cast_like_trainer, fairseq_optimizer, lm_loss, train_step,
                                                translation_loss)
-from kvattn_fairseq.modules import ATTENTION_KINDS
+from kvattn_fairseq.modules import ATTENTION_KINDS, POSITION_FLAGS
 from kvattn_fairseq.modules.base import PER_SENTENCE, KVAttentionBase
 
 from conftest import build_model, make_dictionary
@@ -120,3 +121,42 @@ def test_cross_memory_once_per_sentence_under_beam_search(kind, device):
     assert len(batched) == 3 and all(len(h) == beam for h in batched)
     for b, a in zip(batched, alone):
         assert [h["tokens"].tolist() for h in b] == [h["tokens"].tolist() for h in a]
+
+
+STEPPING = sorted(k for k, v in ATTENTION_KINDS.items() if k != "softmax" and {"decoder", "cross"} & set(v.positions))
+
+
+@pytest.mark.parametrize("kind", STEPPING)
+@pytest.mark.parametrize("device", [ON_CUDA])
+def test_decoding_steps_never_wait_for_the_gpu(kind, device):
+    """After the first step of a search (which builds the cross memory), a step of every kind and the beam reorder
+    queue their work without reading anything back: CUDA's sync debug mode turns any read-back into an error."""
+    positions = [p for p in ("decoder", "cross") if p in ATTENTION_KINDS[kind].positions]
+    model = build_model("kvattn_transformer_tiny", *[f for p in positions for f in (POSITION_FLAGS[p], kind)],
+                        dictionary=make_dictionary()).to(device)
+    ours = [m for m in model.decoder.modules() if isinstance(m, KVAttentionBase)]
+    layer, beam, sents = model.decoder.layers[0], 3, 2
+    model.decoder.set_beam_size(beam)
+    dim = layer.embed_dim
+    x = torch.randn(5, beam * sents, dim, device=device)
+    src = torch.randn(7, sents, dim, device=device).repeat_interleave(beam, dim=1)
+    order = torch.tensor([2, 1, 0, 5, 4, 3], device=device)  # reordered within each sentence's beams
+    state = {}
+
+    def step(t):
+        for attn, kv in ((layer.self_attn, x[t:t + 1]), (layer.encoder_attn, src)):
+            if isinstance(attn, KVAttentionBase):
+                attn(x[t:t + 1], kv, kv, incremental_state=state, static_kv=attn is layer.encoder_attn)
+
+    with torch.no_grad():
+        step(0)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for t in range(1, 5):
+                step(t)
+                for m in ours:
+                    m.reorder_incremental_state(state, order)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
