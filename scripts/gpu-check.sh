@@ -11,7 +11,11 @@
 # and records the settings it could not start as skipped).  PYTHON: the node's Python with torch (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-usage() { echo "gpu-check: usage: scripts/gpu-check.sh OUT [--wheelhouse DIR] [--venv DIR] [--kinds a,b] [--minutes M] [--dry-run]" >&2; exit 2; }
+usage() {
+  echo "gpu-check: usage: scripts/gpu-check.sh OUT [--wheelhouse DIR] [--venv DIR] [--kinds a,b] [--minutes M]" \
+       "[--dry-run]" >&2
+  exit 2
+}
 [ $# -ge 1 ] && [ "${1#-}" = "$1" ] || usage
 OUT=$1; shift
 WHEELHOUSE=.cache/wheelhouse-py312 VENV=.cache/gpu-venv KINDS="" MINUTES=9 DRY=0
@@ -25,7 +29,8 @@ while [ $# -gt 0 ]; do
     *) echo "gpu-check: unknown argument $1" >&2; usage ;;
   esac
 done
-[[ $MINUTES =~ ^[0-9]+$ ]] && [ "$MINUTES" -ge 3 ] || { echo "gpu-check: --minutes: expected a whole number >= 3, got $MINUTES" >&2; exit 2; }
+[[ $MINUTES =~ ^[0-9]+$ ]] && [ "$MINUTES" -ge 3 ] \
+  || { echo "gpu-check: --minutes: expected a whole number >= 3, got $MINUTES" >&2; exit 2; }
 mkdir -p "$OUT" || exit 2
 OUT=$(cd "$OUT" && pwd)
 START=$(date +%s)
@@ -59,16 +64,19 @@ report() {
   {
     echo "# GPU check"
     echo
-    echo "Ran $(date -u +'%Y-%m-%d %H:%M UTC') on $(hostname), checkout $(git rev-parse --short HEAD 2>/dev/null || echo '?'), mode $([ $DRY = 1 ] && echo 'dry run (CPU)' || echo GPU)."
+    echo "Ran $(date -u +'%Y-%m-%d %H:%M UTC') on $(hostname), checkout" \
+         "$(git rev-parse --short HEAD 2>/dev/null || echo '?'), $([ $DRY = 1 ] && echo 'dry run (CPU)' || echo GPU)."
     [ -f "$OUT/machine.txt" ] && { echo; echo '```'; cat "$OUT/machine.txt"; echo '```'; }
     echo
     echo "| phase | seconds | status |"
     echo "|---|---|---|"
     tail -n +2 "$OUT/phases.tsv" | awk -F'\t' '{print "| " $1 " | " $2 " | " $3 " |"}'
     echo
-    if [ $total -le 480 ]; then echo "MET   whole check within 8 minutes: ${total}s"; else echo "MISS  whole check within 8 minutes: ${total}s"; fi
+    echo "$([ $total -le 480 ] && echo 'MET ' || echo MISS)  whole check within 8 minutes: ${total}s"
     if [ -f "$OUT/cuda-tests.log" ]; then
-      echo; echo "CUDA tests: $(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$OUT/cuda-tests.log" | tail -1 | tr -d '=' | sed 's/^ *//')"
+      echo
+      echo "CUDA tests: $(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$OUT/cuda-tests.log" | tail -1 \
+                          | tr -d '=' | sed 's/^ *//')"
       grep -E '^(FAILED|ERROR) ' "$OUT/cuda-tests.log" | head -30
     fi
     if [ -f "$OUT/summary.md" ]; then echo; echo "## Benchmark"; echo; cat "$OUT/summary.md"; fi
@@ -81,19 +89,27 @@ if [ $DRY = 1 ]; then
   PY=${VENV_PY:-.venv/bin/python}; [ "$VENV" = .cache/gpu-venv ] || PY="$VENV/bin/python"
   [ -x "$PY" ] || { say "dry run: $PY is missing; run make setup first"; exit 1; }
   DEVICE=cpu MODE=gpu-dry KINDS=${KINDS:-memsizer,kv}
-  "$PY" -c 'import platform, torch; print("dry run on", platform.processor() or platform.machine(), "- torch", torch.__version__)' > "$OUT/machine.txt"
+  "$PY" -c 'import platform, torch; print("dry run on", platform.machine(), "- torch", torch.__version__)' \
+    > "$OUT/machine.txt"
 else
   NODE_PY=${PYTHON:-python3}
   # Fail fast, before minutes of set-up, when there is no GPU to check.
   if ! "$NODE_PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>>"$LOG"; then
-    say "no CUDA device visible to $NODE_PY ($("$NODE_PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tail -1)); nothing to check"
+    seen=$("$NODE_PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tail -1)
+    say "no CUDA device visible to $NODE_PY ($seen); nothing to check"
     exit 1
   fi
   { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-    "$NODE_PY" -c 'import platform, torch; print("Python", platform.python_version(), "- torch", torch.__version__, "- CUDA", torch.version.cuda, "-", torch.cuda.get_device_name(0))'
+    "$NODE_PY" -c 'import platform, torch; print("Python", platform.python_version(), "- torch", torch.__version__,
+                                                  "- CUDA", torch.version.cuda, "-", torch.cuda.get_device_name(0))'
     echo "CPU cores: $(nproc)"; } > "$OUT/machine.txt"
-  [ -f "$WHEELHOUSE/manifest.json" ] || { say "no wheelhouse at $WHEELHOUSE: make it where the registry is reachable with scripts/wheelhouse.sh $WHEELHOUSE --python $("$NODE_PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') and copy it here"; exit 1; }
-  phase setup $(( $(left) > 300 ? 300 : $(left) )) env PYTHON="$NODE_PY" scripts/setup_env.sh --offline "$WHEELHOUSE" "$VENV" || exit 1
+  if [ ! -f "$WHEELHOUSE/manifest.json" ]; then
+    say "no wheelhouse at $WHEELHOUSE: make it where the registry is reachable with scripts/wheelhouse.sh" \
+        "$WHEELHOUSE --python $("$NODE_PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') and copy it here"
+    exit 1
+  fi
+  phase setup $(( $(left) > 300 ? 300 : $(left) )) \
+    env PYTHON="$NODE_PY" scripts/setup_env.sh --offline "$WHEELHOUSE" "$VENV" || exit 1
   PY="$VENV/bin/python" DEVICE=cuda MODE=gpu
 fi
 

@@ -108,8 +108,8 @@ def read_have(path: str):
 
 def placeholder_wheel(folder: str, name: str, version: str) -> str:
     """A metadata-only wheel standing for the target's own `name`, so that requirements on it (torchaudio's on
-    torch) resolve against the target's version without downloading it.  Used only by the dry-run resolution,
-    never downloaded into the wheelhouse nor installed."""
+    torch) resolve against the target's version without downloading it.  Used only for the resolution, never
+    kept in the wheelhouse nor installed."""
     import zipfile
 
     dist = f"{name}-{version}"
@@ -199,12 +199,15 @@ def main(argv=None) -> int:
         stand_in = os.path.join(work, "target")
         os.makedirs(stand_in)
         placeholder_wheel(stand_in, "torch", placeholder)
-        report = os.path.join(work, "report.json")
+        # pip download resolves and fetches in one go and, unlike `pip install --dry-run`, checks Requires-Python
+        # against the target's version rather than this interpreter's
+        wheels_dir = os.path.join(work, "wheels")
         for _ in range(10):
-            print(f"[wheelhouse] resolving for CPython {a.python} ({', '.join(a.platform or PLATFORMS)})", flush=True)
-            proc = pip(py, "install", "--dry-run", "--ignore-installed", "--quiet", "--report", report, "--target",
-                       os.path.join(work, "t"), "--only-binary=:all:", "--find-links", local, "--find-links", stand_in, *target, "-c",
-                       constraints, "-r", reqs_file, check=False, capture_output=True)
+            print(f"[wheelhouse] resolving and downloading for CPython {a.python} "
+                  f"({', '.join(a.platform or PLATFORMS)})", flush=True)
+            proc = pip(py, "download", "--quiet", "-d", wheels_dir, "--only-binary=:all:", "--find-links", local,
+                       "--find-links", stand_in, *target, "-c", constraints, "-r", reqs_file, check=False,
+                       capture_output=True)
             if proc.returncode == 0:
                 break
             missing = re.search(r"No matching distribution found for (\S+)", proc.stderr)
@@ -223,23 +226,19 @@ def main(argv=None) -> int:
         else:
             fail("gave up resolving after 10 source-only dependencies")
 
-        resolved = [(i["metadata"]["name"], i["metadata"]["version"]) for i in json.load(open(report))["install"]]
-        resolved = [(n, v) for n, v in resolved if canon(n) != "torch" or v != placeholder]
-        leaked = [n for n, _ in resolved if TORCH_STACK.match(canon(n))]
-        if leaked:
-            fail(f"a requirement pulls in {leaked}, which the target must bring itself")
-        fetch = [(n, v) for n, v in resolved if canon(n) not in have]
-        local_names = {canon(f.split("-")[0]): f for f in os.listdir(local)}
-        remote = []
-        for name, version in fetch:
-            if canon(name) in local_names:
-                shutil.copy(os.path.join(local, local_names[canon(name)]), stage)
-            else:
-                remote.append(f"{name}=={version}")
-        print(f"[wheelhouse] downloading {len(remote)} wheels (+{len(fetch) - len(remote)} built here, "
-              f"{len(resolved) - len(fetch)} the target has)", flush=True)
-        if remote:
-            pip(py, "download", "-q", "--no-deps", "--only-binary=:all:", *target, "-d", stage, *remote)
+        resolved, kept = [], 0
+        for f in sorted(os.listdir(wheels_dir)):
+            name, version = f.split("-")[:2]
+            if canon(name) == "torch" and version.replace("_", "+") == placeholder:
+                continue
+            if TORCH_STACK.match(canon(name)):
+                fail(f"a requirement pulls in {f}, which the target must bring itself")
+            resolved.append((name, version))
+            if canon(name) not in have:
+                shutil.move(os.path.join(wheels_dir, f), stage)
+                kept += 1
+        print(f"[wheelhouse] {kept} wheels kept ({len(os.listdir(local))} built here), {len(resolved) - kept} left "
+              f"out (the target has them)", flush=True)
 
         files = sorted(f for f in os.listdir(stage) if f.endswith((".whl", ".tar.gz")))
         manifest = {
