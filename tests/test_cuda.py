@@ -72,16 +72,21 @@ def test_incremental_equals_full_on_cuda(name, device):
     d = make_dictionary()
     model = build_model(*CONFIGS[name], dictionary=d).to(device)
     gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        if name.startswith("lm-"):
-            prev = _targets(d, 3, 70, gen).to(device)  # past one training chunk
-            full, _ = model(prev)
-            inc, _ = _incremental(model.decoder, prev)
-        else:
-            src, lengths = _src_batch(d, [7, 4, 9, 2], gen)
-            src, lengths, prev = src.to(device), lengths.to(device), _targets(d, 4, 10, gen).to(device)
-            full, _ = model(src, lengths, prev)
-            inc, _ = _incremental(model.decoder, prev, model.encoder(src, src_lengths=lengths))
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 products as fp32, whatever the process set
+    try:
+        with torch.no_grad():
+            if name.startswith("lm-"):
+                prev = _targets(d, 3, 70, gen).to(device)  # past one training chunk
+                full, _ = model(prev)
+                inc, _ = _incremental(model.decoder, prev)
+            else:
+                src, lengths = _src_batch(d, [7, 4, 9, 2], gen)
+                src, lengths, prev = src.to(device), lengths.to(device), _targets(d, 4, 10, gen).to(device)
+                full, _ = model(src, lengths, prev)
+                inc, _ = _incremental(model.decoder, prev, model.encoder(src, src_lengths=lengths))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     # CUDA kernels (fused attention, reductions) round differently from the CPU's; fp32 throughout
     torch.testing.assert_close(inc, full, atol=1e-4, rtol=1e-4)
 

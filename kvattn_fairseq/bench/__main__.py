@@ -1,4 +1,4 @@
-"""python -m kvattn_fairseq.bench --mode quick|full [--out DIR] [--device auto|cpu|cuda] [--kinds a,b]"""
+"""python -m kvattn_fairseq.bench --mode quick|full|gpu [--out DIR] [--device auto|cpu|cuda] [--kinds a,b]"""
 import argparse
 import json
 import os
