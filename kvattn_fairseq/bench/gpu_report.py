@@ -30,7 +30,7 @@ def summarise(results: Dict, constant_kinds: List[str]) -> List[Dict]:
         small = min(mine, key=lambda c: c["batch"]) if mine else None
         tr = results.get("translate", {}).get("by_dtype", {}).get(dt, {})
         train = results.get("train", {}).get("by_dtype", {}).get(dt, {})
-        for kind in results["kinds"] + [FLOOR]:
+        for kind in [VANILLA] + results["kinds"] + [FLOOR]:
             row = {"kind": kind, "dtype": dt, "constant_state": kind in constant_kinds}
             if big and kind in big["models"]:
                 steps = big["models"][kind]["step_ms"]
