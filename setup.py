@@ -17,7 +17,7 @@ setup(
         "fairseq>=0.12.2; python_version < '3.11'",
         "hydra-core>=1.0.7",
         "sacrebleu>=2.0",
-        "rouge-score",
+        "rouge-score>=0.1.2",  # its wheels stop at 0.0.4 (2020); a binary-only resolution would fall back to it
         "sacremoses",  # Moses tokenization for the compound-split tokenized BLEU of the WMT tables
         "sentencepiece",
     ],

@@ -1,57 +1,135 @@
 #!/usr/bin/env bash
-# Create (or complete) the project's virtual environment with the stack that works on Python 3.11:
-# torch, numpy 2, fairseq-fixed built against them, the scorers, and this package (editable).
-# Usage: scripts/setup_env.sh [VENV]   (default: .venv inside the checkout)
-# A torch already present in VENV is kept (e.g. a CUDA build on a GPU machine); otherwise torch==$TORCH_VERSION.
+# Create (or complete) a virtual environment with the plugin's stack: torch, fairseq-fixed compiled against that
+# torch, the scorers, the test tools, and this package (editable).
+#
+#   scripts/setup_env.sh [VENV]                 online (default VENV: .venv in the checkout)
+#   scripts/setup_env.sh --offline WHEELHOUSE VENV
+#                                               no network: a machine that already has torch (e.g. a GPU node)
+#
+# Both go through a wheelhouse and install from it with pip's index disabled, so every online set-up (and so every
+# CI run) also proves the offline install.  Online: torch==$TORCH_VERSION is installed into VENV unless VENV
+# already has a torch (kept, e.g. a CUDA build), then scripts/wheelhouse.sh fills .cache/wheelhouse-cpXY.
+# Offline: VENV is created with --system-site-packages from $PYTHON (default python3), so it sees that Python's
+# torch (when $PYTHON is itself a venv, its site-packages are added too); torch is never installed or upgraded.
+# fairseq is built once per (Python, torch) without build isolation and without CUDA_HOME, and cached in
+# .cache/wheels/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${1:-${VENV:-.venv}}
+OFFLINE=0
+if [ "${1:-}" = "--offline" ]; then
+  [ $# -eq 3 ] || { echo "setup: usage: scripts/setup_env.sh --offline WHEELHOUSE VENV" >&2; exit 2; }
+  OFFLINE=1 WHEELHOUSE=$2 VENV=$3
+  [ -f "$WHEELHOUSE/manifest.json" ] || {
+    echo "setup: --offline: $WHEELHOUSE has no manifest.json; make it with scripts/wheelhouse.sh $WHEELHOUSE" >&2
+    exit 2; }
+else
+  VENV=${1:-${VENV:-.venv}}
+fi
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-FAIRSEQ_PKG=fairseq-fixed==0.12.3.1
-WHEELS=.cache/wheels
+WHEELS=${KVATTN_WHEEL_CACHE:-.cache/wheels}  # compiled fairseq wheels, one per (Python, torch)
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-say() { printf '[setup] %s\n' "$*"; }
+say() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { echo "setup: $*" >&2; exit 1; }
 
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating virtual environment $VENV"
-  "$PYTHON" -m venv "$VENV"
+  if [ $OFFLINE = 1 ]; then
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+    # A venv's --system-site-packages reaches the base interpreter only: when $PYTHON is itself a venv (torch
+    # installed there), add its site-packages after the new venv's own.
+    "$PYTHON" - "$VENV" <<'EOF'
+import os, site, subprocess, sys
+if sys.prefix != sys.base_prefix:
+    target = subprocess.check_output([os.path.join(sys.argv[1], "bin", "python"), "-c",
+                                      "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip()
+    with open(os.path.join(target, "_kvattn_parent_env.pth"), "w") as f:
+        f.write("".join(f"import site; site.addsitedir({p!r})\n" for p in site.getsitepackages()))
+EOF
+  else
+    "$PYTHON" -m venv "$VENV"
+  fi
 fi
 PY="$VENV/bin/python"
 "$PY" -c 'import sys; assert sys.version_info[:2] >= (3, 8)' \
-  || { echo "setup: $VENV has an unsupported Python; remove it or set PYTHON=python3.11" >&2; exit 1; }
+  || die "$VENV has an unsupported Python; remove it or set PYTHON=python3.11"
 
 if "$PY" -c 'import torch' 2>/dev/null; then
-  say "keeping installed torch $("$PY" -c 'import torch; print(torch.__version__)')"
+  say "keeping torch $("$PY" -c 'import torch; print(torch.__version__, "from", torch.__file__.rsplit("/", 2)[0])')"
+elif [ $OFFLINE = 1 ]; then
+  die "--offline: $VENV sees no torch; install torch for $PYTHON first (or set PYTHON to the Python that has it)"
 else
   say "installing torch==$TORCH_VERSION"
   "$PY" -m pip install -q "torch==$TORCH_VERSION" "numpy>=2,<3"
 fi
+tag=$("$PY" -c 'import sys, torch; v = torch.__version__.split("+")[0]; print("cp%d%d-torch%s" % (sys.version_info[0], sys.version_info[1], v))')
+
+if [ $OFFLINE = 0 ]; then
+  WHEELHOUSE=.cache/wheelhouse-${tag%%-*}
+  if [ ! -f "$WHEELHOUSE/manifest.json" ] || [ setup.py -nt "$WHEELHOUSE/manifest.json" ] \
+      || [ scripts/wheelhouse.py -nt "$WHEELHOUSE/manifest.json" ]; then
+    say "downloading the wheelhouse $WHEELHOUSE"
+    PYTHON="$PY" scripts/wheelhouse.sh "$WHEELHOUSE"
+  fi
+fi
+
+# From here on, nothing but the wheelhouse: no index, no pip configuration (its find-links or extra indexes).
+offline_pip() {
+  env $(compgen -e | grep '^PIP_' | sed 's/^/-u /') PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 \
+      PIP_DISABLE_PIP_VERSION_CHECK=1 "$PY" -m pip "$@"
+}
 # Pin whatever torch is there so nothing below can swap it for another build.
 CONSTRAINTS=$(mktemp); trap 'rm -f "$CONSTRAINTS"' EXIT
 "$PY" -c 'import torch; print("torch==" + torch.__version__)' > "$CONSTRAINTS"
+FIND=(--no-index --find-links "$WHEELHOUSE" -c "$CONSTRAINTS")
 
-"$PY" -m pip install -q -c "$CONSTRAINTS" "numpy>=2,<3" "cython>=3" wheel
+say "build tools from $WHEELHOUSE (present ones are kept)"
+offline_pip install -q "${FIND[@]}" "setuptools>=64" wheel "cython>=3" "numpy>=2,<3" ninja
 
+sdist=$(ls "$WHEELHOUSE"/fairseq_fixed-*.tar.gz 2>/dev/null | head -1)
+[ -n "$sdist" ] || die "$WHEELHOUSE has no fairseq_fixed-*.tar.gz; remake it with scripts/wheelhouse.sh"
+version=$(basename "$sdist" .tar.gz); version=${version#fairseq_fixed-}
 if ! "$PY" -c 'import fairseq' 2>/dev/null; then
-  mkdir -p "$WHEELS"
-  tag=$("$PY" -c 'import sys, torch; v = torch.__version__.split("+")[0]; print("cp%d%d-torch%s" % (sys.version_info[0], sys.version_info[1], v))')
   # The wheel's C++ extensions are compiled against this torch: keep one wheel per (python, torch).
   cache="$WHEELS/$tag"
-  if ! ls "$cache"/fairseq_fixed-*.whl >/dev/null 2>&1; then
-    say "building $FAIRSEQ_PKG against torch ($tag), about 4 minutes, once"
+  if ! ls "$cache"/fairseq_fixed-"$version"-*.whl >/dev/null 2>&1; then
+    say "building fairseq-fixed $version against torch ($tag) from $sdist, once"
     mkdir -p "$cache"
-    # No build isolation: an isolated build env would pull a multi-GB CUDA torch and compile against it.
-    # No CUDA_HOME: setup.py would add CUDA extensions whose sources are not in the sdist.
-    env -u CUDA_HOME "$PY" -m pip wheel -q --no-build-isolation --no-deps "$FAIRSEQ_PKG" -w "$cache"
+    # No build isolation: an isolated build would want its own torch.  No CUDA_HOME: setup.py would add CUDA
+    # extensions whose sources are not in the sdist.  ninja (from the wheelhouse) compiles on every core.
+    (unset CUDA_HOME; export PATH="$VENV/bin:$PATH" MAX_JOBS=${MAX_JOBS:-$(nproc)}
+     offline_pip wheel -q --no-build-isolation --no-deps "$sdist" -w "$cache")
   else
     say "using cached fairseq wheel from $cache"
   fi
-  "$PY" -m pip install -q -c "$CONSTRAINTS" --find-links "$cache" "$FAIRSEQ_PKG"
+  offline_pip install -q "${FIND[@]}" --find-links "$cache" "fairseq-fixed==$version"
 fi
 
-say "installing kvattn_fairseq (editable) and its tools"
-"$PY" -m pip install -q -c "$CONSTRAINTS" -e ".[test]"
-"$PY" -m pip check
+say "installing kvattn_fairseq (editable) and its tools from $WHEELHOUSE"
+offline_pip install -q "${FIND[@]}" --no-build-isolation --use-pep517 -e ".[test]"
+if [ $OFFLINE = 0 ]; then
+  offline_pip check
+else
+  # The venv also sees the machine's own packages, whose conflicts among themselves are not this set-up's to fix:
+  # only a broken requirement of a package of the plugin's stack (the wheelhouse's, fairseq, torch, the plugin)
+  # fails the set-up; the others are shown.
+  offline_pip check > "$VENV/pip-check.txt" 2>&1 || true
+  "$PY" - "$WHEELHOUSE/manifest.json" "$VENV/pip-check.txt" <<'PYEOF' || exit 1
+import json, re, sys
+canon = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+ours = {canon(n) for n in json.load(open(sys.argv[1]))["resolved"]} | {"fairseq-fixed", "kvattn-fairseq", "torch"}
+bad = []
+for line in open(sys.argv[2]):
+    if line.strip() and not line.startswith("No broken"):
+        if canon(line.split()[0]) in ours:
+            bad.append(line.strip())
+        else:
+            print("note, the machine's own packages:", line.strip())
+if bad:
+    sys.exit("setup: pip check: " + "; ".join(bad))
+print("pip check: no broken requirements in the plugin's stack")
+PYEOF
+fi
+"$PY" -c 'import fairseq, kvattn_fairseq' || die "$VENV: import fairseq, kvattn_fairseq failed"
 say "ready: $VENV"

@@ -20,16 +20,17 @@ def test_smoke_run_writes_results_summary_and_plots(tmp_path):
     assert results["kinds"] == ["kv", "memsizer"]
     assert results["machine"]["torch"] == torch.__version__ and results["machine"]["torch_threads"] >= 1
     cfg = results["decode"]["configs"][0]
-    assert set(cfg["models"]) == {"vanilla", "kv", "memsizer"}
+    assert set(cfg["models"]) == {"vanilla", "floor", "kv", "memsizer"}
+    assert set(cfg["models"]["floor"]["state_bytes_per_hypothesis"].values()) == {0}  # no attention, no state
     state = cfg["models"]["memsizer"]["state_bytes_per_hypothesis"]
     assert len(set(state.values())) == 1  # constant in t
     growing = cfg["models"]["kv"]["state_bytes_per_hypothesis"]
     assert growing["16"] > growing["4"]
-    assert set(results["translate"]["models"]) == {"vanilla", "kv", "memsizer"}
+    assert set(results["translate"]["models"]) == {"vanilla", "floor", "kv", "memsizer"}
     for per_t in results["train"]["models"].values():
         assert all("tokens_per_s" in r and r["peak_bytes"] >= 0 for r in per_t.values())
     summary = (out / "summary.md").read_text()
-    assert "| memsizer (constant state) |" in summary
+    assert "| memsizer (constant state) |" in summary and "| floor |" in summary
     pngs = [f for f in os.listdir(out) if f.endswith(".png")]
     assert len(pngs) >= 5
 

@@ -29,7 +29,8 @@ def _decode(model, tokens, dtype, device):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", CONSTANT)
-@pytest.mark.parametrize("dtype,device", [(torch.bfloat16, "cpu"), (torch.float16, "cuda")])
+@pytest.mark.parametrize("dtype,device", [(torch.bfloat16, "cpu"),
+                                          pytest.param(torch.float16, "cuda", marks=pytest.mark.cuda)])
 def test_half_precision_decoding_4096_steps(kind, dtype, device):
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")

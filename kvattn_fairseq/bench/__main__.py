@@ -1,4 +1,4 @@
-"""python -m kvattn_fairseq.bench --mode quick|full [--out DIR] [--device auto|cpu|cuda] [--kinds a,b]"""
+"""python -m kvattn_fairseq.bench --mode quick|full|gpu [--out DIR] [--device auto|cpu|cuda] [--kinds a,b]"""
 import argparse
 import json
 import os
@@ -9,8 +9,9 @@ import torch
 
 from ..building import make_dictionary
 from ..modules.registry import ATTENTION_KINDS
-from . import decode, report, train, translate
+from . import decode, gpu, gpu_report, report, train, translate
 from .common import VANILLA, Size, build_lm, build_translation, decoder_kinds, machine
+from .floor import FLOOR
 
 MODES = {
     "quick": dict(lm=Size(6, 512, 2048, 8, 8000), decode=[(4, 1, 512)], probes=(32, 64, 128, 256, 512),
@@ -21,6 +22,17 @@ MODES = {
                  probes=(32, 64, 128, 256, 512, 1024, 2048, 4096),
                  mt=Size(6, 512, 2048, 8, 32000), mt_sentences=256, mt_batch=64, mt_repeats=2,
                  train=Size(6, 512, 2048, 8, 1000), train_T=(512, 1024, 2048, 4096, 8192), train_repeats=2),
+    # a GPU (see gpu.py): fp16 and bf16, decoding at batch 1/16/128 up to 8192 tokens, fairseq's fp16 training path
+    "gpu": dict(lm=Size(6, 512, 2048, 8, 8000), dtypes=("fp16", "bf16"), decode_batches=(1, 16, 128),
+                probes=(128, 512, 2048, 4096, 8192), window=16,
+                mt=Size(6, 512, 2048, 8, 32000), mt_sentences=256, mt_batch=128, mt_repeats=1,
+                train=Size(6, 512, 2048, 8, 8000), train_T=(512, 2048, 8192, 16384), train_tokens=16384,
+                train_repeats=2, train_dtypes=("fp16", "bf16")),
+    # the GPU mode's code path at tiny sizes, for a CPU (scripts/gpu-check.sh --dry-run, the test suite)
+    "gpu-dry": dict(lm=Size(2, 32, 64, 4, 50), dtypes=("fp16", "bf16"), decode_batches=(1, 4), probes=(8, 32),
+                    window=3, mt=Size(1, 32, 64, 4, 50), mt_sentences=4, mt_batch=2, mt_repeats=1,
+                    train=Size(1, 32, 64, 4, 50), train_T=(16, 64), train_tokens=64, train_repeats=1,
+                    train_dtypes=("fp16", "bf16")),
     # seconds, for the test suite: tiny models, short lengths
     "smoke": dict(lm=Size(2, 32, 64, 4, 50), decode=[(2, 1, 16), (1, 2, 8)], probes=(4, 8, 16),
                   mt=Size(1, 32, 64, 4, 50), mt_sentences=4, mt_batch=2, mt_repeats=1,
@@ -42,6 +54,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (default: torch's choice)")
     p.add_argument("--decode", default="", metavar="BxWxL[,..]",
                    help="decoding runs as batch x beam x length, e.g. 4x1x2048 (default: the mode's)")
+    p.add_argument("--budget", type=float, default=0, metavar="SECONDS",
+                   help="gpu modes: settings not started within this many seconds are recorded as skipped")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")
@@ -57,6 +71,11 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"--parts: unknown part(s) {bad}; choose from decode, translate, train")
     cfg = dict(MODES[a.mode])
+    gpu_mode = a.mode.startswith("gpu")
+    if a.decode and gpu_mode:
+        p.error("--decode: the gpu modes time fixed batches and lengths; use --mode quick or full")
+    if a.budget < 0:
+        p.error(f"--budget: expected seconds >= 0, got {a.budget}")
     if a.decode:
         try:
             cfg["decode"] = [tuple(int(x) for x in run.split("x")) for run in a.decode.split(",")]
@@ -66,11 +85,19 @@ def main(argv=None) -> int:
         longest = max(run[2] for run in cfg["decode"])
         cfg["probes"] = tuple(sorted({t for t in MODES["full"]["probes"] if t <= longest} | {longest}))
     kinds = decoder_kinds(only)
-    models = [VANILLA] + kinds
+    models = [VANILLA, FLOOR] + kinds
     os.makedirs(a.out, exist_ok=True)
     results = {"mode": a.mode, "machine": machine(device), "kinds": kinds, "baseline": "fairseq transformer_lm / "
-               "transformer of the same size"}
+               "transformer of the same size", "floor": "the baseline with every attention returning zeros"}
     started = time.time()
+
+    def save(final: bool = False):
+        results["seconds"] = round(time.time() - started, 1)
+        write_outputs(results, kinds, a.out, final)
+
+    if gpu_mode:
+        gpu.run(cfg, kinds, parts, device, results, save, log, a.budget)
+        return finish(results, kinds, a.out, save)
 
     if "decode" in parts:
         d = make_dictionary(cfg["lm"].vocab)
@@ -116,20 +143,38 @@ def main(argv=None) -> int:
                 log(f"[train T={tlen}] {kind:<11} " + (r["error"] if "error" in r else
                     f"{r['tokens_per_s']:8.0f} tokens/s  peak {r['peak_bytes'] / 2**20:8.1f} MiB"))
 
+    return finish(results, kinds, a.out, save)
+
+
+def write_outputs(results, kinds, out: str, plots: bool) -> str:
+    """results.json and summary.md (after every setting of the gpu modes), the plots when asked; returns the
+    summary."""
     constant = [k for k in kinds if ATTENTION_KINDS[k].constant_state]
-    rows = report.summarise(json.loads(json.dumps(results), object_hook=_int_keys), constant)
-    results["summary"] = rows
-    results["targets"] = report.targets(rows)
-    results["seconds"] = round(time.time() - started, 1)
-    with open(os.path.join(a.out, "results.json"), "w") as f:
+    plain = json.loads(json.dumps(results), object_hook=_int_keys)
+    if results["mode"].startswith("gpu"):
+        rows = gpu_report.summarise(plain, constant)
+        md, checks = gpu_report.markdown(rows, plain), gpu_report.targets(rows, plain)
+    else:
+        rows = report.summarise(plain, constant)
+        md, checks = report.markdown(rows, results), report.targets(rows)
+    results["summary"], results["targets"] = rows, checks
+    tmp = os.path.join(out, "results.json.tmp")
+    with open(tmp, "w") as f:
         json.dump(results, f, indent=1)
-    md = report.markdown(rows, results)
-    with open(os.path.join(a.out, "summary.md"), "w") as f:
-        f.write(md + "\n" + "\n".join(results["targets"]) + "\n")
-    written = report.plots(json.loads(json.dumps(results), object_hook=_int_keys), a.out)
-    log("\n" + md)
-    log("\n".join(results["targets"]))
-    log(f"\nwrote {os.path.join(a.out, 'results.json')}, summary.md and {len(written)} plots in "
+    os.replace(tmp, os.path.join(out, "results.json"))  # never a half-written results.json
+    summary = md + "\n" + "\n".join(checks) + "\n"
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(summary)
+    if plots:
+        results["plots"] = [os.path.basename(x) for x in report.plots(plain, out)]
+    return summary
+
+
+def finish(results, kinds, out: str, save) -> int:
+    save(final=True)
+    with open(os.path.join(out, "summary.md")) as f:
+        log("\n" + f.read())
+    log(f"wrote {os.path.join(out, 'results.json')}, summary.md and {len(results.get('plots', []))} plots in "
         f"{results['seconds']:.0f}s")
     return 0
 

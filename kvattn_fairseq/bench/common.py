@@ -9,8 +9,10 @@ import torch
 
 from ..building import build_model
 from ..modules.registry import ATTENTION_KINDS
+from .floor import FLOOR, strip_attention
 
 VANILLA = "vanilla"  # fairseq's own transformer_lm / transformer
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class BenchmarkError(RuntimeError):
@@ -37,6 +39,7 @@ def machine(device: torch.device) -> Dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
+        info["gpu_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
     return info
 
 
@@ -53,9 +56,12 @@ def decoder_kinds(only: List[str] = None) -> List[str]:
 
 
 def build_lm(kind: str, size: Size, dictionary, max_positions: int, device: torch.device):
-    if kind == VANILLA:
+    """fairseq's transformer_lm (vanilla, and with its attention removed: the floor) or kvattn_lm with `kind`."""
+    if kind in (VANILLA, FLOOR):
         model = build_model("transformer_lm", *size.flags(), dictionary=dictionary,
                             max_target_positions=max_positions)
+        if kind == FLOOR:
+            strip_attention(model)
     else:
         model = build_model("kvattn_lm", *size.flags(), "--decoder-attention-type", kind, dictionary=dictionary,
                             max_target_positions=max_positions)
@@ -66,8 +72,10 @@ def build_translation(kind: str, size: Size, dictionary, device: torch.device):
     """Encoder-decoder of `size`: softmax encoder; `kind` in decoder self-attention and, where it can sit there,
     cross-attention (softmax otherwise)."""
     flags = size.flags("encoder") + size.flags("decoder") + ["--share-all-embeddings"]
-    if kind == VANILLA:
+    if kind in (VANILLA, FLOOR):
         model = build_model("transformer", *flags, dictionary=dictionary)
+        if kind == FLOOR:
+            strip_attention(model)
     else:
         cross = kind if "cross" in ATTENTION_KINDS[kind].positions else "softmax"
         model = build_model("kvattn_transformer", *flags, "--decoder-attention-type", kind, "--cross-attention-type",

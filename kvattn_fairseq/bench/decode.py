@@ -67,3 +67,54 @@ def decode_lm(model, dictionary, device, batch: int, beam: int, length: int, pro
     steps = [t for t in probe if t <= length]
     return {"step_ms": {t: rec.step_ms(t) for t in steps},
             "state_bytes_per_hypothesis": {t: rec.bytes_per_hyp.get(t) for t in steps}}
+
+
+def _shapes(incremental_state) -> Dict:
+    return {(key, name): t.shape for key, buf in incremental_state.items() for name, t in buf.items()
+            if torch.is_tensor(t)}
+
+
+def grown_state(model, tokens, t: int):
+    """The incremental state of `tokens.size(0)` hypotheses after t tokens, without decoding t tokens one by one:
+    a real two-step decode, then every entry that grew by one position in the second step (key/value caches,
+    padding masks, key positions) tiled along that axis to t.  Constant-size states are left as they are.  The
+    shapes, and so the work of the following steps, are exactly those of a real decode; the values repeat."""
+    state = {}
+    model.decoder(tokens[:, :1], incremental_state=state)
+    first = _shapes(state)
+    model.decoder(tokens[:, :2], incremental_state=state)
+    for (key, name), shape in _shapes(state).items():
+        before = first.get((key, name))
+        grown = [i for i, (a, b) in enumerate(zip(before or (), shape)) if b == a + 1]
+        if before is None or len(before) != len(shape) or shape == before:
+            continue
+        if len(grown) != 1:
+            raise BenchmarkError(f"cannot tell the time axis of state entry {name} ({tuple(before)} -> {tuple(shape)})")
+        axis, value = grown[0], state[key][name]
+        reps = [1] * value.dim()
+        reps[axis] = -(-t // value.size(axis))
+        state[key][name] = value.repeat(*reps).narrow(axis, 0, t).contiguous()
+    return state
+
+
+def step_window(model, dictionary, device, batch: int, t: int, window: int) -> Dict:
+    """Time `window` single-token decoding steps after t tokens, each as greedy search does it: the decoder's
+    incremental forward (output projection included) and a reorder of the state by the search's order."""
+    g = torch.Generator().manual_seed(t)
+    tokens = torch.randint(dictionary.nspecial, len(dictionary), (batch, t + window + 3), generator=g).to(device)
+    order = torch.arange(batch, device=device)
+    with torch.no_grad():
+        state = grown_state(model, tokens, t)
+        size = state_bytes(state) / batch
+
+        def step(n):
+            model.decoder(tokens[:, :n + 1], incremental_state=state)
+            model.decoder.reorder_incremental_state_scripting(state, order)
+
+        step(t)  # warm-up at this length (allocator, kernel choice)
+        start = now(device)
+        for i in range(window):
+            step(t + 1 + i)
+        elapsed = now(device) - start
+    ms = 1000.0 * elapsed / window
+    return {"step_ms": ms, "tokens_per_s": batch * 1000.0 / ms, "state_bytes_per_hypothesis": size}

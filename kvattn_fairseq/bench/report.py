@@ -1,9 +1,10 @@
-"""Ratios against the vanilla baseline, a Markdown summary, the targets of issue 7, and PNG plots."""
+"""Ratios against the vanilla baseline and the attention-free floor, a Markdown summary, the CPU targets, and PNG
+plots (shared with the GPU mode)."""
 import os
 from typing import Dict, List, Optional
 
 from .common import VANILLA
-
+from .floor import FLOOR
 
 
 def _ratio(base: Optional[float], value: Optional[float]) -> Optional[float]:
@@ -18,17 +19,19 @@ def summarise(results: Dict, constant_kinds: List[str]) -> List[Dict]:
     main = dec.get("configs", [{}])[0] if dec.get("configs") else {}
     tr = results.get("translate", {}).get("models", {})
     train = results.get("train", {}).get("models", {})
-    for kind in results["kinds"]:
+    for kind in results["kinds"] + [FLOOR]:
         row = {"kind": kind, "constant_state": kind in constant_kinds}
         if main:
             steps = main["models"].get(kind, {}).get("step_ms", {})
             base = main["models"].get(VANILLA, {}).get("step_ms", {})
+            floor = main["models"].get(FLOOR, {}).get("step_ms", {})
             ts = sorted(int(t) for t in steps)
             if ts:
                 first, last = ts[0], ts[-1]
                 row["decode_t_first"], row["decode_t_last"] = first, last
                 row["decode_speedup_first"] = _ratio(base.get(first), steps.get(first))
                 row["decode_speedup_last"] = _ratio(base.get(last), steps.get(last))
+                row["over_floor_last"] = _ratio(steps.get(last), floor.get(last))
                 row["decode_growth"] = steps[last] / steps[first]
                 row["state_bytes_last"] = main["models"][kind]["state_bytes_per_hypothesis"].get(last)
                 row["state_bytes_first"] = main["models"][kind]["state_bytes_per_hypothesis"].get(first)
@@ -55,21 +58,21 @@ def markdown(rows: List[Dict], results: Dict) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['device']} ({m.get('gpu') or m['processor']}, {m['torch_threads']} torch threads), torch "
              f"{m['torch']}, Python {m['python']}; mode {results['mode']}. Ratios are vanilla fairseq / kind for "
-             f"time (higher is faster) and kind / vanilla for memory (lower is smaller).", ""]
+             f"time (higher is faster) and kind / vanilla for memory (lower is smaller); \"over floor\" is the kind's step time / the attention-free model's.", ""]
     r0 = next((r for r in rows if "decode_t_first" in r), {})
     t1, t2 = r0.get("decode_t_first", "?"), r0.get("decode_t_last", "?")
     tr0 = next((r for r in rows if "train_T_first" in r), {})
     T1, T2 = tr0.get("train_T_first", "?"), tr0.get("train_T_last", "?")
-    lines.append(f"| kind | decode speed t={t1} | decode speed t={t2} | step time t={t2} / t={t1} | state bytes per "
-                 f"hypothesis t={t1} -> t={t2} | translation tokens/s | train speed T={T1} | train speed T={T2} | "
-                 f"train memory T={T2} |")
-    lines.append("|---" * 9 + "|")
+    lines.append(f"| kind | decode speed t={t1} | decode speed t={t2} | step time t={t2} / t={t1} | step time over "
+                 f"floor t={t2} | state bytes per hypothesis t={t1} -> t={t2} | translation tokens/s | train speed "
+                 f"T={T1} | train speed T={T2} | train memory T={T2} |")
+    lines.append("|---" * 10 + "|")
     for r in rows:
         sb = (f"{r['state_bytes_first']:,.0f} -> {r['state_bytes_last']:,.0f}"
               if r.get("state_bytes_last") is not None and r.get("state_bytes_first") is not None else "n/a")
         lines.append(f"| {r['kind']}{' (constant state)' if r['constant_state'] else ''} | "
                      f"{_fmt(r.get('decode_speedup_first'))} | {_fmt(r.get('decode_speedup_last'))} | "
-                     f"{_fmt(r.get('decode_growth'))} | {sb} | {_fmt(r.get('translate_tokens_ratio'))} | "
+                     f"{_fmt(r.get('decode_growth'))} | {_fmt(r.get('over_floor_last'))} | {sb} | {_fmt(r.get('translate_tokens_ratio'))} | "
                      f"{_fmt(r.get('train_speed_first'))} | {_fmt(r.get('train_speed_last'))} | "
                      f"{_fmt(r.get('train_memory_last'))} |")
     return "\n".join(lines) + "\n"
@@ -94,7 +97,8 @@ def plots(results: Dict, out_dir: str) -> List[str]:
         written.append(path)
 
     for cfg in results.get("decode", {}).get("configs", []):
-        tag = f"batch{cfg['batch']}_beam{cfg['beam']}"
+        tag = f"{cfg['dtype']}_" if "dtype" in cfg else ""
+        tag += f"batch{cfg['batch']}_beam{cfg['beam']}"
         for key, ylabel, fname in (("step_ms", "ms per decoding step", f"decode_step_ms_{tag}.png"),
                                    ("state_bytes_per_hypothesis", "incremental state bytes per hypothesis",
                                     f"decode_state_bytes_{tag}.png")):
@@ -108,7 +112,8 @@ def plots(results: Dict, out_dir: str) -> List[str]:
                 ax.set_yscale("log")
             ax.set_xlabel("generated length t")
             ax.set_ylabel(ylabel)
-            ax.set_title(f"LM decoding, batch {cfg['batch']}, beam {cfg['beam']}")
+            ax.set_title(f"LM decoding, batch {cfg['batch']}, beam {cfg['beam']}" +
+                         (f", {cfg['dtype']}" if "dtype" in cfg else ""))
             ax.legend(fontsize=7, ncol=2)
             save(fig, fname)
     tr = results.get("translate", {}).get("models", {})

@@ -22,6 +22,11 @@ class KVAttnTransformerModel(TransformerModel):
         kvattn_transformer_base(args)
         return super().build_model(args, task)
 
+    def set_beam_size(self, beam_size: int) -> None:
+        """fairseq's SequenceGenerator calls this on models that define it (in fairseq itself only BART does): the
+        decoder's attention modules then keep the cross-attention memory once per sentence, not per hypothesis."""
+        self.decoder.set_beam_size(beam_size)
+
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
         return KVAttnTransformerEncoder(TransformerConfig.from_namespace(args), src_dict, embed_tokens)

@@ -91,7 +91,9 @@ class KVAttentionBase(nn.Module):
                 return tuple(cached)
         suffix = ""
         beam = self.beam_size
-        if beam > 1 and src.size(0) % beam == 0:
+        # The beam size is a setting that outlives one search (fairseq sets it only for beam > 1), so the rows are
+        # checked to be beam copies before sharing them: one comparison per search, on its first step.
+        if beam > 1 and src.size(0) % beam == 0 and torch.equal(src, src[::beam].repeat_interleave(beam, dim=0)):
             src, src_pad, suffix = src[::beam], None if src_pad is None else src_pad[::beam], PER_SENTENCE
         built = build(src, src_pad)
         for i, t in enumerate(built):
@@ -115,9 +117,11 @@ class KVAttentionBase(nn.Module):
         if not buffer:
             return incremental_state
         first = next((v for v in buffer.values() if v is not None), None)
-        if first is not None and first.size(0) == new_order.numel() and torch.equal(
-                new_order, torch.arange(new_order.numel(), device=new_order.device)):
-            return incremental_state  # the identity (greedy search): nothing moves
+        # Skipping the copy for an identity order (greedy search) needs the order's values: free on the CPU, but on
+        # a GPU reading them back would stall every decoding step, so there the state is always gathered.
+        if first is not None and new_order.device.type == "cpu" and first.size(0) == new_order.numel() and \
+                torch.equal(new_order, torch.arange(new_order.numel())):
+            return incremental_state
         for k, v in buffer.items():
             if v is None:
                 continue

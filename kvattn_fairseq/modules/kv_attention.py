@@ -58,7 +58,9 @@ class KVAttention(ProjectedAttention):
             state["prev_key"], state["prev_value"], state["prev_key_padding_mask"] = keys, values, key_pad
             if bias is not None:
                 state["prev_key_bias"] = bias
-        pad_arg = key_pad if bool(key_pad.any()) else None
+        # Without padding the fused kernel runs mask-free; a decoding step just takes the mask (checking for padding
+        # would read a value back from the device on every step).
+        pad_arg = key_pad if x.size(1) <= ops.FEW_QUERIES or bool(key_pad.any()) else None
         if bias is None or x.size(1) <= ops.FEW_QUERIES:
             scale = self.scaling if bias is None else self.scaling * self.pos_map.weight.sum()
             out = ops.attention(k, keys, values, key_pad=pad_arg, causal=self.causal, key_bias=bias, scale=scale,

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..ops import linear as lops
 from ..ops import mgk as ops
+from ..ops import softmax_kv
 from .linear_attention import _HeadwiseLinear
 from .projected import ProjectedAttention
 from .registry import (AttentionConfigError, AttentionSite, KindOption, choice, positive_float_list, positive_int,
@@ -48,7 +49,9 @@ class MixtureWeights(nn.Module):
             return F.log_softmax(self.logits, dim=-1)[None, :, None, :]
         if self.mode == "clamp":
             return self.weight.clamp(PI_MIN, 1.0).log()[None, :, None, :]
-        if int(key_positions.max()) >= self.positions:
+        # positions count real tokens, so none can pass the table while the keys are fewer than its entries: the
+        # value is read back (a device sync) only past that length
+        if key_positions.size(-1) > self.positions and int(key_positions.max()) >= self.positions:
             raise ValueError(f"mgk: key position {int(key_positions.max())} is past the {self.positions}-entry "
                              f"mixture-weight table (--mgk-pi-positions)")
         return F.log_softmax(self.logits, dim=-1)[:, key_positions].permute(1, 0, 2, 3)
@@ -99,8 +102,10 @@ class MGKAttention(ProjectedAttention):
 
     def _attend(self, q: Tensor, keys: Tensor, v: Tensor, key_pad: Tensor, positions: Tensor, causal: bool):
         log_pi = self.mixture.log_pi(positions if self.mixture.mode == "position" else None)
+        # (a decoding step takes the mask as it is: checking it for padding would read back from the device)
+        few = q.size(-2) <= softmax_kv.FEW_QUERIES
         return ops.attention(q, self.component_keys(keys), v, self.inv_var, log_pi, self.hard,
-                             key_pad if bool(key_pad.any()) else None, causal, self.dropout_p, self.training)
+                             key_pad if few or bool(key_pad.any()) else None, causal, self.dropout_p, self.training)
 
     def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
         q, keys, v = self.heads(self.q_proj, x), self.project_keys(x), self.heads(self.v_proj, x)

@@ -76,17 +76,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None,
     if key_pad is not None:
         blocked = blocked | key_pad.view(key_pad.size(0), 1, 1, tk)
     empty = blocked.all(dim=-1, keepdim=True)
-    any_empty = bool(empty.any())
-    if any_empty:
-        blocked = blocked & ~empty  # let such rows see everything, then zero them below
-    blocked = blocked.repeat(1, 1, 1, key_blocks)
+    blocked = (blocked & ~empty).repeat(1, 1, 1, key_blocks)  # let such rows see everything, then zero them below
     if key_bias is None:
         mask = ~blocked
     else:
         bias = key_bias.unsqueeze(1) if key_bias.dim() == 2 else key_bias
         mask = bias.unsqueeze(-2).to(q.dtype).repeat(1, 1, 1, key_blocks).masked_fill(blocked, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, scale=scale)
-    return out.masked_fill(empty, 0.0) if any_empty else out
+    return out.masked_fill(empty, 0.0)  # unconditionally: testing for empty rows would stall a GPU
 
 
 def reference(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, causal: bool = False,

@@ -1,0 +1,174 @@
+"""Installing on a machine with no network and checking a GPU in one command: the wheelhouse holds every requirement
+but torch (with checksums), `setup_env.sh --offline` installs from it with pip's index unreachable into a venv that
+uses the machine's own torch, and `gpu-check.sh --dry-run` runs the GPU check's phases on the CPU and writes its
+report, results and plots."""
+import hashlib
+import importlib.metadata as md
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PYVER = "%d.%d" % sys.version_info[:2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import wheelhouse  # noqa: E402
+
+# Any attempt to reach an index fails fast: nothing listens on port 9.
+NO_NETWORK = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "http_proxy": "http://127.0.0.1:9",
+              "https_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+              "HTTPS_PROXY": "http://127.0.0.1:9"}
+
+
+def run(*cmd, env_extra=None, timeout=1200):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([str(c) for c in cmd], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def house(tmp_path_factory):
+    """This Python's wheelhouse: the one `make setup` downloaded minutes ago if it is current, else a new one."""
+    cached = ROOT / ".cache" / f"wheelhouse-cp{PYVER.replace('.', '')}" / "manifest.json"
+    newest = max((ROOT / "setup.py").stat().st_mtime, (ROOT / "scripts" / "wheelhouse.py").stat().st_mtime)
+    if cached.is_file() and cached.stat().st_mtime > newest:
+        return cached.parent
+    out = tmp_path_factory.mktemp("wh") / "house"
+    proc = run("scripts/wheelhouse.sh", out, "--python", PYVER, env_extra={"PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _names(reqs):
+    Requirement, _ = wheelhouse._packaging()
+    return {wheelhouse.canon(Requirement(r).name) for r in reqs
+            if wheelhouse.applies(Requirement(r), PYVER)}
+
+
+@pytest.mark.slow
+def test_wheelhouse_holds_every_requirement_but_torch(house):
+    manifest = json.loads((house / "manifest.json").read_text())
+    assert manifest["python"] == PYVER
+    files = {f["name"]: f for f in manifest["files"]}
+    on_disk = {p.name for p in house.iterdir() if p.name != "manifest.json"}
+    assert on_disk == set(files)
+    for name, f in files.items():  # what was checked in is what is there
+        data = (house / name).read_bytes()
+        assert len(data) == f["bytes"] and hashlib.sha256(data).hexdigest() == f["sha256"], name
+    assert not [n for n in files if re.match(r"(torch|triton|nvidia)[-_]", n) and not n.startswith("torchaudio")]
+    # fairseq as source, pinned as setup.py pins it; its own and its build requirements resolved
+    sdist = house / manifest["fairseq"]["sdist"]
+    assert sdist.name.endswith(".tar.gz") and manifest["fairseq"]["requirement"].split("==")[1] in sdist.name
+    runtime, build = wheelhouse.sdist_metadata(str(sdist))
+    resolved = {wheelhouse.canon(n) for n in manifest["resolved"]}
+    needed = (_names(wheelhouse.setup_py_requirements()) | _names(runtime) | _names(build)) - {"torch"}
+    needed -= {wheelhouse.canon(manifest["fairseq"]["requirement"].split("==")[0])}
+    assert needed <= resolved, needed - resolved
+    wheels = [n for n in files if n.endswith(".whl")]
+    assert len(wheels) == len(manifest["resolved"])
+    tag = f"cp{PYVER.replace('.', '')}"
+    for n in wheels:  # every wheel installs on the target Python
+        assert re.search(rf"-({tag}-{tag}|{tag}-abi3|py3-none|py2\.py3-none)-", n), n
+
+
+# What a GPU node's Python may already have besides torch (the kind of node gpu-check.sh is written for): none of
+# fairseq, hydra, omegaconf, bitarray, torchaudio, sacremoses or rouge-score.  scipy and scikit-learn are counted
+# as present only to keep this test short (unpacking them is most of an install's time); the borrowed node lacks
+# them, so its set-up installs them too.
+NODE_HAS = ["torch", "numpy", "cython", "setuptools", "wheel", "pytest", "hypothesis", "sacrebleu", "sentencepiece",
+            "pyyaml", "tqdm", "matplotlib", "scipy", "scikit-learn"]
+
+
+def _machine_with_torch(tmp: Path) -> Path:
+    """A Python like a GPU node's: a venv whose site-packages link to this environment's torch and the few
+    packages in NODE_HAS (with their dependencies), and nothing else of the stack."""
+    node = tmp / "node"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", node], check=True)
+    site = next(node.glob("lib/python*/site-packages"))
+    todo, seen = list(NODE_HAS), set()
+    while todo:
+        dist = md.distribution(todo.pop())
+        name = wheelhouse.canon(dist.metadata["Name"])
+        if name in seen:
+            continue
+        seen.add(name)
+        base = Path(dist.locate_file(""))
+        for top in {Path(str(f)).parts[0] for f in dist.files or []}:
+            if not (site / top).exists() and (base / top).exists() and top != "..":
+                (site / top).symlink_to(base / top)
+        for req in dist.requires or []:
+            r = wheelhouse._packaging()[0](req)
+            if wheelhouse.applies(r, PYVER) and "extra" not in str(r.marker or ""):
+                todo.append(r.name)
+    return node / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_offline_setup_uses_the_machines_torch_and_only_the_wheelhouse(house, tmp_path):
+    node_python = _machine_with_torch(tmp_path)
+    venv = tmp_path / "venv"
+    proc = run("scripts/setup_env.sh", "--offline", house, venv,
+               env_extra=dict(NO_NETWORK, PYTHON=str(node_python), PIP_FIND_LINKS=str(tmp_path / "nowhere")))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pip check: no broken requirements in the plugin's stack" in proc.stdout
+    probe = subprocess.run([venv / "bin" / "python", "-c",
+                            "import torch, fairseq, kvattn_fairseq, sacrebleu, rouge_score; print(torch.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert str(tmp_path / "node") in probe.stdout  # the machine's torch, not a copy
+    assert not list(venv.glob("lib/python*/site-packages/torch"))
+
+
+def test_offline_setup_without_a_wheelhouse_says_how_to_make_one(tmp_path):
+    proc = run("scripts/setup_env.sh", "--offline", tmp_path / "missing", tmp_path / "venv")
+    assert proc.returncode == 2 and not (tmp_path / "venv").exists()
+    assert proc.stderr.strip().splitlines() == [
+        f"setup: --offline: {tmp_path / 'missing'} has no manifest.json; make it with scripts/wheelhouse.sh "
+        f"{tmp_path / 'missing'}"]
+
+
+def test_wheelhouse_refuses_a_bad_python_version(tmp_path):
+    proc = run("scripts/wheelhouse.sh", tmp_path / "wh", "--python", "three", env_extra={"PYTHON": sys.executable})
+    assert proc.returncode == 1 and not (tmp_path / "wh").exists()
+    assert proc.stderr.strip() == "wheelhouse: --python: expected a version like 3.12, got 'three'"
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_its_report_results_and_plots(tmp_path):
+    out = tmp_path / "out"
+    proc = run("scripts/gpu-check.sh", out, "--dry-run", "--kinds", "memsizer",
+               env_extra={"VENV_PY": sys.executable, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = (out / "gpu-check.md").read_text()
+    assert "| cuda-tests |" in report and "| bench |" in report and "whole check within 8 minutes" in report
+    assert re.search(r"CUDA tests: \d+ skipped", report)  # selected by -m cuda, skipped without a GPU
+    results = json.loads((out / "results.json").read_text())
+    assert results["mode"] == "gpu-dry" and results["kinds"] == ["memsizer"]
+    dtypes = {c["dtype"] for c in results["decode"]["configs"]}
+    assert dtypes == {"fp16", "bf16"}
+    for cfg in results["decode"]["configs"]:
+        assert set(cfg["models"]) == {"vanilla", "floor", "memsizer"}
+        assert len(set(cfg["models"]["memsizer"]["state_bytes_per_hypothesis"].values())) == 1
+        grows = cfg["models"]["vanilla"]["state_bytes_per_hypothesis"]
+        assert grows["32"] > grows["8"]
+    for precision in ("fp16", "bf16"):
+        for kind in ("vanilla", "floor", "memsizer"):
+            assert all("tokens_per_s" in r and not r["overflow"]
+                       for r in results["train"]["by_dtype"][precision][kind].values())
+        assert set(results["translate"]["by_dtype"][precision]) == {"vanilla", "floor", "memsizer"}
+    assert "| memsizer (constant state) |" in (out / "summary.md").read_text()
+    assert len(list(out.glob("*.png"))) >= 8
+
+
+@pytest.mark.slow
+def test_gpu_check_without_a_gpu_stops_at_once(tmp_path):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is visible")
+    proc = run("scripts/gpu-check.sh", tmp_path / "out", env_extra={"PYTHON": sys.executable})
+    assert proc.returncode == 1
+    assert "no CUDA device visible to" in proc.stdout and (tmp_path / "out" / "gpu-check.md").is_file()
+    assert not (tmp_path / "out" / "setup.log").exists()  # nothing was installed
