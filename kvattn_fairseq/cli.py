@@ -45,9 +45,10 @@ def main(argv=None) -> int:
 
         print(USER_DIR)
     elif args.kinds:
+        width = max(len(name) for name in ATTENTION_KINDS)
         for kind in sorted(ATTENTION_KINDS.values(), key=lambda k: k.name):
             where = ",".join(p for p in POSITIONS if p in kind.positions)
-            print(f"{kind.name:<12} {where:<22} {kind.summary}")
+            print(f"{kind.name:<{width}} {where:<22} {kind.summary}")
     else:
         from fairseq.models import ARCH_MODEL_INV_REGISTRY
 

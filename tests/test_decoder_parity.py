@@ -29,11 +29,19 @@ def _configs():
         "smgk-position-pi": ("kvattn_transformer_tiny", "--encoder-attention-type", "smgk", "--decoder-attention-type",
                              "smgk", "--cross-attention-type", "smgk", "--mgk-pi", "position", "--mgk-pi-positions",
                              "64", "--max-source-positions", "64", "--max-target-positions", "64"),
+        "window-3-everywhere": ("kvattn_transformer_tiny", "--encoder-attention-type", "window",
+                                "--decoder-attention-type", "window", "--attention-window", "3"),
+        "window-memsizer-2": ("kvattn_transformer_tiny", "--encoder-attention-type", "window_memsizer",
+                              "--decoder-attention-type", "window_linear", "--cross-attention-type", "memsizer",
+                              "--attention-window", "2"),
         "mlk-clamp-pi-narrow-heads": ("kvattn_transformer_tiny", "--decoder-attention-type", "mlk",
                                       "--cross-attention-type", "mlk", "--mgk-pi", "clamp", "--mgk-head-dim", "8"),
     })
     lm = {"memsizer-lm-arch": ("memsizer_lm_tiny",), "mgk-lm-arch": ("mgk_lm_tiny", "--mgk-inv-var-scales", "1,3"),
-          "mlk-lm-arch": ("mlk_lm_tiny",)}
+          "mlk-lm-arch": ("mlk_lm_tiny",),
+          "window-5-lm": ("kvattn_lm_tiny", "--decoder-attention-type", "window", "--attention-window", "5"),
+          "window-memsizer-lm": ("kvattn_lm_tiny", "--decoder-attention-type", "window_memsizer", "--attention-window",
+                                 "7", "--memsizer-self-slots", "6")}
     for name, kind in ATTENTION_KINDS.items():
         flags = [f for p in kind.positions for f in (POSITION_FLAGS[p], name)]
         enc_dec[name] = ("kvattn_transformer_tiny", *flags)

@@ -26,7 +26,8 @@ def cases(position):
 
 def build(kind, position, heads, head_dim, kdim=None):
     embed = heads * head_dim
-    options = resolve_options(argparse.Namespace(), ATTENTION_KINDS[kind])
+    # a window narrower than the sequences drawn below, so that it bites
+    options = resolve_options(argparse.Namespace(attention_window=3), ATTENTION_KINDS[kind])
     site = AttentionSite(position=position, embed_dim=embed, num_heads=heads, kdim=kdim or embed, dropout=0.0,
                          options=options, max_positions=64)
     torch.manual_seed(0)

@@ -1,17 +1,19 @@
 """Attention kinds: importing this package registers every kind."""
 from . import (kv_attention, linear_attention, linformer_attention, memsizer_attention,  # noqa: F401
                mgk_attention, softmax_attention)
+from . import window_attention  # noqa: F401,E402  (after the memory kinds it pairs with)
 from .base import KVAttentionBase
 from .kv_attention import KVAttention
 from .linear_attention import FactorizedAttention, LinearAttention
 from .linformer_attention import LinformerAttention
 from .memsizer_attention import MemSizerAttention
 from .mgk_attention import MGKAttention, MLKAttention
+from .window_attention import WindowAttention, WindowMemoryAttention
 from .registry import (ATTENTION_KINDS, POSITION_FLAGS, POSITIONS, AttentionConfigError, AttentionSite,
                        add_attention_args, apply_attention_defaults, attention_plan, build_attention, kinds_at,
                        register_attention_kind)
 
 __all__ = ["ATTENTION_KINDS", "POSITIONS", "POSITION_FLAGS", "AttentionConfigError", "AttentionSite",
            "FactorizedAttention", "KVAttention", "KVAttentionBase", "LinearAttention", "LinformerAttention",
-           "MGKAttention", "MLKAttention", "MemSizerAttention", "add_attention_args", "apply_attention_defaults", "attention_plan",
+           "MGKAttention", "MLKAttention", "MemSizerAttention", "WindowAttention", "WindowMemoryAttention", "add_attention_args", "apply_attention_defaults", "attention_plan",
            "build_attention", "kinds_at", "register_attention_kind"]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..ops import linear as lops
 from ..ops import mgk as ops
 from ..ops import softmax_kv
-from .linear_attention import _HeadwiseLinear
+from .headwise_linear import HeadwiseLinearAttention
 from .projected import ProjectedAttention
 from .registry import (AttentionConfigError, AttentionSite, KindOption, choice, positive_float_list, positive_int,
                        register_attention_kind)
@@ -135,7 +135,7 @@ class MGKAttention(ProjectedAttention):
         return self.output(self.unfold(out, x.size(0)), x.dtype)
 
 
-class MLKAttention(_HeadwiseLinear):
+class MLKAttention(HeadwiseLinearAttention):
     """Linear MGK: phi(q)^T sum_j (sum_r pi_r phi(k_jr)) v_j^T / phi(q)^T sum_j sum_r pi_r phi(k_jr)."""
 
     state_keys = ("kv_sum",)

@@ -1,0 +1,106 @@
+"""Sliding-window softmax attention (`window`) and window + memory layers (`window_memsizer`, `window_linear`,
+`window_factorized`), the pairing of Based (Arora et al., 2024): exact attention over the last W tokens gives the
+short-range precision a fixed-size memory lacks, and the memory carries everything older.  docs/papers/sliding-window.md
+states the definitions and the parameters.
+
+Decoding state: the W - 1 most recent keys and values (fp32), so a new token sees W positions; constant in the
+output length, like the memory kinds' state.
+"""
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor
+
+from ..ops import window as ops
+from .base import KVAttentionBase
+from .projected import ProjectedAttention
+from .registry import AttentionSite, KindOption, build_attention, positive_int, register_attention_kind
+
+DEFAULT_WINDOW = 64  # Based's sliding window
+
+
+class WindowAttention(ProjectedAttention):
+    """fairseq's q/k/v/out projections and scaled dot products, each query restricted to its window."""
+
+    def __init__(self, embed_dim: int, num_heads: int, position: str, window: int, dropout: float = 0.0):
+        super().__init__(embed_dim, num_heads, position, dropout=dropout)
+        self.window = window
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, window={self.window}"
+
+    def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
+        q, k, v = (self.heads(p, x) for p in (self.q_proj, self.k_proj, self.v_proj))
+        key_pad = pad
+        if state is not None:
+            new_pad = pad if pad is not None else torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+            if "prev_key" in state:
+                k = torch.cat([state["prev_key"], k.float()], dim=2)
+                v = torch.cat([state["prev_value"], v.float()], dim=2)
+                new_pad = torch.cat([state["prev_key_padding_mask"], new_pad], dim=1)
+            key_pad = new_pad
+            start = max(0, k.size(2) - (self.window - 1))  # the next token adds itself
+            state["prev_key"] = k[:, :, start:].float()
+            state["prev_value"] = v[:, :, start:].float()
+            state["prev_key_padding_mask"] = key_pad[:, start:]
+        out = ops.attention(q, k, v, self.window, self.causal, key_pad, self.scaling, self.dropout_p, self.training)
+        return self.output(out, x.dtype)
+
+
+class WindowMemoryAttention(KVAttentionBase):
+    """out = window(x) + memory(x): two branches with their own parameters, summed (each branch keeps its own
+    output map: the window's W_O, and the memory kind's own, none for MemSizer).  The memory reads every token,
+    the window's too; their decoding states sit side by side in this module's buffer."""
+
+    BRANCHES = ("local", "memory")
+
+    def __init__(self, local: WindowAttention, memory: KVAttentionBase):
+        super().__init__(local.embed_dim, local.num_heads, local.position)
+        self.local, self.memory = local, memory
+
+    def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
+        out = 0
+        for name in self.BRANCHES:
+            sub = None if state is None else {k.split(".", 1)[1]: v for k, v in state.items()
+                                              if k.startswith(name + ".")}
+            out = out + getattr(self, name).attend_self(x, pad, sub)
+            if state is not None:
+                state.update({f"{name}.{k}": v for k, v in sub.items()})
+        return out
+
+
+WINDOW_OPTION = KindOption("--attention-window", DEFAULT_WINDOW, positive_int,
+                           "positions W a query sees in window attention: the W most recent (decoder), distance < W "
+                           "on each side (encoder)")
+_NO_CROSS = {"cross": "a window is a span of the query's own sequence; cross-attention has no such span"}
+
+
+@register_attention_kind(
+    "window", positions=("encoder", "decoder"), options=(WINDOW_OPTION,), unsupported=_NO_CROSS, constant_state=True,
+    summary="sliding-window softmax attention over the last W positions, O(T*W) training (Beltagy et al., 2020)")
+def build_window(site: AttentionSite) -> WindowAttention:
+    return WindowAttention(site.embed_dim, site.num_heads, site.position, site.options["attention_window"],
+                           dropout=site.dropout)
+
+
+def _register_window_memory(memory_kind: str) -> None:
+    from .registry import ATTENTION_KINDS
+
+    inner = ATTENTION_KINDS[memory_kind]
+    options = (WINDOW_OPTION,) + tuple(o for o in inner.options if o.flag != WINDOW_OPTION.flag)
+
+    def build(site: AttentionSite) -> WindowMemoryAttention:
+        local = build_window(site)
+        memory_site = AttentionSite(site.position, site.embed_dim, site.num_heads, site.kdim, site.dropout,
+                                    {o.dest: site.options[o.dest] for o in inner.options}, site.max_positions)
+        return WindowMemoryAttention(local, build_attention(memory_kind, memory_site))
+
+    register_attention_kind(
+        f"window_{memory_kind}", positions=("encoder", "decoder"), options=options, unsupported=_NO_CROSS,
+        constant_state=True, validate=inner.validate,
+        summary=f"window attention plus a {memory_kind} memory of the whole sequence, outputs summed "
+                f"(Based's pairing, Arora et al., 2024)")(build)
+
+
+for _memory in ("memsizer", "linear", "factorized"):
+    _register_window_memory(_memory)
