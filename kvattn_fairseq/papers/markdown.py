@@ -76,7 +76,7 @@ def rows_and_runs(table: Table, results: List[Dict]) -> List[Tuple[str, Optional
     return out
 
 
-# --- speed and memory columns from a benchmark results file (python -m kvattn_fairseq.bench) ---------------------------
+# --- speed and memory columns from a benchmark results file (python -m kvattn_fairseq.bench) ------------------------
 def human_bytes(v: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if v < 1024 or unit == "GiB":

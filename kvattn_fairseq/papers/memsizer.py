@@ -34,7 +34,7 @@ _MT = flags("""
 # No summarization recipe was released and the paper's settings could not be retrieved (docs/papers/memsizer.md,
 # "Summarization").  [ours] everything: MemSizer's MT recipe at Transformer-base size (architecture
 # memsizer_cnn_dm), with the sources truncated to 1024 tokens as in fairseq's BART CNN/DM recipe
-# (facebookresearch/fairseq examples/bart/README.summarization.md).
+# (fairseq's examples/bart/README.summarization.md).
 _CNN_DM = flags("""
     --source-lang source --target-lang target --truncate-source   # prepare-cnndm.sh's (= fairseq BART's) naming
     --share-all-embeddings
