@@ -2,22 +2,23 @@
 registers, and a result finds its table."""
 import pytest
 
-from kvattn_fairseq.building import parse_model_args
 from kvattn_fairseq.modules.registry import position_dest
 from kvattn_fairseq.papers import PAPERS, RECIPES, TABLES, default_table, paper_file
 from kvattn_fairseq.run import train as E
+from kvattn_fairseq.run.hydra import parse_training_args
 
 
 @pytest.mark.parametrize("name", list(TABLES))
 def test_rows_declare_the_model_their_recipe_builds(name):
-    """A row's attention layout (and heads) is what the table matches results by: it must be what training the
-    row's recipe, with its --kind, gives."""
+    """A row's attention layout (and heads) is what the table matches results by: it must be what fairseq-train
+    builds from the row's recipe, --kind and flags."""
     table = TABLES[name]
     assert table.rows and len({r.name for r in table.rows}) == len(table.rows)
     for row in table.rows:
-        arch = RECIPES[row.recipe].arch
+        recipe = RECIPES[row.recipe]
+        arch, flags, _ = E.train_args(row.recipe, row.kind, extra=row.flags)
+        args, _ = parse_training_args(["D", "--task", recipe.task, "--arch", arch, *flags])
         positions = E.positions_of(arch)
-        args = parse_model_args(arch, *(E.kind_placement(arch, row.kind)[0] if row.kind else []))
         assert dict(row.attention) == {p: getattr(args, position_dest(p)) for p in positions}, row.name
         if row.heads is not None:
             assert args.decoder_attention_heads == row.heads, row.name

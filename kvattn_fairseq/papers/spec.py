@@ -43,6 +43,7 @@ class Row:
     attention: Mapping[str, str]        # attention kind per position of the trained model (checked by a test)
     kind: Optional[str] = None          # --kind override of the recipe's own layout
     heads: Optional[int] = None         # decoder heads, for tables whose rows differ in heads only
+    flags: Tuple[str, ...] = ()         # fairseq-train flags of this row, after the recipe's (the user's `--` win)
     data: Optional[str] = None          # dataset key, when not the table's
     published: Mapping[str, float] = field(default_factory=dict)  # the paper's numbers for this row, by metric
 

@@ -108,8 +108,8 @@ def train(row: Row, table: Table, data_dir: str, work: str, tiny: bool, extra: S
         log(f"train {row.name}: finished earlier, skipped")
         return save
     data_bin = os.path.join(data_dir, "data-bin")
-    recipes.check_data(row.recipe, data_bin, extra)
-    command = recipes.build_command(row.recipe, data_bin, save, row.kind, tiny, extra, drop)
+    recipes.check_data(row.recipe, data_bin, [*row.flags, *extra])
+    command = recipes.build_command(row.recipe, data_bin, save, row.kind, tiny, [*row.flags, *extra], drop)
     label = f"train {row.name}"
     for note in command.notes:
         log(f"{label}: # {note}")
@@ -144,7 +144,8 @@ def run(args) -> str:
     if args.bench:
         report.load_bench(args.bench)  # a bad file is refused before any work
     for row in rows:  # every command is checked before anything runs
-        recipes.train_args(row.recipe, kind=row.kind, tiny=args.tiny, extra=args.extra, drop=args.drop)
+        recipes.train_args(row.recipe, kind=row.kind, tiny=args.tiny, extra=[*row.flags, *args.extra],
+                           drop=args.drop)
     import kvattn_fairseq
 
     work = os.path.abspath(args.work)
@@ -161,7 +162,7 @@ def run(args) -> str:
     tables_md = os.path.join(work, "tables.md")  # every table run in this work directory so far
     results_dir = os.path.join(work, "results")
     step("table", os.path.join(work, "logs", f"table-{table.name}.log"),
-         lambda: report.write_tables(results_dir, tables_md, args.bench),
+         lambda: print(f"wrote {tables_md} ({report.write_tables(results_dir, tables_md, args.bench)} results)"),
          proc.shell(["python", "-m", "kvattn_fairseq.run.report", results_dir, "--out", tables_md] +
                     (["--bench", args.bench] if args.bench else [])))
     return tables_md
