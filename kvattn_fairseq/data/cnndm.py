@@ -96,7 +96,7 @@ def collect(split: str, url_list: str, folders: List[str], b: Build) -> dict:
         raise OneLineError(f"{url_list} lists no URLs: not one of abisee's url_lists files")
     missing, kept, empty = [], 0, 0
     bar = Progress(f"reading {split} stories", len(urls), unit="stories")
-    out = open(os.path.join(b.work, f"{split}.jsonl.tmp"), "w", encoding="utf-8")
+    out = open(os.path.join(b.work, f"{split}.jsonl"), "w", encoding="utf-8")  # a build step: rerun until stamped
     raw = None
     if split == "test":
         raw = [open(b.path(name), "w", encoding="utf-8") for name in ("test.source", "test.target", "test.ref.jsonl")]
@@ -126,7 +126,6 @@ def collect(split: str, url_list: str, folders: List[str], b: Build) -> dict:
         raise OneLineError(f"{len(missing)} of the {len(urls)} stories {os.path.basename(url_list)} lists are in "
                            f"neither cnn/stories nor dailymail/stories (first: {missing[0]}): the story archives are "
                            "incomplete or do not belong to these URL lists")
-    os.replace(os.path.join(b.work, f"{split}.jsonl.tmp"), os.path.join(b.work, f"{split}.jsonl"))
     log("%s: %d examples, %d without article or highlights dropped", split, kept, empty)
     return {"listed": len(urls), "examples": kept, "dropped_empty": empty}
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 from ..util.errors import OneLineError
+from ..util.io import write_atomic
 from .common import Progress, human, log
 
 CHUNK = 1 << 20
@@ -191,6 +192,11 @@ def _safe_name(name: str) -> Optional[str]:
     return name
 
 
+def _copy(src, path: str) -> None:
+    with open(path, "wb") as f:
+        shutil.copyfileobj(src, f, CHUNK)
+
+
 def extract(archive: str, wanted: Union[Sequence[str], Callable[[str], bool]], dest: str,
             what: str = "") -> Dict[str, str]:
     """Extract the wanted members of a .tgz/.zip into dest, reading the whole archive (a truncated one fails here).
@@ -203,9 +209,7 @@ def extract(archive: str, wanted: Union[Sequence[str], Callable[[str], bool]], d
     def write(name: str, src) -> None:
         path = os.path.join(dest, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
-            shutil.copyfileobj(src, f, CHUNK)
-        os.replace(path + ".tmp", path)
+        write_atomic(path, lambda tmp: _copy(src, tmp))
         out[name] = path
         bar.update()
 

@@ -91,9 +91,10 @@ def _pairs(path_a: str, path_b: str):
 
 
 def collect_train(corpora: List[Tuple[str, Dict[str, str]]], src: str, tgt: str, work: str) -> dict:
-    """Clean the parallel corpora into work/train.clean.{src,tgt}, dropping pairs with an empty side."""
+    """Clean the parallel corpora into work/train.clean.{src,tgt}, dropping pairs with an empty side (a build step:
+    until it is stamped done, a rerun writes the files again from the start)."""
     stats = {}
-    outs = {l: open(os.path.join(work, f"train.clean.{l}.tmp"), "w", encoding="utf-8") for l in (src, tgt)}
+    outs = {l: open(os.path.join(work, f"train.clean.{l}"), "w", encoding="utf-8") for l in (src, tgt)}
     with outs[src], outs[tgt]:
         for name, files in corpora:
             by_lang = {m.rsplit(".", 1)[1]: p for m, p in files.items()}
@@ -110,8 +111,6 @@ def collect_train(corpora: List[Tuple[str, Dict[str, str]]], src: str, tgt: str,
             bar.close()
             log("%s: %d pairs, %d with an empty side dropped", name, read, read - kept)
             stats[name] = {"pairs": read, "kept": kept}
-    for l in (src, tgt):
-        os.replace(os.path.join(work, f"train.clean.{l}.tmp"), os.path.join(work, f"train.clean.{l}"))
     return stats
 
 

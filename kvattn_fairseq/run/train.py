@@ -25,7 +25,6 @@ steps), so that the whole chain runs on a CPU in seconds.  Training resumes from
 fairseq always does.
 """
 import os
-import shlex
 import shutil
 import sys
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from ..papers import RECIPES, Recipe
 from ..papers.spec import flags as _flags
+from ..util import proc
 from ..util.cli import ArgumentParser, run_main, split_passthrough
 from ..util.errors import OneLineError
 
@@ -165,7 +165,7 @@ class Command:
     notes: List[str]       # what --kind / --tiny chose, one line each
 
     def shell(self) -> str:
-        return " ".join(shlex.quote(a) for a in self.argv)
+        return proc.shell(self.argv)
 
 
 def recipe(name: str) -> Recipe:
