@@ -19,7 +19,7 @@ CASES = [("memsizer_mt", "transformer,memsizer", ()), ("memsizer_summarization",
 
 
 def run(*args, check=True, env_extra=None, cwd=None):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
     env.update(env_extra or {})
     proc = subprocess.run([*RUNNER, *map(str, args)], capture_output=True, text=True, env=env, timeout=1200,
                           cwd=cwd)
@@ -79,6 +79,18 @@ def test_tiny_table_runs_from_an_installed_package(work, installed, tmp_path):
     assert plugin.split(": ", 1)[1] == str(installed / "kvattn_fairseq")  # the installed copy, not the checkout
     check_results(work, "kv_synthetic", "reverse-kv_asym")
     assert os.listdir(elsewhere) == []  # everything went to --work
+
+
+def test_console_script_of_the_installed_package(installed):
+    """setup.py's `kvattn-fairseq` entry point (kvattn_fairseq.cli:main); importing kvattn_fairseq.__main__ runs
+    nothing."""
+    env = dict(os.environ, PYTHONPATH=str(installed), PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(installed / "bin" / "kvattn-fairseq"), "--user-dir"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(installed / "kvattn_fairseq"), proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-c", "import kvattn_fairseq.__main__"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr[-2000:]
 
 
 def test_rerun_resumes_without_redoing_work(work):

@@ -3,14 +3,13 @@
     python -m kvattn_fairseq.paper_tables TABLE --work DIR [--raw DIR] [--tiny] [--rows R1,R2] [--kinds K1,K2]
         [--bench results.json] [--drop FLAG]... [-- extra fairseq-train flags]
 
-TABLE is a table of kvattn_fairseq/papers (memsizer_mt, memsizer_summarization, memsizer_lm, mgk_lm,
-kv_synthetic).  The data is prepared, each row evaluated and the Markdown written in this process (the same
-functions as scripts/prepare-*.sh, `python -m kvattn_fairseq.synthetic`, `python -m kvattn_fairseq.evaluate` and
-scripts/make_tables.py); each row is trained by the real fairseq-train (the command
-`python -m kvattn_fairseq.experiments train` prints).  Each step is announced before it runs, its output logged
-under DIR/logs, the tables in DIR/tables.md.  A rerun resumes: prepared data and finished evaluations are skipped
-and training continues from checkpoint_last.pt.  --tiny runs the whole chain on the bundled fixtures with tiny
-models (CPU, minutes): a check that the pipeline works, not a result.
+TABLE is a table of kvattn_fairseq/papers (--help lists them).  The data is prepared, each row evaluated and the
+Markdown written in this process (the same functions as scripts/prepare-*.sh, `python -m kvattn_fairseq.synthetic`,
+`python -m kvattn_fairseq.evaluate` and scripts/make_tables.py); each row is trained by the real fairseq-train (the
+command `python -m kvattn_fairseq.experiments train` prints).  Each step is announced before it runs, its output
+logged under DIR/logs, the tables in DIR/tables.md.  A rerun resumes: prepared data and finished evaluations are
+skipped and training continues from checkpoint_last.pt.  --tiny runs the whole chain on the bundled fixtures with
+tiny models (CPU, minutes): a check that the pipeline works, not a result.
 """
 import os
 import sys
@@ -148,6 +147,8 @@ def run(args) -> str:
                            drop=args.drop)
     import kvattn_fairseq
 
+    if args.tiny:  # tiny models gain nothing from intra-op threads, and lose a lot to them on a busy CPU
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     work = os.path.abspath(args.work)
     log(f"table {table.name}: {len(rows)} row(s) ({', '.join(r.name for r in rows)}) in {work}")
     log(f"plugin: {kvattn_fairseq.USER_DIR}")

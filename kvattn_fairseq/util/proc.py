@@ -78,13 +78,17 @@ def run(cmd: Sequence, log: Optional[str] = None, *, label: Optional[str] = None
             timer.start()
         try:
             with proc:
-                for raw in proc.stdout:
-                    line = raw.decode("utf-8", errors="replace")
-                    lines.append(line)
-                    if out:
-                        out.write(line)
-                    if echo:
-                        echo(line)
+                try:
+                    for raw in proc.stdout:
+                        line = raw.decode("utf-8", errors="replace")
+                        lines.append(line)
+                        if out:
+                            out.write(line)
+                        if echo:
+                            echo(line)
+                except BaseException:  # an interrupt (or a failing echo) ends the tool too, not just this process
+                    proc.kill()
+                    raise
         finally:
             if timer:
                 timer.cancel()
