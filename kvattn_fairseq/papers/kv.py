@@ -101,7 +101,7 @@ TABLES = (
                     {"encoder": kind, "decoder": kind, "cross": "softmax"}, kind=kind, data=f"synthetic-{task}",
                     published={"accuracy": NOTEBOOK[task][i]} if task in NOTEBOOK else {})
                 for task in TASKS for i, (_, kind) in enumerate(COLUMNS)),
-          _draw, extra_kinds=False,
+          _draw, tiny_eval_flags=("--", "--max-len-b", "20"), extra_kinds=False,
           notes=("Cells: exact-match sequence accuracy % (token accuracy %), fairseq encoder-decoder, greedy decoding "
                  "unless the run says otherwise; the attention kind is the one in encoder and decoder "
                  "self-attention (cross-attention is softmax).",)),

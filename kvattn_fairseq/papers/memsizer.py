@@ -135,7 +135,7 @@ TABLES = (
     Table("memsizer_mt", "MemSizer: machine translation (WMT16 En-De, newstest2014)", "wmt", "wmt16",
           (Row("transformer", "Transformer", "memsizer_wmt16_en_de", _SOFTMAX, kind="softmax"),
            Row("memsizer", "MemSizer", "memsizer_wmt16_en_de", _MT_LAYOUT)),
-          _draw_mt, notes=(UNPUBLISHED,)),
+          _draw_mt, tiny_eval_flags=("--", "--max-len-b", "20"), notes=(UNPUBLISHED,)),
     Table("memsizer_summarization", "MemSizer: abstractive summarization (CNN/DailyMail)", "cnndm", "cnndm",
           (Row("transformer", "Transformer", "memsizer_cnn_dm", _SOFTMAX, kind="softmax"),
            Row("memsizer", "MemSizer", "memsizer_cnn_dm", _MT_LAYOUT)),

@@ -57,8 +57,8 @@ class Table:
     data: str                                      # dataset key: wmt16, cnndm, wikitext103 or synthetic-<task>
     rows: Tuple[Row, ...]
     draw: Callable[["Table", List[Dict], Optional[Dict]], List[str]]  # (table, its results, bench) -> lines
-    eval_flags: Tuple[str, ...] = ()
-    tiny_eval_flags: Tuple[str, ...] = ()
+    eval_flags: Tuple[str, ...] = ()               # the evaluator's options (fairseq's own after "--")
+    tiny_eval_flags: Tuple[str, ...] = ()          # instead, with --tiny (untrained models decode to max length)
     checkpoint: str = "checkpoint_best.pt"
     extra_kinds: bool = True                       # --kinds may add rows (the last row's recipe, kind everywhere)
     notes: Tuple[str, ...] = ()                    # lines under the table: settings, sources, caveats
