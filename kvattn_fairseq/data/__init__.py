@@ -15,12 +15,10 @@ or fairseq: binarization runs fairseq-preprocess in a subprocess.
 import importlib
 from typing import Sequence
 
-DATASETS = ("wmt16", "cnndm", "wikitext103")
-
 
 def prepare(name: str, argv: Sequence[str]) -> None:
-    """The prepare command of dataset `name` with the arguments `argv`, in this process; bad input or a failed
-    step raises util.errors.OneLineError."""
+    """The prepare command of dataset `name` (the module data/<name>.py: its PROG, command_parser and prepare)
+    with the arguments `argv`, in this process; bad input or a failed step raises util.errors.OneLineError."""
     from . import build, common
 
     module = importlib.import_module(f"{__name__}.{name}")
