@@ -114,9 +114,10 @@ def test_rerun_resumes_without_redoing_work(work):
     (["memsizer_mt", "--drop", "nope"], "--drop: --nope is not a flag of memsizer_wmt16_en_de"),
     (["memsizer_mt", "--bench", "/nonexistent/bench.json"], "--bench /nonexistent/bench.json: cannot read it"),
 ])
-def test_bad_input_is_one_line_before_any_work(tmp_path, args, expected):
-    proc = run(args[0], "--work", tmp_path / "w", *args[1:], check=False)
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and expected in lines[0], proc.stderr
+def test_bad_input_is_one_line_before_any_work(tmp_path, args, expected, capsys):
+    from kvattn_fairseq.run import tables  # the command's main, in this process (saves starting one per case)
+
+    assert tables.main([args[0], "--work", str(tmp_path / "w"), *args[1:]]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"{tables.PROG}: error: ") and expected in lines[0], lines
     assert not (tmp_path / "w").exists()
