@@ -18,19 +18,17 @@ import collections
 import os
 import re
 import sys
-import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 import kvattn_fairseq  # noqa: F401  (allow-lists fairseq's checkpoint globals for weights_only loading)
+from kvattn_fairseq.util.cli import ArgumentParser, run_main
+from kvattn_fairseq.util.errors import OneLineError
+from kvattn_fairseq.util.io import write_atomic
 
 EPOCH_RE = re.compile(r"^checkpoint(\d+)\.pt$")
 UPDATE_RE = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
-
-
-class AverageError(Exception):
-    """Bad input: printed as one line, exit status 2."""
 
 
 def last_checkpoints(directory: str, n: int, by: str, upper_bound: Optional[int] = None) -> List[str]:
@@ -45,14 +43,16 @@ def last_checkpoints(directory: str, n: int, by: str, upper_bound: Optional[int]
     if len(found) < n:
         what = "checkpoint<EPOCH>.pt" if by == "epoch" else "checkpoint_<EPOCH>_<UPDATE>.pt"
         bound = f" up to {by} {upper_bound}" if upper_bound is not None else ""
-        raise AverageError(f"--inputs {directory}: asked for the last {n} {by} checkpoints but found {len(found)} "
+        raise OneLineError(f"--inputs {directory}: asked for the last {n} {by} checkpoints but found {len(found)} "
                            f"({what}{bound})")
     return [os.path.join(directory, name) for _, name in found[-n:]]
 
 
-def load_checkpoint(path: str) -> Dict:
+def load_checkpoint(path: str, what: str = "checkpoint", require_model: bool = True) -> Dict:
+    """A checkpoint loaded on the CPU with torch.load(weights_only=True), memory-mapped where the file allows it;
+    `what` names it in the one-line error (e.g. the flag that gave it)."""
     if not os.path.isfile(path):
-        raise AverageError(f"checkpoint not found: {path}")
+        raise OneLineError(f"{what} not found: {path}")
     try:
         try:  # memory-mapped: only what is averaged gets read into memory
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -62,16 +62,16 @@ def load_checkpoint(path: str) -> Dict:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (pickle errors, truncated zip files, ...: one line, no traceback)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AverageError(f"cannot load checkpoint {path}: {first}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise AverageError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
+        raise OneLineError(f"{what} {path}: cannot load it: {first}") from None
+    if require_model and (not isinstance(state, dict) or not isinstance(state.get("model"), dict)):
+        raise OneLineError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
     return state
 
 
 def average(paths: Sequence[str]) -> Dict:
     """The averaged checkpoint: mean of the floating-point parameters, everything else from the last file."""
     if not paths:
-        raise AverageError("no checkpoints to average")
+        raise OneLineError("no checkpoints to average")
     sums: Dict[str, torch.Tensor] = collections.OrderedDict()
     dtypes: Dict[str, torch.dtype] = {}
     shapes: Dict[str, torch.Size] = {}
@@ -84,7 +84,7 @@ def average(paths: Sequence[str]) -> Dict:
             reference_path = path
             for key, value in model.items():
                 if not torch.is_tensor(value):
-                    raise AverageError(f"{path}: model entry {key} is not a tensor")
+                    raise OneLineError(f"{path}: model entry {key} is not a tensor")
                 dtypes[key], shapes[key] = value.dtype, value.shape
                 if value.is_floating_point():
                     acc = torch.float64 if value.dtype == torch.float64 else torch.float32
@@ -95,16 +95,16 @@ def average(paths: Sequence[str]) -> Dict:
             if missing or extra:
                 what = f"lacks {missing[0]}" if missing else f"has an extra parameter {extra[0]}"
                 more = len(missing) + len(extra) - 1
-                raise AverageError(f"{path} {what}{f' (and {more} more differences)' if more else ''} compared "
+                raise OneLineError(f"{path} {what}{f' (and {more} more differences)' if more else ''} compared "
                                    f"with {reference_path}: checkpoints of different models cannot be averaged")
             for key, value in model.items():
                 if not torch.is_tensor(value) or value.shape != shapes[key]:
                     shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-                    raise AverageError(f"{path}: parameter {key} has shape {shape}, {reference_path} has "
+                    raise OneLineError(f"{path}: parameter {key} has shape {shape}, {reference_path} has "
                                        f"{tuple(shapes[key])}: checkpoints of different models cannot be averaged")
                 if key in sums:
                     if not value.is_floating_point():
-                        raise AverageError(f"{path}: parameter {key} is {value.dtype}, {reference_path} has "
+                        raise OneLineError(f"{path}: parameter {key} is {value.dtype}, {reference_path} has "
                                            f"{dtypes[key]}")
                     sums[key].add_(value.detach().to(sums[key].dtype))
         last = state
@@ -122,17 +122,7 @@ def average(paths: Sequence[str]) -> Dict:
 
 
 def save_atomic(state: Dict, output: str) -> None:
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(output) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(output, lambda tmp: torch.save(state, tmp))
 
 
 def resolve_inputs(inputs: Sequence[str], num_epoch: Optional[int], num_update: Optional[int],
@@ -140,28 +130,23 @@ def resolve_inputs(inputs: Sequence[str], num_epoch: Optional[int], num_update: 
     if num_epoch is not None or num_update is not None:
         n, by = (num_epoch, "epoch") if num_epoch is not None else (num_update, "update")
         if n < 1:
-            raise AverageError(f"--num-{by}-checkpoints: must be at least 1, got {n}")
+            raise OneLineError(f"--num-{by}-checkpoints: must be at least 1, got {n}")
         if len(inputs) != 1 or not os.path.isdir(inputs[0]):
-            raise AverageError(f"--num-{by}-checkpoints: --inputs must be one directory, got {' '.join(inputs)}")
+            raise OneLineError(f"--num-{by}-checkpoints: --inputs must be one directory, got {' '.join(inputs)}")
         return last_checkpoints(inputs[0], n, by, upper_bound)
     if upper_bound is not None:
-        raise AverageError("--upper-bound: only with --num-epoch-checkpoints or --num-update-checkpoints")
+        raise OneLineError("--upper-bound: only with --num-epoch-checkpoints or --num-update-checkpoints")
     for path in inputs:
         if os.path.isdir(path):
-            raise AverageError(f"--inputs {path} is a directory: add --num-epoch-checkpoints N or "
+            raise OneLineError(f"--inputs {path} is a directory: add --num-epoch-checkpoints N or "
                                f"--num-update-checkpoints N, or list checkpoint files")
         if not os.path.isfile(path):
-            raise AverageError(f"--inputs: checkpoint not found: {path}")
+            raise OneLineError(f"--inputs: checkpoint not found: {path}")
     return list(inputs)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def main(argv=None) -> int:
-    p = _Parser(prog="python -m kvattn_fairseq.average_checkpoints", description=__doc__,
+    p = ArgumentParser(prog="python -m kvattn_fairseq.average_checkpoints", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inputs", nargs="+", required=True, help="checkpoint files, or one directory with --num-*")
     p.add_argument("--output", required=True, help="where the averaged checkpoint goes")
@@ -172,17 +157,17 @@ def main(argv=None) -> int:
     p.add_argument("--upper-bound", type=int, metavar="K",
                    help="only checkpoints of epoch (or update) <= K")
     a = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         paths = resolve_inputs(a.inputs, a.num_epoch_checkpoints, a.num_update_checkpoints, a.upper_bound)
         if os.path.abspath(a.output) in {os.path.abspath(x) for x in paths}:
-            raise AverageError(f"--output {a.output} is one of the inputs; choose another file")
-        state = average(paths)
-        save_atomic(state, a.output)
-    except AverageError as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    print(f"averaged {len(paths)} checkpoints ({', '.join(os.path.basename(x) for x in paths)}) into {a.output}")
-    return 0
+            raise OneLineError(f"--output {a.output} is one of the inputs; choose another file")
+        save_atomic(average(paths), a.output)
+        print(f"averaged {len(paths)} checkpoints ({', '.join(os.path.basename(x) for x in paths)}) into "
+              f"{a.output}")
+        return 0
+
+    return run_main(p.prog, body)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Fixes for three fairseq problems on today's stack, applied when the plugin is imported (DESIGN.md §2).
+"""Fixes for three fairseq problems on today's stack, applied on import (docs/papers/fairseq-pitfalls.md).
 
 1. torch >= 2.6 loads checkpoints with weights_only=True and fairseq checkpoints hold an argparse.Namespace (the
    legacy model config): allow-list exactly the globals fairseq checkpoints need.  The safety stays on, so a

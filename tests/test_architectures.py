@@ -50,7 +50,7 @@ def test_memsizer_wmt_en_de_big():
     assert (m.q_init_scale, m.kv_init_scale) == (8.0, 8.0)
     assert model.decoder.dropout_module.p == 0.3
     assert not dec[0].normalize_before
-    # per-block parameter counts of research/memsizer.md §1.6
+    # per-block parameter counts of docs/papers/memsizer.md
     assert sum(p.numel() for p in dec[0].self_attn.parameters()) == 1_121_356
     assert sum(p.numel() for p in dec[0].encoder_attn.parameters()) == 1_609_312
 

@@ -1,5 +1,5 @@
-"""Bad input through the real CLI: every flag the plugin adds, refused with one line naming it before anything is
-written; inputs longer than the model admits refused in one line, or skipped with a count in the log."""
+"""Bad flags through fairseq's own parser: every flag the plugin adds refuses a bad value with one line naming it,
+before anything is written.  (Inputs longer than the model admits: tests/test_cli_e2e.py.)"""
 import pytest
 
 from fairseq import options

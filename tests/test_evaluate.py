@@ -23,7 +23,8 @@ from conftest import run_cli
 from kvattn_fairseq import average_checkpoints as avg
 from kvattn_fairseq import toydata
 from kvattn_fairseq.evaluate import __main__ as evaluate
-from kvattn_fairseq.evaluate import cnndm, common, results, synthetic, wmt
+from kvattn_fairseq.evaluate import cnndm, fairseq_tools, results, synthetic, wmt
+from kvattn_fairseq.util.errors import OneLineError
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +155,7 @@ def test_wmt_end_to_end_command_line(wmt_dir, wmt_ckpts, tmp_path):
     assert r["metrics"]["tok_bleu_tokenizer"] == tok["tokenizer"]
     # generation order is the test set's: fairseq's own id-sorted output decodes to the same lines
     log = (out.parent / r["files"]["logs"][0]).read_text(encoding="utf-8")
-    pieces, _ = common.parse_generate(log)
+    pieces, _ = fairseq_tools.parse_generate(log)
     assert wmt.spm_decode(str(wmt_dir / "spm.model"), [pieces[i] for i in range(23)]) == hyps
 
 
@@ -489,9 +490,9 @@ def test_a_flag_fairseq_refuses_is_one_line(synthetic_run, tmp_path, capsys):
 
 
 def test_in_order_reports_missing_ids():
-    with pytest.raises(common.EvalError, match=r"no hypothesis for 2 sentence\(s\), ids 1, 3"):
-        common.in_order({0: "a", 2: "b"}, 4, "ref")
-    assert common.in_order({1: "b", 0: "a"}, 2, "ref") == ["a", "b"]
+    with pytest.raises(OneLineError, match=r"no hypothesis for 2 sentence\(s\), ids 1, 3"):
+        fairseq_tools.in_order({0: "a", 2: "b"}, 4, "ref")
+    assert fairseq_tools.in_order({1: "b", 0: "a"}, 2, "ref") == ["a", "b"]
 
 
 # --- bad input ------------------------------------------------------------------------------------------------------
@@ -529,10 +530,3 @@ def test_bad_input_is_one_line_and_exit_2(wmt_dir, wmt_ckpts, tmp_path, capsys):
         assert err.count("\n") == 1 and "Traceback" not in err, (argv, err)
         assert all(str(w) in err for w in words), (argv, err)
     assert not out.exists()
-
-
-def test_results_written_atomically(tmp_path):
-    path = tmp_path / "x" / "r.json"
-    results.write_atomic(str(path), "first\n")
-    results.write_atomic(str(path), "second\n")
-    assert path.read_text() == "second\n" and os.listdir(path.parent) == ["r.json"]

@@ -1,4 +1,5 @@
-"""The experiments table (kvattn_fairseq.experiments), scripts/train.sh and the hydra configs: every command parses
+"""The papers' recipes (kvattn_fairseq/papers) as fairseq-train commands (kvattn_fairseq/run/train.py, behind
+`python -m kvattn_fairseq.experiments` and scripts/train.sh) and hydra configs (run/hydra.py): every command parses
 with fairseq's own parser, --kind placement, passthrough overrides, --tiny, bad input, a real tiny training run that
 resumes, and fairseq-hydra-train on a generated config."""
 import os
@@ -13,8 +14,11 @@ from omegaconf import OmegaConf
 
 import kvattn_fairseq
 from fairseq import models as fairseq_models
-from kvattn_fairseq import experiments as E
-from kvattn_fairseq import synthetic
+from kvattn_fairseq.data import synthetic
+from kvattn_fairseq.papers import RECIPES
+from kvattn_fairseq.run import hydra as H
+from kvattn_fairseq.run import train as E
+from kvattn_fairseq.util.errors import OneLineError
 from kvattn_fairseq.building import DictionaryTask, make_dictionary, parse_model_args
 from kvattn_fairseq.modules.registry import ATTENTION_KINDS, position_dest
 from conftest import BIN_DIR, USER_DIR
@@ -26,36 +30,36 @@ KINDS = sorted(ATTENTION_KINDS)
 
 
 def _fitting(name):
-    positions = E.positions_of(E.EXPERIMENTS[name].arch)
+    positions = E.positions_of(RECIPES[name].arch)
     return [k for k in KINDS if any(p in ATTENTION_KINDS[k].positions for p in positions)]
 
 
 def _parse(name, kind=None, tiny=False, extra=()):
-    exp = E.EXPERIMENTS[name]
+    exp = RECIPES[name]
     arch, flags, notes = E.train_args(name, kind, tiny, extra)
     argv = ["DATA_BIN", "--user-dir", USER_DIR, "--task", exp.task, "--arch", arch, "--save-dir", "SAVE", *flags]
-    args, _ = E.parse_training_args(argv)
+    args, _ = H.parse_training_args(argv)
     return args, notes
 
 
-# --- the table --------------------------------------------------------------------------------------------------------
-def test_table_covers_the_papers():
-    names = set(E.EXPERIMENTS)
+# --- the recipes ------------------------------------------------------------------------------------------------------
+def test_recipes_cover_the_papers():
+    names = set(RECIPES)
     assert {"memsizer_wmt16_en_de", "memsizer_cnn_dm", "memsizer_wikitext103", "kv_multi30k_en_de"} <= names
     assert {f"kv_synthetic_{t}" for t in synthetic.TASKS} <= names
     rows = ("softmax8", "mgk4", "smgk4", "mgk8", "smgk8", "linear8", "mlk4", "mlk8")  # MGK paper Table 3
     assert {f"mgk_wikitext103_{r}" for r in rows} <= names
-    for exp in E.EXPERIMENTS.values():
+    for exp in RECIPES.values():
         assert exp.source and exp.data and exp.summary
         assert E.model_of(exp.arch) in E.TINY_ARCH
-        groups = E._groups(exp.flags)
+        groups = E.groups(exp.flags)
         flags = [f for f, _ in groups]
         assert len(flags) == len(set(flags)), f"{exp.name}: a flag is set twice"
         assert "--arch" not in flags and "--task" not in flags and "--save-dir" not in flags
 
 
 def test_paper_values_reach_fairseq():
-    """Spot checks of the values fairseq ends up with (sources in experiments.py)."""
+    """Spot checks of the values fairseq ends up with (sources in kvattn_fairseq/papers/*.py)."""
     a, _ = _parse("memsizer_wmt16_en_de")
     assert (a.arch, a.lr, a.lr_scheduler, a.warmup_updates, a.warmup_init_lr) == \
         ("memsizer_wmt_en_de_big", [5e-4], "inverse_sqrt", 4000, 1e-7)
@@ -88,11 +92,11 @@ def test_paper_values_reach_fairseq():
     assert (a.batch_size, a.max_epoch, a.label_smoothing, a.adam_eps) == (50, 20, 0.1, 1e-9)
 
 
-@pytest.mark.parametrize("name", list(E.EXPERIMENTS))
+@pytest.mark.parametrize("name", list(RECIPES))
 def test_every_command_parses_for_every_kind_that_fits(name):
     """fairseq's own parser (and the architecture function, which validates the attention) accepts the command
     with the experiment's attention and with --kind K for every kind that fits somewhere in its model."""
-    arch = E.EXPERIMENTS[name].arch
+    arch = RECIPES[name].arch
     own = parse_model_args(arch)
     for kind in [None, *_fitting(name)]:
         args, notes = _parse(name, kind)
@@ -118,9 +122,9 @@ def test_kind_placement_puts_softmax_where_the_kind_does_not_fit():
     assert "decoder self-attention: softmax (linformer cannot go there: " in notes[0]
     flags, _ = E.kind_placement("memsizer_lm_wiki103", "mlk")
     assert flags == ["--decoder-attention-type", "mlk"]
-    with pytest.raises(E.ExperimentError, match="fits no attention position"):
+    with pytest.raises(OneLineError, match="fits no attention position"):
         E.kind_placement("mgk_lm_wiki103_mgk4", "linformer")
-    with pytest.raises(E.ExperimentError, match="unknown attention kind 'nope'"):
+    with pytest.raises(OneLineError, match="unknown attention kind 'nope'"):
         E.kind_placement("kv_synthetic", "nope")
 
 
@@ -156,7 +160,7 @@ def test_tiny_keeps_the_attention_layout_and_drops_the_big_settings():
         ("kvattn_lm_tiny", "mgk", 16, "cross_entropy", 64)
 
 
-@pytest.mark.parametrize("name", list(E.EXPERIMENTS))
+@pytest.mark.parametrize("name", list(RECIPES))
 def test_tiny_models_build(name):
     kinds = [None] + (_fitting(name) if name in ("memsizer_wmt16_en_de", "memsizer_wikitext103") else [])
     for kind in kinds:
@@ -203,17 +207,17 @@ def _components(cfg):
     return criterion, optimizer, schedule
 
 
-@pytest.mark.parametrize("name", list(E.EXPERIMENTS))
+@pytest.mark.parametrize("name", list(RECIPES))
 def test_committed_hydra_config_is_the_command(name):
     """The committed YAML composes the way fairseq-hydra-train does it and holds the values fairseq's parser gives
-    the table's flags; the criterion, optimizer and schedule build from it and from fairseq-train's own
+    the recipe's flags; the criterion, optimizer and schedule build from it and from fairseq-train's own
     namespace-to-config conversion alike, with the same learning rates."""
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     args, _ = _parse(name)
     cfg = _compose(CONFIGS, name, ["task.data=D", "checkpoint.save_dir=S"])
     assert cfg.task.data == "D" and cfg.checkpoint.save_dir == "S"
-    for group, body in E.hydra_config(name).items():
+    for group, body in H.hydra_config(name).items():
         if group == "hydra":
             continue
         resolved = OmegaConf.to_container(cfg[group], resolve=True)
@@ -222,7 +226,7 @@ def test_committed_hydra_config_is_the_command(name):
                 continue
             assert OmegaConf.to_container(cfg[group], resolve=False)[key] == value, (group, key)
             if key != "_name" and not str(value).startswith("${"):  # as fairseq-train's parser has it
-                assert resolved[key] == E._plain(getattr(args, key)), (group, key)
+                assert resolved[key] == H._plain(getattr(args, key)), (group, key)
     built = [_components(convert_namespace_to_omegaconf(args)), _components(_resolved(cfg))]
     (crit_a, opt_a, sched_a), (crit_b, opt_b, sched_b) = built
     assert type(crit_a) is type(crit_b) and type(opt_a) is type(opt_b) and type(sched_a) is type(sched_b)
@@ -247,11 +251,11 @@ def test_memsizer_lm_schedule_is_the_fairseq_010_one():
     assert args.stop_min_lr == 1e-9
 
 
-def test_drop_removes_a_table_flag(capsys):
+def test_drop_removes_a_recipe_flag(capsys):
     arch, flags, notes = E.train_args("memsizer_wmt16_en_de", drop=["fp16", "--eval-bleu-args"])
     assert "--fp16" not in flags and "--eval-bleu-args" not in flags and "--eval-bleu" in flags
-    assert notes == ["--drop: removed --fp16 --eval-bleu-args from the table's flags"]
-    with pytest.raises(E.ExperimentError, match="--drop: --fp32 is not a flag of memsizer_wmt16_en_de"):
+    assert notes == ["--drop: removed --fp16 --eval-bleu-args from the recipe's flags"]
+    with pytest.raises(OneLineError, match="--drop: --fp32 is not a flag of memsizer_wmt16_en_de"):
         E.train_args("memsizer_wmt16_en_de", drop=["fp32"])
     assert E.main(["show", "memsizer_wikitext103", "--drop", "fp16", "--drop=--fp16-init-scale"]) == 0
     command = capsys.readouterr().out.strip().splitlines()[-1].split()
@@ -267,7 +271,7 @@ def test_show_and_list(capsys):
     assert "fairseq-train DATA_BIN --user-dir" in out[1] and out[1].endswith("--max-update 9")
     assert E.main(["list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()]
-    assert listed == list(E.EXPERIMENTS)
+    assert listed == list(RECIPES)
 
 
 @pytest.fixture(scope="module")
@@ -277,9 +281,7 @@ def reverse_data(tmp_path_factory):
 
 
 def _one_line_error(capsys, argv, needle):
-    with pytest.raises(SystemExit) as exit_:
-        E.main(argv)
-    assert exit_.value.code == 2
+    assert E.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"{E.PROG}: error: ") and needle in err[0], err
 
@@ -309,7 +311,7 @@ def test_train_sh_bad_input_exits_2(tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert errors == [f"train.sh: error: DATA_BIN: {tmp_path / 'none'} is not a directory (the fairseq-preprocess "
-                      f"output: {E.EXPERIMENTS['kv_synthetic_reverse'].data})"]
+                      f"output: {RECIPES['kv_synthetic_reverse'].data})"]
     assert not (tmp_path / "s").exists() and proc.stdout == ""
 
 
@@ -357,9 +359,9 @@ def test_train_sh_tiny_run_writes_a_checkpoint_and_resumes(tiny_run, reverse_dat
 
 
 # --- hydra ------------------------------------------------------------------------------------------------------------
-def test_committed_hydra_configs_are_in_sync_with_the_table():
-    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(E.EXPERIMENTS)
-    stale = E.write_hydra_configs(str(CONFIGS), check=True)
+def test_committed_hydra_configs_are_in_sync_with_the_recipes():
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(RECIPES)
+    stale = H.write_hydra_configs(str(CONFIGS), check=True)
     assert stale == [], "run: python -m kvattn_fairseq.experiments hydra-configs --out configs"
     for path in CONFIGS.glob("*.yaml"):  # nothing tied to one machine: no value is an absolute path
         assert not re.search(r"^\s*(- |[\w.]+: )['\"]?/", path.read_text(), re.M), path
@@ -400,7 +402,7 @@ def test_fairseq_hydra_train_runs_a_tiny_config(tmp_path, reverse_data, tiny_run
 def test_hydra_and_argparse_build_the_same_model(tmp_path, name):
     """The tiny config composed as fairseq-hydra-train does (schema, add_defaults, resolution) builds, through
     fairseq's legacy-model path, exactly the model fairseq-train builds from the command line."""
-    (tmp_path / f"{name}.yaml").write_text(E.hydra_yaml(name, tiny=True))
+    (tmp_path / f"{name}.yaml").write_text(H.hydra_yaml(name, tiny=True))
     cfg = _resolved(_compose(tmp_path, name))
     args, _ = _parse(name, tiny=True)
     task = DictionaryTask(make_dictionary(40))

@@ -1,4 +1,5 @@
-"""scripts/make_tables.py: results JSONs (python -m kvattn_fairseq.evaluate) -> the papers' tables in Markdown.
+"""scripts/make_tables.py (kvattn_fairseq/run/report.py): results JSONs (python -m kvattn_fairseq.evaluate) -> the
+papers' tables in Markdown, each drawn by its paper file (kvattn_fairseq/papers).
 
 The results here are built with the evaluators' own results.make (numbers made up); test_evaluate.py checks the
 numbers themselves.  The benchmark file goes through kvattn_fairseq.bench.report.summarise, as the benchmark does.
@@ -11,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from kvattn_fairseq.bench import report
-from kvattn_fairseq.evaluate import results, tables
+from kvattn_fairseq.bench import report as bench_report
+from kvattn_fairseq.data import synthetic
+from kvattn_fairseq.evaluate import results
+from kvattn_fairseq.papers import TABLES
+from kvattn_fairseq.papers.markdown import NOT_RUN
+from kvattn_fairseq.run import report as tables
 
 REPO = Path(__file__).resolve().parents[1]
 MT = ("encoder", "decoder", "cross")
@@ -91,8 +96,8 @@ def populate(root: Path) -> Path:
            _lm(20.5, 21.25), 21.25)
     _write(root, "lm/mgk4/r.json", "lm", _model("mgk_lm_wiki103_mgk4", ("mgk",), ("decoder",), heads=4),
            _lm(33.0, 34.0), 34.0)
-    _write(root, "lm/smgk4/r.json", "lm", _model("mgk_lm_wiki103_smgk4", ("smgk",), ("decoder",), heads=4),
-           _lm(33.5, 34.5), 34.5)
+    _write(root, "lm/smgk2/r.json", "lm", _model("kvattn_lm_tiny", ("smgk",), ("decoder",), heads=2),
+           _lm(33.5, 34.5), 34.5, table="mgk_lm")
     kv = ("kv", "kv", "softmax")
     _write(root, "syn/kv_rev_1/r.json", "synthetic", _model("kv_synthetic", kv), _syn("reverse", 0.5, 0.9), 0.5)
     _write(root, "syn/kv_rev_2/r.json", "synthetic", _model("kv_synthetic", kv), _syn("reverse", 0.7, 0.8), 0.7)
@@ -108,17 +113,18 @@ def populate(root: Path) -> Path:
 
 def test_empty_directory_keeps_every_paper_row(tmp_path):
     md = tables.render(tables.find_results(str(tmp_path)))
-    for label, _ in tables.MEMSIZER_MT_ROWS:
+    for label in [r.label for r in TABLES["memsizer_mt"].rows]:
         row = _rows(md, "machine translation")[label]
-        assert row["sacreBLEU"] == row["tok-BLEU (compound split)"] == tables.NOT_RUN
-        assert _rows(md, "summarization")[label]["R-Lsum"] == tables.NOT_RUN
+        assert row["sacreBLEU"] == row["tok-BLEU (compound split)"] == NOT_RUN
+        assert _rows(md, "summarization")[label]["R-Lsum"] == NOT_RUN
     assert set(_rows(md, "MemSizer: language modelling")) == {"Transformer", "MemSizer"}
     mgk = _rows(md, "Transformer-MGK")
-    assert list(mgk) == [label for label, *_ in tables.MGK_LM_ROWS]
-    assert mgk["MGK 4 heads"]["valid ppl"] == tables.NOT_RUN and mgk["MGK 4 heads"]["paper test"] == "34.21"
+    assert list(mgk) == [r.label for r in TABLES["mgk_lm"].rows]
+    assert mgk["MGK 4 heads"]["valid ppl"] == NOT_RUN and mgk["MGK 4 heads"]["paper test"] == "34.21"
+    assert mgk["sMGK 4 heads"]["paper test"] == "—"  # our row: no published number
     syn = _rows(md, "synthetic")
-    assert list(syn) == tables.KV_TASKS
-    assert all(v == tables.NOT_RUN for row in syn.values() for k, v in row.items() if k != "task")
+    assert list(syn) == list(synthetic.TASKS)
+    assert all(v == NOT_RUN for row in syn.values() for k, v in row.items() if k != "task")
     assert "0 evaluations" in md
 
 
@@ -134,16 +140,17 @@ def test_results_land_in_the_papers_rows(results_dir, capsys):
     assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0" in md
     summ = _rows(md, "summarization")
     assert [summ["MemSizer"][k] for k in ("R-1", "R-2", "R-L", "R-Lsum")] == ["40.10", "18.20", "37.30", "38.40"]
-    assert summ["Transformer"]["R-1"] == tables.NOT_RUN
+    assert summ["Transformer"]["R-1"] == NOT_RUN
     lm = _rows(md, "MemSizer: language modelling")
     assert (lm["MemSizer"]["valid ppl"], lm["MemSizer"]["test ppl"]) == ("20.50", "21.25")
-    assert lm["MemSizer"]["context / scored tokens"] == "400 / 112" and lm["Transformer"]["test ppl"] == tables.NOT_RUN
+    assert lm["MemSizer"]["context / scored tokens"] == "400 / 112" and lm["Transformer"]["test ppl"] == NOT_RUN
     mgk = _rows(md, "Transformer-MGK")
-    assert mgk["MGK 4 heads"]["test ppl"] == "34.00" and mgk["MGK 8 heads"]["test ppl"] == tables.NOT_RUN
-    assert mgk["smgk 4 heads"]["valid ppl"] == "33.50" and mgk["smgk 4 heads"]["paper valid"] == "—"
+    assert mgk["MGK 4 heads"]["test ppl"] == "34.00" and mgk["MGK 8 heads"]["test ppl"] == NOT_RUN
+    assert mgk["smgk, 2 heads"]["valid ppl"] == "33.50" and mgk["smgk, 2 heads"]["paper valid"] == "—"
+    assert list(mgk).index("smgk, 2 heads") == len(TABLES["mgk_lm"].rows)  # after the paper's rows
     syn = _rows(md, "synthetic")
     assert syn["reverse"]["KV symmetric (kv)"] == "60.0 (85.0), mean of 2 runs"
-    assert syn["reverse"]["QKV (softmax)"] == tables.NOT_RUN
+    assert syn["reverse"]["QKV (softmax)"] == NOT_RUN
     assert syn["sort"]["QKV (softmax)"] == "25.0 (50.0)"
     assert syn["parity"]["KV + 2D pos (kv_asym)"] == "100.0 (100.0)"  # a task outside the paper's: extra row
 
@@ -171,7 +178,7 @@ def _bench(tmp_path) -> Path:
            "train": {"models": {k: {512: {"tokens_per_s": 100.0, "peak_bytes": 100},
                                     2048: {"tokens_per_s": 50.0, "peak_bytes": 400 if k != "memsizer" else 200}}
                                 for k in ["vanilla"] + kinds}}}
-    raw["summary"] = report.summarise(raw, ["memsizer"])
+    raw["summary"] = bench_report.summarise(raw, ["memsizer"])
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(raw))  # integer keys become strings, as in the real file
     return path
@@ -187,7 +194,7 @@ def test_bench_adds_speed_and_memory_columns(results_dir, tmp_path):
     assert mt["MemSizer"]["decoding state per hypothesis t=512"] == "2.0 KiB"
     assert mt["Transformer"]["decoding state per hypothesis t=512"] == "16.0 KiB"
     assert mt["MemSizer"]["train peak memory T=2048 (x vanilla)"] == "0.50x"
-    assert mt["linear / linear / linear"]["translation tokens/s (x vanilla)"] == tables.NOT_RUN  # not benchmarked
+    assert mt["linear / linear / linear"]["translation tokens/s (x vanilla)"] == NOT_RUN  # not benchmarked
     assert "--mode quick" in md
     # without --bench there are no such columns
     plain = _rows(tables.render(tables.find_results(str(results_dir))), "machine translation")

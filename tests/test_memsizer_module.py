@@ -15,7 +15,7 @@ def n_params(m):
 def test_parameter_count_matches_paper_formula_and_has_no_output_projection():
     d, h, k = 1024, 16, 4
     m = MemSizerAttention(d, h, k, "decoder")
-    # d*hk + hk (Φ) + d*k + k (W_l) + d^2 + d (W_r) + 2k + 2d (two LayerNorms): research/memsizer.md §1.6
+    # d*hk + hk (Φ) + d*k + k (W_l) + d^2 + d (W_r) + 2k + 2d (two LayerNorms): docs/papers/memsizer.md
     assert n_params(m) == 1_121_356
     assert not hasattr(m, "out_proj")
     assert n_params(MemSizerAttention(d, 16, 32, "cross")) == 1_609_312

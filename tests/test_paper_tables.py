@@ -1,7 +1,9 @@
-"""Each paper table regenerates end to end in --tiny mode: fixtures in the real formats -> prepare script ->
-fairseq-train per row -> evaluation -> Markdown table; a rerun resumes without redoing work; bad input is one line."""
+"""Each paper table regenerates end to end in --tiny mode: fixtures in the real formats -> prepare -> fairseq-train
+per row -> evaluation -> Markdown table; one of them from a non-editable install of the package, run from another
+directory; a rerun resumes without redoing work; bad input is one line."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,16 +11,18 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 RUNNER = [sys.executable, "-m", "kvattn_fairseq.paper_tables"]
 # a subset of each table's rows keeps the suite short; every row is built and checked before anything runs
-CASES = [("kv_synthetic", "reverse-kv_asym", ()), ("memsizer_mt", "transformer,memsizer", ()),
-         ("memsizer_summarization", "memsizer", ("--drop", "fp16")), ("memsizer_lm", "memsizer", ()),
-         ("mgk_lm", "mgk4,mlk4", ())]
+CASES = [("memsizer_mt", "transformer,memsizer", ()), ("memsizer_summarization", "memsizer", ("--drop", "fp16")),
+         ("memsizer_lm", "memsizer", ()), ("mgk_lm", "mgk4,mlk4", ())]
 
 
-def run(*args, check=True):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    proc = subprocess.run([*RUNNER, *map(str, args)], capture_output=True, text=True, env=env, timeout=1200)
+def run(*args, check=True, env_extra=None, cwd=None):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env.update(env_extra or {})
+    proc = subprocess.run([*RUNNER, *map(str, args)], capture_output=True, text=True, env=env, timeout=1200,
+                          cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -29,17 +33,64 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("tables")
 
 
-@pytest.mark.parametrize("table,rows,extra", CASES)
-def test_tiny_table_runs_end_to_end(work, table, rows, extra):
-    proc = run(table, "--work", work, "--tiny", "--rows", rows, *extra)
-    if extra:
-        assert "--drop=fp16" in proc.stdout
+def check_results(work: Path, table: str, rows: str) -> None:
     for row in rows.split(","):
         result = json.loads((work / "results" / table / f"{row}.json").read_text())
         assert result["table"] == table and result["name"] == row
         assert result["main"]["value"] is not None
-    md = (work / "tables.md").read_text()
-    assert "not run" in md  # rows nobody ran are still listed
+    assert "not run" in (work / "tables.md").read_text()  # rows nobody ran are still listed
+
+
+@pytest.mark.parametrize("table,rows,extra", CASES)
+def test_tiny_table_runs_end_to_end(work, table, rows, extra):
+    proc = run(table, "--work", work, "--tiny", "--rows", rows, *extra)
+    if extra:  # the recipe flag is gone from every fairseq-train command
+        assert "--drop: removed --fp16" in proc.stdout
+        assert not [line for line in proc.stdout.splitlines() if "fairseq-train" in line and "--fp16" in line]
+    check_results(work, table, rows)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The package installed from a copy of the checkout's sources with `pip install --target` (a wheel is built
+    and unpacked: no editable link back to the checkout)."""
+    root = tmp_path_factory.mktemp("wheel")
+    src = root / "src"
+    shutil.copytree(REPO / "kvattn_fairseq", src / "kvattn_fairseq",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    site = root / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                           "--quiet", "--target", str(site), str(src)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return site
+
+
+def test_tiny_table_runs_from_an_installed_package(work, installed, tmp_path):
+    """`pip install .` without -e, then the chain from a directory that is not the checkout: nothing may need the
+    checkout's scripts/ or configs/."""
+    assert not (installed / "scripts").exists() and (installed / "kvattn_fairseq" / "papers" / "kv.py").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run("kv_synthetic", "--work", work, "--tiny", "--rows", "reverse-kv_asym", cwd=elsewhere,
+               env_extra={"PYTHONPATH": str(installed)})
+    plugin = next(line for line in proc.stdout.splitlines() if line.startswith("[paper_tables] plugin: "))
+    assert plugin.split(": ", 1)[1] == str(installed / "kvattn_fairseq")  # the installed copy, not the checkout
+    check_results(work, "kv_synthetic", "reverse-kv_asym")
+    assert os.listdir(elsewhere) == []  # everything went to --work
+
+
+def test_console_script_of_the_installed_package(installed):
+    """setup.py's `kvattn-fairseq` entry point (kvattn_fairseq.cli:main); importing kvattn_fairseq.__main__ runs
+    nothing."""
+    env = dict(os.environ, PYTHONPATH=str(installed), PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(installed / "bin" / "kvattn-fairseq"), "--user-dir"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(installed / "kvattn_fairseq"), proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-c", "import kvattn_fairseq.__main__"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr[-2000:]
 
 
 def test_rerun_resumes_without_redoing_work(work):
@@ -49,8 +100,10 @@ def test_rerun_resumes_without_redoing_work(work):
     assert {p: p.stat().st_mtime for p in (work / "results" / "memsizer_mt").glob("*.json")} == before
     md = (work / "tables.md").read_text()
     assert md.count("| Transformer | softmax / softmax / softmax |") == 2  # MT and summarization
-    mt = md.split("## MemSizer: abstractive")[0]
+    mt = md.split("## MemSizer: machine translation")[1].split("## ")[0]
     assert mt.count("not run") < 6  # the two MT rows now hold numbers
+    kv = md.split("## Key-Value Transformer: synthetic tasks")[1]
+    assert "| reverse | not run | " in kv and "| reverse | not run | not run |" not in kv  # the installed run's cell
 
 
 @pytest.mark.parametrize("args,expected", [
@@ -59,10 +112,12 @@ def test_rerun_resumes_without_redoing_work(work):
     (["memsizer_mt", "--raw", "/nonexistent/raw"], "--raw: /nonexistent/raw is not a directory"),
     (["mgk_lm", "--kinds", "linear"], "--kinds: table mgk_lm fixes its rows' kinds"),
     (["memsizer_mt", "--drop", "nope"], "--drop: --nope is not a flag of memsizer_wmt16_en_de"),
+    (["memsizer_mt", "--bench", "/nonexistent/bench.json"], "--bench /nonexistent/bench.json: cannot read it"),
 ])
-def test_bad_input_is_one_line_before_any_work(tmp_path, args, expected):
-    proc = run(args[0], "--work", tmp_path / "w", *args[1:], check=False)
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and expected in lines[0], proc.stderr
+def test_bad_input_is_one_line_before_any_work(tmp_path, args, expected, capsys):
+    from kvattn_fairseq.run import tables  # the command's main, in this process (saves starting one per case)
+
+    assert tables.main([args[0], "--work", str(tmp_path / "w"), *args[1:]]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"{tables.PROG}: error: ") and expected in lines[0], lines
     assert not (tmp_path / "w").exists()

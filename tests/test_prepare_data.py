@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from kvattn_fairseq.data import cnndm, download, fixtures, wmt16
-from kvattn_fairseq.data.common import PrepareError, clean
+from kvattn_fairseq.data.common import clean
+from kvattn_fairseq.util.errors import OneLineError
 
 from conftest import USER_DIR, run_cli
 
@@ -369,7 +370,7 @@ def test_download_resumes_after_a_dropped_connection(server, tmp_path):
     remote = download.Remote("data.tgz", (server.url,), None,
                              ("sha256", hashlib.sha256(server.payload).hexdigest(), "the test"))
     server.cut_at = len(server.payload) // 3
-    with pytest.raises(PrepareError, match="incomplete.*rerun to resume"):
+    with pytest.raises(OneLineError, match="incomplete.*rerun to resume"):
         download.download(remote, str(tmp_path), attempts=1)
     assert (tmp_path / "data.tgz.part").stat().st_size == len(server.payload) // 3
     assert not (tmp_path / "data.tgz").exists()
@@ -384,18 +385,18 @@ def test_download_resumes_after_a_dropped_connection(server, tmp_path):
 def test_download_rejects_a_checksum_mismatch_and_tries_mirrors(server, tmp_path):
     remote = download.Remote("data.tgz", ("http://127.0.0.1:9/closed", server.url), None,
                               ("md5", "0" * 32, "the test"))
-    with pytest.raises(PrepareError, match="does not match its published md5"):
+    with pytest.raises(OneLineError, match="does not match its published md5"):
         download.download(remote, str(tmp_path), attempts=1)
     assert not list(tmp_path.iterdir())
     path, status = download.download(remote, str(tmp_path), attempts=1, ignore_checksums=True)
     assert status.startswith("skipped") and Path(path).read_bytes() == server.payload
     sized = download.Remote("other.tgz", (server.url,), 123)  # e.g. a host answering with an error page
-    with pytest.raises(PrepareError, match="serves 3145728 bytes, the published file has 123"):
+    with pytest.raises(OneLineError, match="serves 3145728 bytes, the published file has 123"):
         download.download(sized, str(tmp_path), attempts=1)
     assert not (tmp_path / "other.tgz.part").exists()
 
 
 def test_download_unreachable_is_one_clear_error(tmp_path):
     remote = download.Remote("x.zip", ("http://127.0.0.1:9/x.zip",))
-    with pytest.raises(PrepareError, match=r"could not download x.zip \(http://127.0.0.1:9/x.zip: .*\); .*--raw DIR"):
+    with pytest.raises(OneLineError, match=r"could not download x.zip \(http://127.0.0.1:9/x.zip: .*\); .*--raw DIR"):
         download.download(remote, str(tmp_path), attempts=1, timeout=5)

@@ -6,13 +6,14 @@ resident set over what it held before the first step, on CUDA torch's peak alloc
 import argparse
 import json
 import resource
-import subprocess
 import sys
 from typing import Dict, List
 
 import torch
 
 from ..building import make_dictionary
+from ..util import proc
+from ..util.errors import StepFailed
 from .common import Size, build_lm, now
 
 
@@ -73,13 +74,10 @@ def run_isolated(kind: str, size: Size, tlen: int, batch: int, device: str, repe
     cmd = [sys.executable, "-m", "kvattn_fairseq.bench.train", "--kind", kind, "--tlen", str(tlen), "--batch",
            str(batch), "--device", device, "--repeats", str(repeats), "--size", json.dumps(size.__dict__)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout}s"}
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"error": f"exit {proc.returncode}: {last}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        output = proc.run(cmd, label=f"train {kind} T={tlen}", timeout=timeout, env=proc.tool_env())
+    except StepFailed as e:
+        return {"error": str(e)}
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def main(argv: List[str] = None) -> None:

@@ -6,34 +6,26 @@ last file, is written: an OUTDIR with prepare.json is complete, and a failed or 
 .tmp- directory, whose finished steps (stamped under work/.steps) a rerun of the same command skips.
 """
 import argparse
-import collections
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..util import proc
+from ..util.cli import ArgumentParser, positive_int, run_main
+from ..util.errors import OneLineError
+from ..util.io import install_dir, write_atomic
 from . import common
-from .common import PrepareError, log
+from .common import log
 from .download import Remote, check_checksum, download, extract, locate
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def parser(prog: str, description: str, bpe_default: Optional[int]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = ArgumentParser(prog=prog, description=description)
     p.add_argument("--out", required=True, metavar="OUTDIR", help="the directory to create")
     p.add_argument("--raw", metavar="DIR", help="take the published files from DIR instead of downloading: the "
                    "archives under their published names, or their extracted files (at their paths inside the "
@@ -54,20 +46,22 @@ def parser(prog: str, description: str, bpe_default: Optional[int]) -> argparse.
 
 
 def main(prog: str, p: argparse.ArgumentParser, body: Callable[[argparse.Namespace], None], argv=None) -> int:
-    """Run body(args); bad input or a failed step prints one line on stderr and exits 2."""
+    """The command line: run body(args); bad input or a failed step prints one line on stderr and exits 2."""
     common.PROG = prog
     args = p.parse_args(argv)
+    return run_main(prog, lambda: run(body, args), interrupted="interrupted: rerun the same command to resume")
+
+
+def run(body: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """body(args), with the checks every prepare command makes first; an OSError (an unwritable OUTDIR, a full
+    disk, ...) is reported like bad input."""
+    if importlib.util.find_spec("fairseq_cli") is None:  # binarizing is the last step: fail before the long ones
+        raise OneLineError(f"fairseq is not installed for {sys.executable}: install it (make setup) or point "
+                           "PYTHON at an environment that has it")
     try:
-        if importlib.util.find_spec("fairseq_cli") is None:  # binarizing is the last step: fail before the long ones
-            raise PrepareError(f"fairseq is not installed for {sys.executable}: install it (make setup) or point "
-                               "PYTHON at an environment that has it")
         body(args)
-    except (PrepareError, OSError) as e:  # OSError: an unwritable OUTDIR, a full disk, ...
-        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted: rerun the same command to resume", file=sys.stderr, flush=True)
-        return 130
+    except OSError as e:
+        raise OneLineError(str(e)) from None
     return 0
 
 
@@ -97,7 +91,7 @@ class Sources:
 
     def _from_raw(self, raw: str) -> None:
         if not os.path.isdir(raw):
-            raise PrepareError(f"--raw {raw}: no such directory")
+            raise OneLineError(f"--raw {raw}: no such directory")
         missing = []
         for r in self.remotes.values():
             hit = locate(r, raw)
@@ -117,7 +111,7 @@ class Sources:
                 self._note(r, "--raw", where, status)
         if missing:
             what = "; ".join(r.name + _extracted_hint(r) + f" from {r.urls[0]}" for r in missing)
-            raise PrepareError(f"--raw {raw} lacks {what}")
+            raise OneLineError(f"--raw {raw} lacks {what}")
 
     def _note(self, r: Remote, origin: str, path: Optional[str], status: str) -> None:
         entry = {"name": r.name, "url": r.urls[0], "origin": origin,
@@ -143,7 +137,7 @@ class Sources:
         def run() -> int:
             n = len(extract(where, lambda m: m.startswith(r.tree + "/"), dest))
             if not n:
-                raise PrepareError(f"{where} has nothing under {r.tree}/: unexpected archive layout (is it the "
+                raise OneLineError(f"{where} has nothing under {r.tree}/: unexpected archive layout (is it the "
                                    "right file?)")
             return n
 
@@ -180,7 +174,7 @@ class Build:
             log("%s is already prepared (prepare.json is there); pass --force to rebuild it", out)
             return True
         if os.path.exists(out) and not force:
-            raise PrepareError(f"{out} exists but is not a finished preparation (no prepare.json): remove it or "
+            raise OneLineError(f"{out} exists but is not a finished preparation (no prepare.json): remove it or "
                                "pass --force")
         return False
 
@@ -201,7 +195,7 @@ class Build:
             return
         if not os.listdir(self.stamps):  # nothing worth keeping
             shutil.rmtree(self.tmp, ignore_errors=True)
-        elif isinstance(exc, PrepareError):
+        elif isinstance(exc, OneLineError):
             exc.args = (f"{exc} (finished steps are kept in {self.tmp}: rerun the same command to resume)",)
 
     def path(self, *parts: str) -> str:
@@ -217,52 +211,33 @@ class Build:
         log("%s ...", name)
         t0 = time.time()
         result = fn()
-        with open(stamp + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(result, f)
-        os.replace(stamp + ".tmp", stamp)
+        write_atomic(stamp, json.dumps(result))
         log("%s: done (%.0f s)", name, time.time() - t0)
         return result
 
     def finish(self, info: dict) -> None:
         """Drop the work files, write prepare.json last, and move the result into place."""
         shutil.rmtree(self.work)
-        log_file = self.path("data-bin", "preprocess.log")  # fairseq's own log names the temporary directory
-        if os.path.isfile(log_file):
-            with open(log_file, encoding="utf-8") as f:
-                text = f.read().replace(self.tmp, "OUTDIR")
-            with open(log_file, "w", encoding="utf-8") as f:
-                f.write(text)
+        scrub_log(self.path("data-bin", "preprocess.log"), self.tmp)
         info["seconds"] = round(time.time() - self.t0, 1)
-        with open(self.path("prepare.json.tmp"), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(self.path("prepare.json.tmp"), self.path("prepare.json"))
-        if os.path.exists(self.out):  # --force: swap, then drop the old one
-            old = f"{self.out}.old-{self.key}"
-            os.rename(self.out, old)
-            os.rename(self.tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(self.tmp, self.out)
+        write_atomic(self.path("prepare.json"), json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        install_dir(self.tmp, self.out)  # with --force, the old output stays whole until the new one is in place
         log("wrote %s (%.0f s)", self.out, info["seconds"])
 
 
+def scrub_log(path: str, tmp: str) -> None:
+    """fairseq-preprocess's own log names the temporary build directory; it reads OUTDIR instead."""
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            write_atomic(path, f.read().replace(tmp, "OUTDIR"))
+
+
 def fairseq_preprocess(args: Sequence[str]) -> None:
-    """fairseq-preprocess in a subprocess (this interpreter's fairseq), its log passed through."""
-    cmd = [sys.executable, "-m", "fairseq_cli.preprocess", *map(str, args)]
+    """fairseq-preprocess in a subprocess (this interpreter's fairseq), its output passed through."""
     log("fairseq-preprocess %s", " ".join(map(str, args)))
-    tail = collections.deque(maxlen=20)
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    except OSError as e:
-        raise PrepareError(f"cannot run fairseq-preprocess: {e}") from None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        tail.append(line.strip())
+    proc.run([*proc.python_module("fairseq_cli.preprocess"), *args], label="fairseq-preprocess",
+             echo=sys.stdout.write, keep_output=False)
     sys.stdout.flush()
-    if proc.wait() != 0:
-        last = next((l for l in reversed(tail) if l), "no output")
-        raise PrepareError(f"fairseq-preprocess failed (exit {proc.returncode}): {last}")
 
 
 def options(args: argparse.Namespace, **extra) -> dict:

@@ -20,9 +20,11 @@ import shutil
 from collections import Counter
 from typing import Dict, List, Tuple
 
+from ..util.cli import positive_int
+from ..util.errors import OneLineError
 from . import subword
-from .build import Build, Sources, fairseq_preprocess, build_key, main, parser, positive_int, options
-from .common import PrepareError, Progress, clean, log
+from .build import Build, Sources, fairseq_preprocess, build_key, main, parser, options
+from .common import Progress, clean, log
 from .download import Remote
 
 PROG = "prepare-cnndm"
@@ -91,10 +93,10 @@ def collect(split: str, url_list: str, folders: List[str], b: Build) -> dict:
     with open(url_list, encoding="utf-8") as f:
         urls = [u.strip() for u in f if u.strip()]
     if not urls:
-        raise PrepareError(f"{url_list} lists no URLs: not one of abisee's url_lists files")
+        raise OneLineError(f"{url_list} lists no URLs: not one of abisee's url_lists files")
     missing, kept, empty = [], 0, 0
     bar = Progress(f"reading {split} stories", len(urls), unit="stories")
-    out = open(os.path.join(b.work, f"{split}.jsonl.tmp"), "w", encoding="utf-8")
+    out = open(os.path.join(b.work, f"{split}.jsonl"), "w", encoding="utf-8")  # a build step: rerun until stamped
     raw = None
     if split == "test":
         raw = [open(b.path(name), "w", encoding="utf-8") for name in ("test.source", "test.target", "test.ref.jsonl")]
@@ -121,10 +123,9 @@ def collect(split: str, url_list: str, folders: List[str], b: Build) -> dict:
     for f in raw or ():
         f.close()
     if missing:
-        raise PrepareError(f"{len(missing)} of the {len(urls)} stories {os.path.basename(url_list)} lists are in "
+        raise OneLineError(f"{len(missing)} of the {len(urls)} stories {os.path.basename(url_list)} lists are in "
                            f"neither cnn/stories nor dailymail/stories (first: {missing[0]}): the story archives are "
                            "incomplete or do not belong to these URL lists")
-    os.replace(os.path.join(b.work, f"{split}.jsonl.tmp"), os.path.join(b.work, f"{split}.jsonl"))
     log("%s: %d examples, %d without article or highlights dropped", split, kept, empty)
     return {"listed": len(urls), "examples": kept, "dropped_empty": empty}
 
@@ -225,12 +226,16 @@ def prepare(args) -> None:
         })
 
 
-def cli(argv=None) -> int:
+def command_parser():
     p = parser(PROG, __doc__.split("\n\n")[0], VOCAB)
     p.add_argument("--max-source-positions", type=positive_int, default=1024, metavar="N",
                    help="sources are cut so that with </s> they fit N positions (default 1024, fairseq's BART "
                         "--truncate-source length)")
-    return main(PROG, p, prepare, argv)
+    return p
+
+
+def cli(argv=None) -> int:
+    return main(PROG, command_parser(), prepare, argv)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,10 @@
-"""Errors, log lines and progress shared by the prepare modules."""
+"""Log lines, progress and text cleaning shared by the prepare modules (their errors: util.errors.OneLineError)."""
 import re
 import sys
 import time
 import unicodedata
 
 PROG = "prepare"
-
-
-class PrepareError(Exception):
-    """Bad input or a failed step: printed as one line on stderr (exit 2), never as a traceback."""
 
 
 def log(msg: str, *args) -> None:

@@ -19,7 +19,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
-from .common import PrepareError, Progress, human, log
+from ..util.errors import OneLineError
+from ..util.io import write_atomic
+from .common import Progress, human, log
 
 CHUNK = 1 << 20
 
@@ -116,7 +118,7 @@ def _finish(remote: Remote, part: str, final: str, ignore_checksums: bool) -> Tu
         if status == "mismatch":
             os.remove(part)
             algorithm, expected, source = remote.checksum
-            raise PrepareError(f"the download of {remote.name} does not match its published {algorithm} {expected} "
+            raise OneLineError(f"the download of {remote.name} does not match its published {algorithm} {expected} "
                                f"({source}); it was deleted: rerun to download again, or pass --ignore-checksums "
                                "if the host now serves a repackaged file")
     os.replace(part, final)
@@ -133,7 +135,7 @@ def download(remote: Remote, dest_dir: str, ignore_checksums: bool = False, atte
         log("%s: already downloaded", remote.name)
         status = "skipped (--ignore-checksums)" if ignore_checksums else check_checksum(remote, final)
         if status == "mismatch":
-            raise PrepareError(f"{final} does not match its published {remote.checksum[0]} {remote.checksum[1]} "
+            raise OneLineError(f"{final} does not match its published {remote.checksum[0]} {remote.checksum[1]} "
                                f"({remote.checksum[2]}): delete it to download it again, or pass --ignore-checksums")
         return final, status
     part = final + ".part"
@@ -156,7 +158,7 @@ def download(remote: Remote, dest_dir: str, ignore_checksums: bool = False, atte
                 break
             return _finish(remote, part, final, ignore_checksums)
     kept = f" (the partial file {part} is kept: rerun to resume)" if os.path.exists(part) else ""
-    raise PrepareError(f"could not download {remote.name} ({'; '.join(failures) or 'no URL'}){kept}; without "
+    raise OneLineError(f"could not download {remote.name} ({'; '.join(failures) or 'no URL'}){kept}; without "
                        "network, put the file in a directory and pass --raw DIR")
 
 
@@ -190,10 +192,15 @@ def _safe_name(name: str) -> Optional[str]:
     return name
 
 
+def _copy(src, path: str) -> None:
+    with open(path, "wb") as f:
+        shutil.copyfileobj(src, f, CHUNK)
+
+
 def extract(archive: str, wanted: Union[Sequence[str], Callable[[str], bool]], dest: str,
             what: str = "") -> Dict[str, str]:
     """Extract the wanted members of a .tgz/.zip into dest, reading the whole archive (a truncated one fails here).
-    Returns {member: extracted path}; a wanted name that is absent is a PrepareError naming it."""
+    Returns {member: extracted path}; a wanted name that is absent is a OneLineError naming it."""
     label = what or os.path.basename(archive)
     pick = wanted if callable(wanted) else set(wanted).__contains__
     out: Dict[str, str] = {}
@@ -202,9 +209,7 @@ def extract(archive: str, wanted: Union[Sequence[str], Callable[[str], bool]], d
     def write(name: str, src) -> None:
         path = os.path.join(dest, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
-            shutil.copyfileobj(src, f, CHUNK)
-        os.replace(path + ".tmp", path)
+        write_atomic(path, lambda tmp: _copy(src, tmp))
         out[name] = path
         bar.update()
 
@@ -225,12 +230,12 @@ def extract(archive: str, wanted: Union[Sequence[str], Callable[[str], bool]], d
                         write(name, tf.extractfile(info))
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as e:
         bar.close()
-        raise PrepareError(f"{archive} is truncated or corrupt ({type(e).__name__}: {e}); delete it and download "
+        raise OneLineError(f"{archive} is truncated or corrupt ({type(e).__name__}: {e}); delete it and download "
                            "it again") from None
     bar.close()
     if not callable(wanted):
         missing = [m for m in wanted if m not in out]
         if missing:
-            raise PrepareError(f"{archive} has no {missing[0]}: unexpected archive layout (is it the right file?)")
+            raise OneLineError(f"{archive} has no {missing[0]}: unexpected archive layout (is it the right file?)")
     log("%s: extracted %d files", label, len(out))
     return out

@@ -9,7 +9,6 @@ SGML files inside wmt13/test.tgz and wmt14/test-full.tgz; CNN/DailyMail's cnn_st
 The text is synthetic (a few hundred lines from a small En-De lexicon), with the quirks the real files have: empty
 lines, over-long pairs, stray carriage returns and control characters, stories without an article.
 """
-import argparse
 import gzip
 import hashlib
 import io
@@ -18,6 +17,8 @@ import random
 import tarfile
 import zipfile
 from typing import Dict, List, Tuple
+
+from ..util.cli import ArgumentParser
 
 SUBJECTS = [("the Commission", "die Kommission"), ("the Parliament", "das Parlament"),
             ("the government", "die Regierung"), ("our citizens", "unsere Bürger"), ("the Council", "der Rat"),
@@ -209,7 +210,7 @@ WRITERS = {"wmt16": wmt16, "cnndm": cnndm, "wikitext103": wikitext103}
 
 
 def cli(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kvattn_fairseq.data.fixtures", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m kvattn_fairseq.data.fixtures", description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", choices=sorted(WRITERS))
     p.add_argument("dir")
     args = p.parse_args(argv)

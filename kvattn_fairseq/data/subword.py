@@ -10,7 +10,8 @@ import multiprocessing
 from collections import Counter
 from typing import Callable, Iterable, Iterator, List, Sequence
 
-from .common import PrepareError, log
+from ..util.errors import OneLineError
+from .common import log
 
 TINY_VOCAB = 320
 FAIRSEQ_SPECIALS = {"<s>", "<pad>", "</s>", "<unk>"}
@@ -38,7 +39,7 @@ def train(sentences: Iterable[str], model_prefix: str, vocab_size: int, workers:
     try:
         spm.SentencePieceTrainer.train(sentence_iterator=sample(), **options)
     except RuntimeError as e:  # e.g. a vocabulary larger than the text allows: name the flag that fixes it
-        raise PrepareError(f"sentencepiece training failed ({str(e).strip().splitlines()[-1]}); "
+        raise OneLineError(f"sentencepiece training failed ({str(e).strip().splitlines()[-1]}); "
                            "a smaller --bpe-size may fix it") from None
     sp = spm.SentencePieceProcessor(model_file=model_prefix + ".model")
     return {"model": "spm.model", "type": "bpe", "vocab_size": sp.get_piece_size(), "requested": vocab_size,

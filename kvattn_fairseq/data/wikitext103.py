@@ -12,8 +12,9 @@ import argparse
 import os
 import shutil
 
+from ..util.errors import OneLineError
 from .build import Build, Sources, count_lines, fairseq_preprocess, build_key, main, parser, options
-from .common import PrepareError, log
+from .common import log
 from .download import Remote, file_digest
 
 PROG = "prepare-wikitext103"
@@ -39,7 +40,7 @@ def check_files(files: dict) -> dict:
                 "torchtext); continuing with it", split, lines, EXPECTED[split][1])
         out[split] = {"lines": lines, "sha1": sha1, "content_check": status}
     if not out["train"]["lines"]:
-        raise PrepareError(f"{files[MEMBERS[0]]} is empty")
+        raise OneLineError(f"{files[MEMBERS[0]]} is empty")
     return out
 
 
@@ -55,7 +56,7 @@ def binarize(b: Build, files: dict, workers: int) -> dict:
 
 def prepare(args) -> None:
     if args.bpe_size is not None:
-        raise PrepareError("--bpe-size does not apply: WikiText-103 is prepared at the word level")
+        raise OneLineError("--bpe-size does not apply: WikiText-103 is prepared at the word level")
     if Build.done(args.out, args.force):
         return
     sources = Sources([ZIP], args)
@@ -72,10 +73,14 @@ def prepare(args) -> None:
         })
 
 
-def cli(argv=None) -> int:
+def command_parser():
     p = parser(PROG, __doc__.split("\n\n")[0], None)
     p.add_argument("--bpe-size", type=int, help=argparse.SUPPRESS)  # refused with a message, not argparse's
-    return main(PROG, p, prepare, argv)
+    return p
+
+
+def cli(argv=None) -> int:
+    return main(PROG, command_parser(), prepare, argv)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ import shutil
 from collections import Counter
 from typing import Dict, List, Tuple
 
+from ..util.errors import OneLineError
 from . import subword
 from .build import Build, Sources, fairseq_preprocess, build_key, main, parser, options
-from .common import PrepareError, Progress, clean, log
+from .common import Progress, clean, log
 from .download import Remote
 
 PROG = "prepare-wmt16-en-de"
@@ -85,14 +86,15 @@ def _pairs(path_a: str, path_b: str):
         for n, (a, b) in enumerate(zip(fa, fb), 1):
             yield a, b
         if next(fa, None) is not None or next(fb, None) is not None:
-            raise PrepareError(f"{path_a} and {path_b} differ in length after line {n}: a damaged or mismatched "
+            raise OneLineError(f"{path_a} and {path_b} differ in length after line {n}: a damaged or mismatched "
                                "download")
 
 
 def collect_train(corpora: List[Tuple[str, Dict[str, str]]], src: str, tgt: str, work: str) -> dict:
-    """Clean the parallel corpora into work/train.clean.{src,tgt}, dropping pairs with an empty side."""
+    """Clean the parallel corpora into work/train.clean.{src,tgt}, dropping pairs with an empty side (a build step:
+    until it is stamped done, a rerun writes the files again from the start)."""
     stats = {}
-    outs = {l: open(os.path.join(work, f"train.clean.{l}.tmp"), "w", encoding="utf-8") for l in (src, tgt)}
+    outs = {l: open(os.path.join(work, f"train.clean.{l}"), "w", encoding="utf-8") for l in (src, tgt)}
     with outs[src], outs[tgt]:
         for name, files in corpora:
             by_lang = {m.rsplit(".", 1)[1]: p for m, p in files.items()}
@@ -109,8 +111,6 @@ def collect_train(corpora: List[Tuple[str, Dict[str, str]]], src: str, tgt: str,
             bar.close()
             log("%s: %d pairs, %d with an empty side dropped", name, read, read - kept)
             stats[name] = {"pairs": read, "kept": kept}
-    for l in (src, tgt):
-        os.replace(os.path.join(work, f"train.clean.{l}.tmp"), os.path.join(work, f"train.clean.{l}"))
     return stats
 
 
@@ -123,9 +123,9 @@ def collect_eval(files: Dict[str, Dict[str, str]], src: str, tgt: str, b: Build)
             member = next(m for m in members if m.endswith(f".{lang}.sgm"))
             sides[lang] = read_sgm(members[member])
             if not sides[lang]:
-                raise PrepareError(f"{members[member]} holds no <seg> lines: not a WMT SGML file")
+                raise OneLineError(f"{members[member]} holds no <seg> lines: not a WMT SGML file")
         if len(sides[src]) != len(sides[tgt]):
-            raise PrepareError(f"the {split} set's {src} and {tgt} files differ in length "
+            raise OneLineError(f"the {split} set's {src} and {tgt} files differ in length "
                                f"({len(sides[src])} vs {len(sides[tgt])})")
         for lang, lines in sides.items():
             path = b.path(f"test.{lang}") if split == "test" else os.path.join(b.work, f"valid.raw.{lang}")
@@ -171,7 +171,7 @@ def encode_train(b: Build, src: str, tgt: str, workers: int, total: int) -> dict
             bar.update(len(lines) + d)
     bar.close()
     if not kept:
-        raise PrepareError("no training pair survived the length filter: is the training text empty?")
+        raise OneLineError("no training pair survived the length filter: is the training text empty?")
     size = subword.write_dict(b.path("spm.model"), counts, os.path.join(b.work, "dict.txt"))
     log("train: %d pairs kept, %d dropped by the length filter", kept, dropped)
     return {"pairs": kept, "dropped_by_length_filter": dropped, "dict_entries": size}
@@ -205,7 +205,7 @@ def binarize(b: Build, src: str, tgt: str, workers: int) -> dict:
 def prepare(args) -> None:
     src, tgt = args.source_lang, args.target_lang
     if {src, tgt} != {"en", "de"}:
-        raise PrepareError(f"WMT16 En-De has only English and German: got --source-lang {src} --target-lang {tgt} "
+        raise OneLineError(f"WMT16 En-De has only English and German: got --source-lang {src} --target-lang {tgt} "
                            "(use en/de or de/en)")
     if Build.done(args.out, args.force):
         return
@@ -246,11 +246,15 @@ def prepare(args) -> None:
         })
 
 
-def cli(argv=None) -> int:
+def command_parser():
     p = parser(PROG, __doc__.split("\n\n")[0], VOCAB)
     p.add_argument("-s", "--source-lang", default="en", help="en (default) or de")
     p.add_argument("-t", "--target-lang", default="de", help="de (default) or en")
-    return main(PROG, p, prepare, argv)
+    return p
+
+
+def cli(argv=None) -> int:
+    return main(PROG, command_parser(), prepare, argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ r"""Evaluation of trained checkpoints with the real fairseq tools, one results J
 
 `wmt` reports detokenized sacreBLEU (with its signature) and compound-split tokenized BLEU as a labelled secondary
 number; `cnndm` ROUGE-1/2/L/Lsum (rouge-score, stemming); `lm` fairseq-eval-lm perplexity on valid and test;
-`synthetic` exact-match sequence accuracy.  The results schema is in results.py; scripts/make_tables.py turns a
-directory of results into the papers' tables.
+`synthetic` exact-match sequence accuracy.
+
+One module per task computes its metrics (wmt.py, cnndm.py, lm.py, synthetic.py); fairseq_tools.py is the one
+module that runs fairseq-generate and fairseq-eval-lm and reads their output; generation.py is what the generation
+tasks share; inputs.py and checkpoints.py check and read the inputs.  The results schema is in results.py;
+scripts/make_tables.py (kvattn_fairseq/run/report.py) turns a directory of results into the papers' tables.
 """
 from .results import SCHEMA  # noqa: F401

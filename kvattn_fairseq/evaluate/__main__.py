@@ -4,18 +4,12 @@ import argparse
 import os
 import sys
 
-from . import cnndm, common, lm, results, synthetic, wmt
+from ..papers import TABLES
+from ..util.cli import ArgumentParser, run_main, split_passthrough
+from ..util.errors import OneLineError
+from . import cnndm, lm, synthetic, wmt
 
 EVALUATORS = {"wmt": wmt, "cnndm": cnndm, "lm": lm, "synthetic": synthetic}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but an error is one line (no usage block) and exits 2."""
-
-    def error(self, message):
-        if "unrecognized arguments" in message:
-            message += " (fairseq flags go after --)"
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _common(p: argparse.ArgumentParser, lm_task: bool = False) -> None:
@@ -32,7 +26,7 @@ def _common(p: argparse.ArgumentParser, lm_task: bool = False) -> None:
     p.add_argument("--out", required=True, metavar="results.json",
                    help="the results file; hypotheses and logs go next to it (same name, other suffixes)")
     p.add_argument("--name", help="experiment name (default: the checkpoint's directory name)")
-    p.add_argument("--table", choices=results.TABLES, help="which paper table the result belongs to "
+    p.add_argument("--table", choices=sorted(TABLES), help="which paper table the result belongs to "
                                                            "(default: inferred from the task and architecture)")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help=f"sentences per batch (default {2 if lm_task else 128} unless --max-tokens is given)")
@@ -46,7 +40,7 @@ def _generation(p: argparse.ArgumentParser, beam: int, lenpen: float) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m kvattn_fairseq.evaluate", description=__doc__)
+    parser = ArgumentParser(prog="python -m kvattn_fairseq.evaluate", description=__doc__, passthrough=True)
     sub = parser.add_subparsers(dest="task", metavar="{wmt,cnndm,lm,synthetic}", required=True)
 
     p = sub.add_parser("wmt", help="WMT En-De: sacreBLEU (+ compound-split tok-BLEU)", description=wmt.__doc__,
@@ -86,37 +80,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
-    parser = build_parser()
-    a = parser.parse_args(argv)
+def parse(argv) -> argparse.Namespace:
+    """The evaluator's arguments; flags after `--` are in .extra."""
+    own, extra = split_passthrough(argv)
+    a = build_parser().parse_args(own)
     a.extra = extra
-    prog = f"{parser.prog} {a.task}"
+    return a
+
+
+def evaluate(a: argparse.Namespace) -> dict:
+    """Run the evaluator `a.task`, write its results file and return the results; bad input raises OneLineError
+    before any fairseq tool runs."""
     if a.checkpoint and a.average_last:
-        print(f"{prog}: error: --checkpoint and --average-last exclude each other", file=sys.stderr)
-        return 2
+        raise OneLineError("--checkpoint and --average-last exclude each other")
     if os.path.isdir(a.out):
-        print(f"{prog}: error: --out {a.out} is a directory; give the results file's name", file=sys.stderr)
-        return 2
+        raise OneLineError(f"--out {a.out} is a directory; give the results file's name")
     module = EVALUATORS[a.task]
-    try:
-        result = module.run(a)
-    except common.EvalError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except common.ToolError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing written", file=sys.stderr)
-        return 130
+    result = module.run(a)
     print(f"{result['name']}: {module.summary_line(result)}")
     print(f"wrote {a.out}")
-    return 0
+    return result
+
+
+def main(argv=None) -> int:
+    a = parse(sys.argv[1:] if argv is None else argv)
+
+    def body() -> int:
+        evaluate(a)
+        return 0
+
+    return run_main(f"python -m kvattn_fairseq.evaluate {a.task}", body, interrupted="interrupted; nothing written")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import os
 import re
 from typing import Dict, List, Sequence
 
-from . import common, generation
+from ..util.errors import OneLineError
+from . import fairseq_tools as tools, generation, inputs
 from .wmt import spm_decode
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -41,13 +42,13 @@ def split_sentences(text: str) -> List[str]:
 
 def read_reference_sentences(path: str) -> List[List[str]]:
     refs = []
-    for i, line in enumerate(common.read_lines(path, "--data (reference sentences test.ref.jsonl)"), 1):
+    for i, line in enumerate(inputs.read_lines(path, "--data (reference sentences test.ref.jsonl)"), 1):
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
-            raise common.EvalError(f"{path}:{i}: not a JSON list of sentences ({e.msg})") from None
+            raise OneLineError(f"{path}:{i}: not a JSON list of sentences ({e.msg})") from None
         if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-            raise common.EvalError(f"{path}:{i}: expected a JSON list of sentence strings")
+            raise OneLineError(f"{path}:{i}: expected a JSON list of sentence strings")
         refs.append(value)
     return refs
 
@@ -71,19 +72,19 @@ def rouge(hyps: Sequence[str], refs: Sequence[str], ref_sentences: Sequence[Sequ
 
 
 def run(a) -> Dict:
-    data = common.require_dir(a.data, "--data")
+    data = inputs.require_dir(a.data, "--data")
     data_bin = os.path.join(data, "data-bin")
-    common.require_data_bin(data_bin, "--data", [a.gen_subset])
-    spm_model = common.require_file(os.path.join(data, "spm.model"), "--data (sentencepiece model)")
+    inputs.require_data_bin(data_bin, "--data", [a.gen_subset])
+    spm_model = inputs.require_file(os.path.join(data, "spm.model"), "--data (sentencepiece model)")
     target_path = os.path.join(data, f"{a.gen_subset}.target")
-    refs = common.read_lines(target_path, f"--data (reference summaries {a.gen_subset}.target)")
+    refs = inputs.read_lines(target_path, f"--data (reference summaries {a.gen_subset}.target)")
     ref_path = os.path.join(data, f"{a.gen_subset}.ref.jsonl")
     ref_sentences = read_reference_sentences(ref_path)
     if len(ref_sentences) != len(refs):
-        raise common.EvalError(f"{ref_path} has {len(ref_sentences)} examples but {target_path} has {len(refs)}")
-    common.check_extra_flags(a.extra, common.MANAGED_GENERATE_FLAGS + common.DETOK_FLAGS + (
+        raise OneLineError(f"{ref_path} has {len(ref_sentences)} examples but {target_path} has {len(refs)}")
+    tools.check_extra_flags(a.extra, tools.MANAGED_GENERATE_FLAGS + tools.DETOK_FLAGS + (
         "--min-len", "--max-len-a", "--max-len-b", "--no-repeat-ngram-size", "--truncate-source"), {
-        **{f: "the evaluator decodes sentencepiece itself with DIR/spm.model" for f in common.DETOK_FLAGS}})
+        **{f: "the evaluator decodes sentencepiece itself with DIR/spm.model" for f in tools.DETOK_FLAGS}})
     flags = ["--min-len", str(a.min_len), "--max-len-a", "0", "--max-len-b", str(a.max_len_b),
              "--no-repeat-ngram-size", str(a.no_repeat_ngram_size)]
     if not a.no_truncate_source:

@@ -16,32 +16,27 @@ sliding-window evaluation (window 256, scoring one new token per window) is --to
 --context-window 255 (slow); fairseq's README example is --tokens-per-sample 512 --context-window 400.
 """
 import os
-import re
 from typing import Dict
 
-from . import common, results
-
-LOSS = re.compile(r"Loss \(base 2\): ([\d.]+|inf|nan), Perplexity: ([\d.]+|inf|nan)")
-TOKENS = re.compile(r"Evaluated ([\d,]+) tokens")
-MANAGED = ("--path", "--user-dir", "--gen-subset", "--context-window", "--tokens-per-sample", "--batch-size",
-           "--max-sentences", "--max-tokens", "--output-word-probs", "--output-word-stats", "--quiet")
+from ..util.errors import OneLineError
+from . import checkpoints, fairseq_tools as tools, inputs, results
 
 
 def window(a, max_positions) -> Dict:
     if a.context_window < 0:
-        raise common.EvalError(f"--context-window: must be >= 0, got {a.context_window}")
+        raise OneLineError(f"--context-window: must be >= 0, got {a.context_window}")
     if a.score_block is not None:
         if a.score_block < 1:
-            raise common.EvalError(f"--score-block: must be >= 1, got {a.score_block}")
+            raise OneLineError(f"--score-block: must be >= 1, got {a.score_block}")
         total = a.score_block + a.context_window
     else:
         total = a.tokens_per_sample
         if a.context_window >= total:
-            raise common.EvalError(
+            raise OneLineError(
                 f"--context-window {a.context_window} must be smaller than --tokens-per-sample {total}: fairseq "
                 f"scores blocks of tokens-per-sample - context-window tokens (or give --score-block instead)")
     if max_positions and total > max_positions:
-        raise common.EvalError(
+        raise OneLineError(
             f"--tokens-per-sample {total} (context {a.context_window} + scored block {total - a.context_window}) "
             f"exceeds the model's max_target_positions {max_positions}")
     return {"tokens_per_sample": total, "context_window": a.context_window,
@@ -49,41 +44,31 @@ def window(a, max_positions) -> Dict:
 
 
 def run(a) -> Dict:
-    data = common.require_dir(a.data, "--data")
+    data = inputs.require_dir(a.data, "--data")
     data_bin = os.path.join(data, "data-bin")
     splits = [s for s in a.splits.split(",") if s]
     if not splits:
-        raise common.EvalError("--splits: give at least one split, e.g. valid,test")
-    common.require_data_bin(data_bin, "--data", splits)
-    common.check_extra_flags(a.extra, MANAGED)
-    checkpoint, averaged = common.resolve_checkpoint(a)
-    info, saved_avg = common.checkpoint_info(checkpoint)
+        raise OneLineError("--splits: give at least one split, e.g. valid,test")
+    inputs.require_data_bin(data_bin, "--data", splits)
+    tools.check_extra_flags(a.extra, tools.MANAGED_EVAL_LM_FLAGS)
+    checkpoint, averaged = checkpoints.resolve_checkpoint(a)
+    info, saved_avg = checkpoints.checkpoint_info(checkpoint)
     averaged = averaged or saved_avg
     win = window(a, info.get("max_target_positions"))
 
-    stem = common.stem(a.out)
+    stem = inputs.stem(a.out)
     metrics: Dict = dict(win)
-    logs = []
-    args = []
+    logs, args = [], []
     for split in splits:
         log = f"{stem}.eval-lm-{split}.log"
-        args = ["--path", checkpoint, "--user-dir", common.user_dir(), "--gen-subset", split,
-                "--context-window", str(win["context_window"]), "--tokens-per-sample", str(win["tokens_per_sample"])]
-        if a.max_tokens:
-            args += ["--max-tokens", str(a.max_tokens)]
-        if a.batch_size or not a.max_tokens:
-            args += ["--batch-size", str(a.batch_size or 2)]
-        args += list(a.extra)
-        output = common.run_tool(common.fairseq_command("eval_lm") + [data_bin] + args, log, "fairseq-eval-lm")
-        loss, tokens = LOSS.search(output), TOKENS.search(output)
-        if not loss or not tokens:
-            raise common.ToolError(f"fairseq-eval-lm printed no loss/perplexity for '{split}'; full log: {log}")
-        metrics[split] = {"loss_base2": float(loss.group(1)), "ppl": float(loss.group(2)),
-                          "tokens": int(tokens.group(1).replace(",", ""))}
+        metrics[split], args = tools.eval_lm(data_bin, checkpoint, subset=split,
+                                             context_window=win["context_window"],
+                                             tokens_per_sample=win["tokens_per_sample"], batch_size=a.batch_size,
+                                             max_tokens=a.max_tokens, extra=a.extra, log_path=log)
         logs.append(log)
     main_split = "test" if "test" in splits else splits[-1]
-    settings = {"splits": splits, **win, **common.batch_settings(a, 2), "fairseq_flags": common.settings_flags(args)}
-    result = results.make("lm", name=common.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
+    settings = {"splits": splits, **win, **tools.batch_settings(a, 2), "fairseq_flags": tools.settings_flags(args)}
+    result = results.make("lm", name=inputs.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
                           averaged_from=averaged, data=data, settings=settings, metrics=metrics,
                           main_value=metrics[main_split]["ppl"],
                           signature=(f"fairseq-eval-lm perplexity, context window {win['context_window']}, "

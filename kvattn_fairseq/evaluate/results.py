@@ -1,11 +1,11 @@
-"""The results file every evaluator writes, and the code that reads it back (scripts/make_tables.py).
+"""The results file every evaluator writes, and the code that reads it back (kvattn_fairseq/run/report.py).
 
 One JSON object per evaluated checkpoint and task, schema ``kvattn_fairseq.evaluate/1``:
 
     schema        "kvattn_fairseq.evaluate/1"
     task          "wmt" | "cnndm" | "lm" | "synthetic"
-    table         which paper table the result belongs to: "memsizer_mt", "memsizer_summarization",
-                  "memsizer_lm", "mgk_lm", "kv_synthetic" (inferred from task and arch, or --table)
+    table         which paper table the result belongs to: a table name of kvattn_fairseq/papers (--table, or
+                  inferred from the task, the architecture and the attention layout: papers.default_table)
     name          experiment name (--name; default: the checkpoint's directory name)
     timestamp     UTC, ISO 8601, when the evaluation finished
     model         {"arch", "model" (fairseq model name), "attention": {position: kind} for the positions the model
@@ -36,33 +36,17 @@ metrics per task:
 import datetime
 import json
 import os
-import tempfile
 from typing import Any, Dict, Iterable, List, Optional
+
+from ..papers import TABLES, default_table
+from ..util.errors import OneLineError
+from ..util.io import write_atomic
 
 SCHEMA = "kvattn_fairseq.evaluate/1"
 TASKS = ("wmt", "cnndm", "lm", "synthetic")
-TABLES = ("memsizer_mt", "memsizer_summarization", "memsizer_lm", "mgk_lm", "kv_synthetic")
 REQUIRED = ("schema", "task", "table", "name", "timestamp", "model", "checkpoint", "data", "settings", "sentences",
             "metrics", "main", "signature", "files", "versions")
 MAIN_METRIC = {"wmt": "sacrebleu", "cnndm": "rougeLsum", "lm": "test_ppl", "synthetic": "sequence_accuracy"}
-
-
-class ResultsError(ValueError):
-    """A results file that does not follow the schema."""
-
-
-def default_table(task: str, model: Dict[str, Any]) -> str:
-    if task == "wmt":
-        return "memsizer_mt"
-    if task == "cnndm":
-        return "memsizer_summarization"
-    if task == "synthetic":
-        return "kv_synthetic"
-    arch = model.get("arch") or ""
-    kind = (model.get("attention") or {}).get("decoder")
-    if arch.startswith("mgk_lm") or kind in ("mgk", "smgk", "mlk"):
-        return "mgk_lm"
-    return "memsizer_lm"
 
 
 def now_utc() -> str:
@@ -121,37 +105,21 @@ def make(task: str, *, name: str, model: Dict[str, Any], checkpoint: str, averag
 
 def validate(result: Any, where: str = "results") -> Dict[str, Any]:
     if not isinstance(result, dict):
-        raise ResultsError(f"{where}: not a JSON object")
+        raise OneLineError(f"{where}: not a JSON object")
     if result.get("schema") != SCHEMA:
-        raise ResultsError(f"{where}: schema is {result.get('schema')!r}, expected {SCHEMA!r}")
+        raise OneLineError(f"{where}: schema is {result.get('schema')!r}, expected {SCHEMA!r}")
     missing = [k for k in REQUIRED if k not in result]
     if missing:
-        raise ResultsError(f"{where}: missing field(s) {', '.join(missing)}")
+        raise OneLineError(f"{where}: missing field(s) {', '.join(missing)}")
     if result["task"] not in TASKS:
-        raise ResultsError(f"{where}: unknown task {result['task']!r}")
+        raise OneLineError(f"{where}: unknown task {result['task']!r}")
     if result["table"] not in TABLES:
-        raise ResultsError(f"{where}: unknown table {result['table']!r}")
+        raise OneLineError(f"{where}: unknown table {result['table']!r}")
     if not isinstance(result["model"], dict) or not isinstance(result["model"].get("attention"), dict):
-        raise ResultsError(f"{where}: model.attention must map positions to attention kinds")
+        raise OneLineError(f"{where}: model.attention must map positions to attention kinds")
     if not isinstance(result["metrics"], dict):
-        raise ResultsError(f"{where}: metrics must be an object")
+        raise OneLineError(f"{where}: metrics must be an object")
     return result
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory and a rename: a reader (or a crash)
-    never sees a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save(result: Dict[str, Any], path: str) -> None:
@@ -164,7 +132,7 @@ def load(path: str) -> Dict[str, Any]:
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
-            raise ResultsError(f"{path}: not valid JSON ({e})") from None
+            raise OneLineError(f"{path}: not valid JSON ({e})") from None
     return validate(data, path)
 
 

@@ -10,7 +10,7 @@ else the "task" of DIR/synthetic.json (written by kvattn_fairseq.synthetic), els
     token_accuracy     fraction of reference positions i whose token the hypothesis has at position i (a
                        hypothesis shorter than its reference gets the missing positions wrong; extra tokens are
                        not counted).  This is the closest to the paper's per-position accuracy, which came from
-                       an encoder-only classifier (research/variants.md §1.4), so neither number is the paper's.
+                       an encoder-only classifier (docs/papers/kv-transformer.md), so neither number is the paper's.
 
 Decoding defaults to greedy (--beam 1): the tasks are deterministic.
 """
@@ -18,7 +18,8 @@ import json
 import os
 from typing import Dict, List, Sequence
 
-from . import common, generation
+from ..util.errors import OneLineError
+from . import fairseq_tools as tools, generation, inputs
 
 
 def accuracy(hyps: Sequence[str], refs: Sequence[str]) -> Dict[str, float]:
@@ -40,20 +41,20 @@ def _recorded_task(data: str):
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise common.EvalError(f"--data: {path} is not readable JSON ({e})") from None
+        raise OneLineError(f"--data: {path} is not readable JSON ({e})") from None
     return meta.get("task") if isinstance(meta, dict) else None
 
 
 def run(a) -> Dict:
-    data = common.require_dir(a.data, "--data")
+    data = inputs.require_dir(a.data, "--data")
     data_bin = os.path.join(data, "data-bin")
-    common.require_data_bin(data_bin, "--data", [a.gen_subset])
+    inputs.require_data_bin(data_bin, "--data", [a.gen_subset])
     raw = data if os.path.isfile(os.path.join(data, f"{a.gen_subset}.tgt")) else os.path.join(data, "raw")
-    common.read_lines(os.path.join(raw, f"{a.gen_subset}.src"), f"--data (source {a.gen_subset}.src)")
+    inputs.read_lines(os.path.join(raw, f"{a.gen_subset}.src"), f"--data (source {a.gen_subset}.src)")
     ref_path = os.path.join(raw, f"{a.gen_subset}.tgt")
-    refs: List[str] = common.read_lines(ref_path, f"--data (reference {a.gen_subset}.tgt)")
+    refs: List[str] = inputs.read_lines(ref_path, f"--data (reference {a.gen_subset}.tgt)")
     task_name = a.synthetic_task or _recorded_task(data) or os.path.basename(os.path.normpath(os.path.abspath(data)))
-    common.check_extra_flags(a.extra, common.MANAGED_GENERATE_FLAGS + common.DETOK_FLAGS)
+    tools.check_extra_flags(a.extra, tools.MANAGED_GENERATE_FLAGS + tools.DETOK_FLAGS)
     gen = generation.generate_in_order(a, data_bin, ref_path, len(refs))
     metrics: Dict = accuracy(gen.hypotheses, refs)
     metrics["synthetic_task"] = task_name

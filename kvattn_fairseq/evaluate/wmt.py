@@ -15,7 +15,8 @@ import os
 import re
 from typing import Dict, List, Sequence, Tuple
 
-from . import common, generation
+from ..util.errors import OneLineError
+from . import fairseq_tools as tools, generation, inputs
 
 COMPOUND = re.compile(r"(\S)-(\S)")
 
@@ -27,7 +28,7 @@ def spm_decode(model_path: str, lines: Sequence[str]) -> List[str]:
     try:
         sp.Load(model_path)
     except (OSError, RuntimeError) as e:
-        raise common.EvalError(f"{model_path}: not a sentencepiece model ({str(e).splitlines()[0]})") from None
+        raise OneLineError(f"{model_path}: not a sentencepiece model ({str(e).splitlines()[0]})") from None
     return [sp.DecodePieces(line.split()) for line in lines]
 
 
@@ -69,14 +70,14 @@ def tok_bleu_compound_split(hyps: Sequence[str], refs: Sequence[str], lang: str 
 
 
 def run(a) -> Dict:
-    data = common.require_dir(a.data, "--data")
+    data = inputs.require_dir(a.data, "--data")
     data_bin = os.path.join(data, "data-bin")
-    common.require_data_bin(data_bin, "--data", [a.gen_subset])
-    spm_model = common.require_file(os.path.join(data, "spm.model"), "--data (sentencepiece model)")
+    inputs.require_data_bin(data_bin, "--data", [a.gen_subset])
+    spm_model = inputs.require_file(os.path.join(data, "spm.model"), "--data (sentencepiece model)")
     ref_path = os.path.join(data, f"{a.gen_subset}.{a.target_lang}")
-    refs = common.read_lines(ref_path, f"--data (reference {a.gen_subset}.{a.target_lang})")
-    common.check_extra_flags(a.extra, common.MANAGED_GENERATE_FLAGS + common.DETOK_FLAGS, {
-        **{f: "the evaluator decodes sentencepiece itself with DIR/spm.model" for f in common.DETOK_FLAGS}})
+    refs = inputs.read_lines(ref_path, f"--data (reference {a.gen_subset}.{a.target_lang})")
+    tools.check_extra_flags(a.extra, tools.MANAGED_GENERATE_FLAGS + tools.DETOK_FLAGS, {
+        **{f: "the evaluator decodes sentencepiece itself with DIR/spm.model" for f in tools.DETOK_FLAGS}})
     gen = generation.generate_in_order(a, data_bin, ref_path, len(refs))
     detok = spm_decode(spm_model, gen.hypotheses)
 

@@ -10,7 +10,7 @@ from fairseq.models.transformer_lm import transformer_lm_baevski_wiki103
 from .kvattn_lm import kvattn_lm_base, lm_attention_defaults
 from .kvattn_transformer import attention_defaults, kvattn_transformer_base
 
-# The MemSizer MT layout (research/memsizer.md §3.1): softmax encoder, MemSizer decoder self (k=4) and cross
+# The MemSizer MT layout (docs/papers/memsizer.md): softmax encoder, MemSizer decoder self (k=4) and cross
 # (k=32) attention, init scales 8/8.
 MEMSIZER_MT = dict(encoder_attention_type="softmax", decoder_attention_type="memsizer",
                    cross_attention_type="memsizer", memsizer_self_slots=4, memsizer_cross_slots=32,
@@ -41,7 +41,7 @@ def memsizer_wmt_en_de(args):
 
 @register_model_architecture("kvattn_transformer", "memsizer_cnn_dm")
 def memsizer_cnn_dm(args):
-    """CNN/DailyMail: the paper's summarization model size was not retrievable (research/memsizer.md §3.3);
+    """CNN/DailyMail: the paper's summarization model size was not retrievable (docs/papers/memsizer.md);
     this is Transformer-base with the MT MemSizer decoder and room for the 1024-token truncated sources."""
     attention_defaults(args, **MEMSIZER_MT)
     _defaults(args, max_source_positions=1024, max_target_positions=1024)
@@ -51,7 +51,7 @@ def memsizer_cnn_dm(args):
 
 @register_model_architecture("kvattn_lm", "memsizer_lm_wiki103")
 def memsizer_lm_wiki103(args):
-    """WikiText-103 (research/memsizer.md §3.2): 32 pre-norm layers of 1024/4096 with 8 heads, adaptive input
+    """WikiText-103 (docs/papers/memsizer.md): 32 pre-norm layers of 1024/4096 with 8 heads, adaptive input
     tied with the adaptive softmax, layerdrop 0.2, dropout 0.2, MemSizer with 32 slots, init scales 32/1."""
     lm_attention_defaults(args, decoder_attention_type="memsizer", memsizer_self_slots=32,
                           memsizer_q_init_scale=32.0, memsizer_kv_init_scale=1.0)
@@ -95,7 +95,7 @@ def memsizer_lm_tiny(args):
     kvattn_lm_tiny(args)
 
 
-# --- Key-Value Transformer (Borji, 2023; research/variants.md §1.4) -----------------------------------------------
+# --- Key-Value Transformer (Borji, 2023; docs/papers/kv-transformer.md) -------------------------------------------
 def _kv_synthetic(args, kind):
     """The synthetic tasks' small model as a fairseq encoder-decoder: 2+2 post-norm layers of 64 with FFN 2*d,
     4 heads, dropout 0.1; `kind` in encoder and decoder self-attention, softmax cross-attention (query-less
@@ -159,7 +159,7 @@ def linear_base(args):
     _base_everywhere(args, "linear")
 
 
-# --- Transformer-MGK / MLK on WikiText-103 (research/variants.md §2.6) -----------------------------------------------
+# --- Transformer-MGK / MLK on WikiText-103 (docs/papers/mgk.md) -------------------------------------------------------
 def _mgk_wiki103(args, kind, heads):
     """The paper's WikiText-103 model in fairseq's LM: 16 layers of d_model 128 with d_head 16 and FFN 2048,
     dropout 0.1, no attention dropout (train with --tokens-per-sample 256).  fairseq's LM is pre-norm (the paper's code is post-norm)

@@ -1,6 +1,6 @@
 """MemSizer attention as a fairseq module, at every position.
 
-Parameters (research/memsizer.md §1.1): Φ = q_proj (d -> h*k, the learned key slots of h heads), W_l = k_proj
+Parameters (docs/papers/memsizer.md): Φ = q_proj (d -> h*k, the learned key slots of h heads), W_l = k_proj
 (d_src -> k) and W_r = v_proj (d_src -> d), each followed by a LayerNorm (over k and over d).  No output projection.
 """
 from typing import Dict, Optional

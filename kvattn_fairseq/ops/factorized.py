@@ -1,6 +1,6 @@
 """Projection-free factorized attention: our reading of "Revisiting Linformer with a modified self-attention with
 linear complexity" (Verma, arXiv 2101.10277), whose body could not be retrieved; its abstract promises linear time
-and space and no projection dimension to tune.  This is the form DESIGN.md §4 settles on (the "efficient attention"
+and space and no projection dimension to tune.  This is the form of docs/papers/factorized.md (the "efficient attention"
 factorisation):
 
     out_i = softmax_features(q_i)^T  sum_j softmax_positions(k)_j v_j^T

@@ -5,7 +5,7 @@ Asymmetric (`kv_asym`): the paper adds a 2D sinusoidal grid P in R^{N x N x C} a
     s'_ij = sum_c w_c (s_ij + P_ijc) + b.
 The package's grid is a concatenation of a row (query) encoding and a column (key) encoding, so
     s'_ij = alpha * s_ij + u(i) + r(j) + b,    alpha = sum_c w_c,   r(j) = sum_{c in key channels} w_c e_c(j),
-and u(i) + b is constant along a softmax row: the exact cheap form is alpha * s_ij + r(j) (research/variants.md §1.1).
+and u(i) + b cancels along a softmax row: the exact cheap form is alpha * s_ij + r(j) (docs/papers/kv-transformer.md).
 `positional_grid_2d` builds the literal grid for tests; the sinusoids are defined for every position, so the
 cheap form extends past any table size.
 """

@@ -1,0 +1,109 @@
+"""The checkpoint an evaluation scores: given, or averaged from the last N of a directory; and the model settings
+read from it for the results file (architecture, attention kind per position, heads, parameters, updates)."""
+import argparse
+import os
+from typing import Dict, List, Optional, Tuple
+
+from ..util.errors import OneLineError
+from .inputs import require_dir, require_file
+
+POSITIONS = ("encoder", "decoder", "cross")
+# fairseq's own models: every attention is its MultiheadAttention (softmax)
+FAIRSEQ_SOFTMAX_MODELS = {"transformer": POSITIONS, "transformer_lm": ("decoder",)}
+KVATTN_MODELS = {"kvattn_transformer": POSITIONS, "kvattn_lm": ("decoder",)}
+
+
+def _getter(section):
+    if isinstance(section, argparse.Namespace):
+        return lambda key: getattr(section, key, None)
+    if isinstance(section, dict):
+        return section.get
+    return lambda key: None
+
+
+def model_info(state: dict, path: str) -> Dict:
+    """Architecture, attention kind per position, heads, parameter count and updates, from a loaded checkpoint."""
+    import torch
+
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise OneLineError(f"--checkpoint {path}: not a fairseq checkpoint (no 'model' state dict)")
+    cfg = state.get("cfg") if isinstance(state.get("cfg"), dict) else {}
+    section = cfg.get("model") if cfg.get("model") is not None else state.get("args")
+    get = _getter(section)
+    arch = get("arch") or get("_name")
+    model_name = _model_name(arch)
+    positions = KVATTN_MODELS.get(model_name) or FAIRSEQ_SOFTMAX_MODELS.get(model_name)
+    attention = {}
+    for pos in positions or POSITIONS:
+        kind = get(f"{pos}_attention_type")
+        if kind is None and model_name in FAIRSEQ_SOFTMAX_MODELS:
+            kind = "softmax"
+        if pos == "cross" and get("no_cross_attention"):
+            kind = None
+        if kind is not None:
+            attention[pos] = kind
+    heads = {p: get(f"{p}_attention_heads") for p in ("encoder", "decoder") if get(f"{p}_attention_heads")}
+    seen, params = set(), 0
+    for key, value in state["model"].items():
+        if not torch.is_tensor(value) or not value.is_floating_point() or key.endswith("_float_tensor") \
+                or key.endswith(".version"):
+            continue
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if ident not in seen:  # shared embeddings are stored once
+            seen.add(ident)
+            params += value.numel()
+    history = state.get("optimizer_history") or [{}]
+    info = {"arch": arch, "model": model_name, "attention": attention, "heads": heads, "parameters": params,
+            "num_updates": history[-1].get("num_updates") if isinstance(history[-1], dict) else None}
+    mtp = get("max_target_positions")
+    task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
+    if mtp is None and model_name in ("kvattn_lm", "transformer_lm"):
+        mtp = task.get("tokens_per_sample")
+    info["max_target_positions"] = mtp
+    return info
+
+
+def _model_name(arch: Optional[str]) -> Optional[str]:
+    if arch is None:
+        return None
+    import kvattn_fairseq  # noqa: F401  (registers the plugin's architectures)
+    from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_REGISTRY
+
+    if arch in ARCH_MODEL_NAME_REGISTRY:
+        return ARCH_MODEL_NAME_REGISTRY[arch]
+    return arch if arch in MODEL_REGISTRY else None
+
+
+def checkpoint_info(path: str) -> Tuple[Dict, Optional[List[str]]]:
+    """(model info, the files it was averaged from or None) for the checkpoint at `path`."""
+    from ..average_checkpoints import load_checkpoint
+
+    require_file(path, "--checkpoint")
+    state = load_checkpoint(path, "--checkpoint", require_model=False)
+    info = model_info(state, path)
+    averaged = state.get("kvattn_averaged_from")
+    return info, list(averaged) if averaged else None
+
+
+def average_last(checkpoint_dir: str, n: int, by: str, output: Optional[str]) -> Tuple[str, List[str]]:
+    """Average the last `n` epoch/update checkpoints of `checkpoint_dir` (kvattn_fairseq.average_checkpoints)."""
+    from .. import average_checkpoints as avg
+
+    require_dir(checkpoint_dir, "--checkpoint-dir")
+    paths = avg.last_checkpoints(checkpoint_dir, n, by)
+    output = output or os.path.join(checkpoint_dir, f"checkpoint.avg{n}.pt")
+    avg.save_atomic(avg.average(paths), output)
+    return output, [os.path.basename(p) for p in paths]
+
+
+def resolve_checkpoint(a) -> Tuple[str, Optional[List[str]]]:
+    """--checkpoint, or the average of the last --average-last checkpoints of --checkpoint-dir (written to
+    --average-output, default CHECKPOINT_DIR/checkpoint.avgN.pt)."""
+    if a.average_last:
+        if not a.checkpoint_dir:
+            raise OneLineError("--average-last: needs --checkpoint-dir")
+        return average_last(a.checkpoint_dir, a.average_last, a.average_by, a.average_output)
+    if not a.checkpoint:
+        raise OneLineError("--checkpoint: required (or --average-last N with --checkpoint-dir)")
+    require_file(a.checkpoint, "--checkpoint")
+    return a.checkpoint, None

@@ -1,0 +1,329 @@
+"""The fairseq-train command of a paper's recipe (kvattn_fairseq/papers), and `python -m kvattn_fairseq.experiments`.
+
+    python -m kvattn_fairseq.experiments list
+    python -m kvattn_fairseq.experiments show  EXPERIMENT [DATA_BIN [SAVE_DIR]] [OPTIONS] [-- FLAGS...]
+    python -m kvattn_fairseq.experiments train EXPERIMENT DATA_BIN SAVE_DIR [OPTIONS] [-- FLAGS...]
+    python -m kvattn_fairseq.experiments hydra-configs --out configs [--tiny] [--check]
+    scripts/train.sh EXPERIMENT DATA_BIN SAVE_DIR [OPTIONS] [-- FLAGS...]          (= train)
+
+    OPTIONS: --kind KIND, --tiny, --drop FLAG (repeatable)
+
+`train` prints the command, then runs it (the process becomes fairseq-train).  The command is
+
+    fairseq-train DATA_BIN --user-dir PLUGIN --task TASK --arch ARCH --save-dir SAVE_DIR  <the recipe's flags>
+                  <--kind placement>  <FLAGS after -->
+
+and fairseq parses it with argparse, where a later occurrence of a flag overrides an earlier one, so FLAGS after `--`
+override the recipe (e.g. `-- --max-tokens 2048 --update-freq 32 --distributed-world-size 4`).  A store-true flag of
+the recipe (--fp16, --share-all-embeddings, ...) cannot be switched off that way (fairseq has no --no-X for them):
+`--drop fp16` removes it from the recipe's flags instead.
+
+--kind KIND puts KIND at every attention position of the recipe's model where the registry allows it and
+fairseq's softmax attention where it does not (printed as a comment).  --tiny swaps in the tiny architecture of the
+same model with the recipe's attention layout, and tiny limits (4 updates, small batches, no fp16, 2 validation
+steps), so that the whole chain runs on a CPU in seconds.  Training resumes from SAVE_DIR/checkpoint_last.pt, as
+fairseq always does.
+"""
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from ..papers import RECIPES, Recipe
+from ..papers.spec import flags as _flags
+from ..util import proc
+from ..util.cli import ArgumentParser, run_main, split_passthrough
+from ..util.errors import OneLineError
+
+PROG = "python -m kvattn_fairseq.experiments"
+
+# --tiny: settings for every recipe.  A flag in TINY_REPLACE only changes a value the recipe sets; TINY_SET is
+# always applied; TINY_DROP is removed.
+TINY_REPLACE = _flags("--warmup-updates 1 --update-freq 1 --max-tokens 1024 --batch-size 16 --tokens-per-sample 64")
+TINY_SET = _flags("--max-update 4 --max-valid-steps 2 --log-format simple --log-interval 1")
+TINY_DROP = ("--fp16", "--fp16-init-scale", "--memory-efficient-fp16", "--bf16")
+TINY_ARCH = {"kvattn_transformer": "kvattn_transformer_tiny", "kvattn_lm": "kvattn_lm_tiny"}
+
+
+# --- flag lists -------------------------------------------------------------------------------------------------------
+def groups(flags: Sequence[str]) -> List[Tuple[str, List[str]]]:
+    """['--a', '1', '--b'] -> [('--a', ['1']), ('--b', [])]"""
+    out: List[Tuple[str, List[str]]] = []
+    for tok in flags:
+        if tok.startswith("--"):
+            out.append((tok, []))
+        elif not out:
+            raise ValueError(f"value {tok!r} before any flag")
+        else:
+            out[-1][1].append(tok)
+    return out
+
+
+def _apply(flags: Sequence[str], replace: Sequence[str] = (), set_: Sequence[str] = (),
+           drop: Sequence[str] = ()) -> List[str]:
+    kept = [(f, v) for f, v in groups(flags) if f not in drop]
+    index = {f: i for i, (f, _) in enumerate(kept)}
+    for flag, values in groups(replace):
+        if flag in index:
+            kept[index[flag]] = (flag, values)
+    for flag, values in groups(set_):
+        if flag in index:
+            kept[index[flag]] = (flag, values)
+        else:
+            index[flag] = len(kept)
+            kept.append((flag, values))
+    return [tok for flag, values in kept for tok in (flag, *values)]
+
+
+def last_value(argv: Sequence[str], *names: str) -> Optional[str]:
+    """The value argparse would keep for a flag given as `--f v` or `--f=v` (the last one wins)."""
+    value = None
+    for i, tok in enumerate(argv):
+        for name in names:
+            if tok == name and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif tok.startswith(name + "="):
+                value = tok[len(name) + 1:]
+    return value
+
+
+# --- the plugin side: models, positions, kinds ------------------------------------------------------------------------
+def model_of(arch: str) -> str:
+    from fairseq.models import ARCH_MODEL_NAME_REGISTRY
+
+    import kvattn_fairseq  # noqa: F401  (registers the architectures)
+
+    return ARCH_MODEL_NAME_REGISTRY[arch]
+
+
+def positions_of(arch: str) -> Tuple[str, ...]:
+    from ..models.kvattn_lm import LM_POSITIONS
+    from ..modules.registry import POSITIONS
+
+    return LM_POSITIONS if model_of(arch) == "kvattn_lm" else POSITIONS
+
+
+def kind_placement(arch: str, kind: str) -> Tuple[List[str], List[str]]:
+    """(flags, comment lines) putting `kind` at every position of `arch`'s model where the registry allows it and
+    fairseq's softmax attention at the others, so that --kind K gives the same model whatever the experiment's own
+    attention was."""
+    from ..modules.registry import (ATTENTION_KINDS, DEFAULT_KIND, POSITION_FLAGS, POSITION_NAMES, kinds_at)
+
+    if kind not in ATTENTION_KINDS:
+        raise OneLineError(f"--kind: unknown attention kind {kind!r}; choose one of: "
+                           f"{', '.join(sorted(ATTENTION_KINDS))}")
+    positions = positions_of(arch)
+    spec = ATTENTION_KINDS[kind]
+    fits = [p for p in positions if p in spec.positions]
+    if not fits:
+        why = "; ".join(f"{POSITION_NAMES[p]}: {spec.unsupported.get(p, 'not implemented there')}" for p in positions)
+        usable = sorted({k for p in positions for k in kinds_at(p)})
+        raise OneLineError(f"--kind: {kind!r} fits no attention position of {arch} ({why}); "
+                           f"choose one of: {', '.join(usable)}")
+    flags, notes = [], []
+    for p in positions:
+        chosen = kind if p in fits else DEFAULT_KIND
+        flags += [POSITION_FLAGS[p], chosen]
+        if p in fits:
+            notes.append(f"{POSITION_NAMES[p]}: {kind}")
+        else:
+            notes.append(f"{POSITION_NAMES[p]}: {DEFAULT_KIND} ({kind} cannot go there: "
+                         f"{spec.unsupported.get(p, 'not implemented there')})")
+    return flags, [f"--kind {kind}: " + "; ".join(notes)]
+
+
+def attention_layout(arch: str) -> List[str]:
+    """The flags that give another architecture of the same model `arch`'s attention: the kind at each position
+    and every option of those kinds that differs from the kind's default."""
+    from ..building import parse_model_args
+    from ..modules.registry import ATTENTION_KINDS, POSITION_FLAGS, position_dest
+
+    args = parse_model_args(arch)
+    flags, used = [], []
+    for p in positions_of(arch):
+        kind = getattr(args, position_dest(p))
+        flags += [POSITION_FLAGS[p], kind]
+        used.append(ATTENTION_KINDS[kind])
+    seen = set()
+    for kind in used:
+        for opt in kind.options:
+            value = getattr(args, opt.dest, None)
+            if opt.flag in seen or value is None or value == opt.default:
+                continue
+            seen.add(opt.flag)
+            if isinstance(value, (tuple, list)):
+                value = ",".join(str(v) for v in value)
+            flags += [opt.flag, str(value)]
+    return flags
+
+
+# --- the command ------------------------------------------------------------------------------------------------------
+@dataclass
+class Command:
+    argv: List[str]        # the full fairseq-train command line
+    notes: List[str]       # what --kind / --tiny chose, one line each
+
+    def shell(self) -> str:
+        return proc.shell(self.argv)
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise OneLineError(f"unknown experiment {name!r}; choose one of: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def train_args(name: str, kind: Optional[str] = None, tiny: bool = False, extra: Sequence[str] = (),
+               drop: Sequence[str] = ()) -> Tuple[str, List[str], List[str]]:
+    """(arch, flags after --arch, notes) for a recipe: its flags (less `drop`), --tiny changes, --kind
+    placement and the passthrough flags, in that order."""
+    exp = recipe(name)
+    arch, flags, notes = exp.arch, list(exp.flags), []
+    drop = ["--" + f.lstrip("-") for f in drop]  # fp16, --fp16 and -fp16 all name --fp16
+    if drop:
+        table = {f for f, _ in groups(exp.flags)}
+        unknown = [f for f in drop if f not in table]
+        if unknown:
+            raise OneLineError(f"--drop: {', '.join(unknown)} is not a flag of {name}'s recipe; its flags: "
+                               f"{' '.join(f for f, _ in groups(exp.flags))}")
+        flags = _apply(flags, drop=drop)
+        notes.append(f"--drop: removed {' '.join(drop)} from the recipe's flags")
+    kind_flags: List[str] = []
+    if kind is not None:
+        kind_flags, kind_notes = kind_placement(exp.arch, kind)
+        notes += kind_notes
+    if tiny:
+        arch = TINY_ARCH[model_of(exp.arch)]
+        layout = attention_layout(exp.arch)
+        flags = _apply(flags, replace=TINY_REPLACE, set_=TINY_SET + exp.tiny, drop=TINY_DROP)
+        flags = layout + flags
+        notes.append(f"--tiny: --arch {arch} with {exp.arch}'s attention ({' '.join(layout)}), "
+                     f"{' '.join(TINY_SET)}")
+    return arch, flags + kind_flags + list(extra), notes
+
+
+def fairseq_train_exe() -> List[str]:
+    local = os.path.join(os.path.dirname(sys.executable), "fairseq-train")
+    if os.path.exists(local):
+        return [local]
+    found = shutil.which("fairseq-train")
+    return [found] if found else [sys.executable, "-m", "fairseq_cli.train"]
+
+
+def build_command(name: str, data_bin: str, save_dir: str, kind: Optional[str] = None, tiny: bool = False,
+                  extra: Sequence[str] = (), drop: Sequence[str] = ()) -> Command:
+    import kvattn_fairseq
+
+    exp = recipe(name)
+    arch, flags, notes = train_args(name, kind, tiny, extra, drop)
+    argv = [*fairseq_train_exe(), data_bin, "--user-dir", kvattn_fairseq.USER_DIR, "--task", exp.task,
+            "--arch", arch, "--save-dir", save_dir, *flags]
+    return Command(argv, notes)
+
+
+def check_data(name: str, data_bin: str, extra: Sequence[str] = ()) -> None:
+    """DATA_BIN must exist and hold the dictionaries fairseq will open first (one-line errors, before anything
+    runs).  DATA_BIN may be a colon-separated list of shards, as in fairseq; the dictionaries sit in the first."""
+    exp = recipe(name)
+    shards = [s for s in data_bin.split(":") if s]
+    if not shards:
+        raise OneLineError("DATA_BIN: empty path")
+    for shard in shards:
+        if not os.path.isdir(shard):
+            raise OneLineError(f"DATA_BIN: {shard} is not a directory (the fairseq-preprocess output: {exp.data})")
+    first = shards[0]
+    if exp.task == "language_modeling":
+        needed = ["dict.txt"]
+    else:
+        argv = list(exp.flags) + list(extra)
+        src = last_value(argv, "--source-lang", "-s")
+        tgt = last_value(argv, "--target-lang", "-t")
+        if src is None or tgt is None:
+            src, tgt = _infer_language_pair(first)
+            if src is None:
+                raise OneLineError(f"DATA_BIN: cannot infer the language pair from the files in {first}; "
+                                   f"pass -- --source-lang S --target-lang T")
+        needed = [f"dict.{src}.txt", f"dict.{tgt}.txt"]
+    for fname in needed:
+        if not os.path.isfile(os.path.join(first, fname)):
+            raise OneLineError(f"DATA_BIN: {os.path.join(first, fname)} is missing "
+                               f"(expected the fairseq-preprocess output: {exp.data})")
+
+
+def _infer_language_pair(path: str) -> Tuple[Optional[str], Optional[str]]:
+    """fairseq's own rule (data_utils.infer_language_pair): the first file named <split>.<src>-<tgt>.*"""
+    for fname in sorted(os.listdir(path)):
+        parts = fname.split(".")
+        if len(parts) >= 3 and len(parts[1].split("-")) == 2:
+            src, tgt = parts[1].split("-")
+            return src, tgt
+    return None, None
+
+
+# --- command line -----------------------------------------------------------------------------------------------------
+def build_parser(prog: str = PROG) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], passthrough=True,
+                            epilog="Flags after `--` go to fairseq-train verbatim, after the recipe's.")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{list,show,train,hydra-configs}")
+    sub.add_parser("list", help="the experiments")
+    for cmd in ("show", "train"):
+        p = sub.add_parser(cmd, help="print the command" if cmd == "show" else "print and run the command")
+        p.add_argument("experiment")
+        if cmd == "show":
+            p.add_argument("data_bin", nargs="?", default="DATA_BIN")
+            p.add_argument("save_dir", nargs="?", default="SAVE_DIR")
+        else:
+            p.add_argument("data_bin")
+            p.add_argument("save_dir")
+        p.add_argument("--kind", help="attention kind at every position where it fits (softmax elsewhere)")
+        p.add_argument("--tiny", action="store_true", help="tiny architecture and limits (CPU smoke run)")
+        p.add_argument("--drop", action="append", default=[], metavar="FLAG",
+                       help="remove a flag (and its value) from the recipe's flags, e.g. --drop fp16 on a CPU; "
+                            "repeatable (a store-true flag cannot be undone after --)")
+    p = sub.add_parser("hydra-configs", help="write configs/<experiment>.yaml for fairseq-hydra-train")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tiny", action="store_true", help="the --tiny variants")
+    p.add_argument("--check", action="store_true", help="only report files that are out of date (exit 1)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    prog = os.environ.get("KVATTN_EXPERIMENTS_PROG", PROG)
+    own, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(own)
+    if extra and args.cmd not in ("show", "train"):
+        parser.error("flags after -- are only for show and train")
+
+    def body() -> int:
+        if args.cmd == "list":
+            width = max(map(len, RECIPES))
+            for r in RECIPES.values():
+                print(f"{r.name:<{width}}  {r.task:<17}  {r.arch:<24}  {r.summary}")
+            return 0
+        if args.cmd == "hydra-configs":
+            from .hydra import write_hydra_configs
+
+            stale = write_hydra_configs(args.out, args.tiny, args.check)
+            for path in stale:
+                print(("out of date: " if args.check else "wrote ") + path)
+            return 1 if args.check and stale else 0
+        command = build_command(args.experiment, args.data_bin, args.save_dir, args.kind, args.tiny, extra,
+                                args.drop)
+        if args.cmd == "train":
+            check_data(args.experiment, args.data_bin, extra)
+        for note in command.notes:
+            print(f"# {note}")
+        print(command.shell())
+        if args.cmd == "train":
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(command.argv[0], command.argv)
+        return 0
+
+    return run_main(prog, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Running a command with its output kept in a log: the one subprocess runner of the orchestration half, and its
+in-process twin for steps that are Python functions.
+
+Output is read as bytes and split on "\\n" only: fairseq prints hypotheses that may hold "\\r", U+2028 and other
+characters that text-mode pipes or str.splitlines() would treat as line ends.
+"""
+import collections
+import contextlib
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import traceback
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+from .errors import OneLineError, StepFailed
+
+
+def shell(cmd: Sequence) -> str:
+    """The command as one would type it."""
+    return " ".join(shlex.quote(str(c)) for c in cmd)
+
+
+def tool_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment the tools run in: UTF-8 output whatever the locale, and Python warnings off unless the user
+    asked for them (fairseq and torch print deprecation noise that buries the lines that matter)."""
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    env.update(extra or {})
+    return env
+
+
+def last_error(lines: Sequence[str]) -> str:
+    """The line that says what went wrong: the last exception or argparse error line, else the last line."""
+    lines = [line.strip() for line in lines if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception)\b", line) or ": error:" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+def run(cmd: Sequence, log: Optional[str] = None, *, label: Optional[str] = None, env: Optional[Dict] = None,
+        echo: Optional[Callable[[str], None]] = None, timeout: Optional[float] = None, append: bool = False,
+        keep_output: bool = True, cwd: Optional[str] = None) -> str:
+    """Run `cmd` (stderr merged into stdout), writing a `$ command` line and the output to `log` (appended with
+    `append`), passing each line to `echo` as it arrives, and return the output (the last 200 lines unless
+    `keep_output`).
+
+    A command that cannot start, exits non-zero or outlives `timeout` seconds raises StepFailed naming `label`
+    (default: the program's name), the line that says what went wrong and the log; its exit status is 2 when the
+    tool refused its own command line (argparse's ": error:" with status 2), else 1."""
+    cmd = [str(c) for c in cmd]
+    label = label or os.path.basename(cmd[0])
+    where = f"; full log: {log}" if log else ""
+    out = None
+    if log:
+        os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+        out = open(log, "a" if append else "w", encoding="utf-8")
+        out.write(("\n" if append and out.tell() else "") + f"$ {shell(cmd)}\n")
+        out.flush()
+    lines: collections.deque = collections.deque(maxlen=None if keep_output else 200)
+    timed_out = threading.Event()
+    try:
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env=tool_env() if env is None else env, cwd=cwd)
+        except OSError as e:
+            raise StepFailed(f"{label}: cannot run {cmd[0]} ({e.strerror or e})") from None
+        timer = None
+        if timeout:
+            def kill():
+                timed_out.set()
+                proc.kill()
+
+            timer = threading.Timer(timeout, kill)
+            timer.start()
+        try:
+            with proc:
+                try:
+                    for raw in proc.stdout:
+                        line = raw.decode("utf-8", errors="replace")
+                        lines.append(line)
+                        if out:
+                            out.write(line)
+                        if echo:
+                            echo(line)
+                except BaseException:  # an interrupt (or a failing echo) ends the tool too, not just this process
+                    proc.kill()
+                    raise
+        finally:
+            if timer:
+                timer.cancel()
+    finally:
+        if out:
+            out.close()
+    output = "".join(lines)
+    if timed_out.is_set():
+        raise StepFailed(f"{label} timed out after {timeout:g}s{where}")
+    if proc.returncode != 0:
+        refused = proc.returncode == 2 and ": error:" in output
+        raise StepFailed(f"{label} failed (exit {proc.returncode}): {last_error(output.split(chr(10)))}{where}",
+                         2 if refused else 1)
+    return output
+
+
+@contextlib.contextmanager
+def logged(log: str, label: str, append: bool = True) -> Iterator[None]:
+    """Run an in-process step with its printed output (stdout and stderr) going to `log` instead of the terminal.
+
+    A OneLineError from the step becomes StepFailed naming the label and the log; any other exception is a bug:
+    its traceback goes to the log and the step fails the same way (one line on the terminal)."""
+    os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+    with open(log, "a" if append else "w", encoding="utf-8") as f:
+        f.write(f"\n# {label}\n")
+        f.flush()
+        try:
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                yield
+        except OneLineError as e:
+            f.write(f"error: {e}\n")
+            raise StepFailed(f"{label} failed: {e}; full log: {log}") from None
+        except Exception as e:  # noqa: BLE001  (a bug: keep the traceback, in the log)
+            f.write(traceback.format_exc())
+            raise StepFailed(f"{label} failed ({type(e).__name__}: {e}); traceback in {log}") from None
+
+
+def python_module(module: str) -> List[str]:
+    """`python -m module` with this interpreter."""
+    return [sys.executable, "-m", module]
