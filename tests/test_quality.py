@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kvattn_fairseq import quality
+from kvattn_fairseq.run import quality
 
 
 def test_corpus_is_cpython_documentation_split_by_document(tmp_path):
@@ -23,11 +23,14 @@ def test_corpus_is_cpython_documentation_split_by_document(tmp_path):
     assert quality.characters("a b\nc") == f"a {quality.SPACE} b {quality.NEWLINE} c"
 
 
-def test_bad_configs_are_refused_in_one_line(capsys):
-    with pytest.raises(SystemExit) as e:
-        quality.main(["--out", "unused", "--configs", "softmax,nope"])
-    assert e.value.code == 2
-    assert "--configs: unknown ['nope']" in capsys.readouterr().err
+def test_bad_configs_are_refused_in_one_line(capsys, tmp_path):
+    assert quality.main(["--out", str(tmp_path / "q"), "--configs", "softmax,nope"]) == 2
+    assert quality.main(["--out", str(tmp_path / "q"), "--updates", "10", "--every", "3"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["python -m kvattn_fairseq.quality: error: --configs: unknown ['nope']; choose from "
+                   + ", ".join(quality.CONFIGS),
+                   "python -m kvattn_fairseq.quality: error: --updates (10) must be a positive multiple of --every (3)"]
+    assert not (tmp_path / "q").exists()  # refused before any work
 
 
 @pytest.mark.slow
