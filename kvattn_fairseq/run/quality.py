@@ -250,6 +250,7 @@ def compare(a) -> int:
         raise OneLineError(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGS)}")
     if a.tiny:
         a.updates, a.every = min(a.updates, 6), min(a.every, 3)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models lose a lot to intra-op threads on a busy CPU
     if a.updates < 1 or a.every < 1 or a.updates % a.every:
         raise OneLineError(f"--updates ({a.updates}) must be a positive multiple of --every ({a.every})")
     points = list(range(a.every, a.updates + 1, a.every))
