@@ -137,7 +137,10 @@ def new_args(source: argparse.Namespace, target: str, flags: argparse.Namespace)
     from .modules.registry import all_options
 
     args = copy.deepcopy(source)
-    args.arch = args._name = target
+    args._name = target
+    args.arch = target
+    if target == "kvattn_lm" and not getattr(source, "decoder_normalize_before", True):
+        args.arch = "kvattn_lm_post_norm"  # fairseq's plain --arch transformer_lm: post-norm layers
     for position in POSITIONS:
         value = getattr(flags, position_dest(position), None)
         if value is not None:
@@ -223,34 +226,32 @@ def _flag_value(value) -> str:
 
 
 def model_flags(args: argparse.Namespace) -> List[str]:
-    """fairseq-train flags that make `args`' model (an architecture of the plugin's two models): --arch and
-    every model setting that differs from that architecture's defaults; checked by parsing them back."""
+    """fairseq-train flags that make `args`' model: --arch and each model setting that the architecture would not
+    give by itself, found by parsing the flags back until nothing differs (defaults may follow other flags, e.g.
+    --decoder-output-dim follows --decoder-embed-dim)."""
     from fairseq.models import ARCH_MODEL_REGISTRY
 
     arch = args.arch
     parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
     ARCH_MODEL_REGISTRY[arch].add_args(parser)
-    reference = building.parse_model_args(arch)
-    flags = ["--arch", arch]
-    for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "arch"):
-            continue
-        value, default = getattr(args, action.dest, None), getattr(reference, action.dest, None)
-        if value is None or _flag_value(value) == _flag_value(default):
-            continue
-        flag = action.option_strings[-1]
-        if isinstance(action, argparse._StoreTrueAction):
-            flags += [flag] if value else []
-        else:
-            flags += [flag, _flag_value(value)]
-    rebuilt = building.parse_model_args(arch, *flags[2:])
-    # compared as flag text: fairseq's parser leaves some numbers (e.g. --decoder-output-dim) as strings
-    differ = [a.dest for a in parser._actions if a.option_strings and a.dest not in ("help", "arch")
-              and getattr(args, a.dest, None) is not None
-              and _flag_value(getattr(rebuilt, a.dest, None)) != _flag_value(getattr(args, a.dest))]
-    if differ:
-        raise ConversionError(f"cannot express {', '.join(differ)} as fairseq-train flags")
-    return flags
+    actions = [a for a in parser._actions if a.option_strings and a.dest not in ("help", "arch")]
+    flags: List[str] = []
+    for _ in range(4):
+        rebuilt = building.parse_model_args(arch, *flags)
+        # compared as flag text: fairseq's parser leaves some numbers (e.g. --decoder-output-dim) as strings
+        differ = [a for a in actions if getattr(args, a.dest, None) is not None
+                  and _flag_value(getattr(rebuilt, a.dest, None)) != _flag_value(getattr(args, a.dest))]
+        if not differ:
+            return ["--arch", arch] + flags
+        for action in differ:
+            value = getattr(args, action.dest)
+            if isinstance(action, argparse._StoreTrueAction):
+                if not value:
+                    raise ConversionError(f"cannot express {action.dest}=False as a fairseq-train flag of {arch}")
+                flags.append(action.option_strings[-1])
+            else:
+                flags += [action.option_strings[-1], _flag_value(value)]
+    raise ConversionError(f"cannot express {', '.join(a.dest for a in differ)} as fairseq-train flags of {arch}")
 
 
 def _shell(flags: List[str]) -> str:
@@ -275,6 +276,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def convert_file(checkpoint: str, out: str, flags: argparse.Namespace, seed: int = 1, force: bool = False) -> Dict:
+    """Convert `checkpoint` into `out` with the position and kind flags in `flags`; checks everything before
+    writing, and writes atomically.  Returns the report: what each attention got, and the fairseq-train flags."""
+    if os.path.abspath(out) == os.path.abspath(checkpoint):
+        raise ConversionError("--out: would overwrite --checkpoint; write the converted model elsewhere")
+    if os.path.exists(out) and not force:
+        raise ConversionError(f"--out: {out} exists; remove it or pass --force")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise ConversionError(f"--out: no such directory: {os.path.dirname(out)}")
+    state, source_args, target = load_source(checkpoint)
+    args = new_args(source_args, target, flags)
+    model, report = convert(state, source_args, target, args, checkpoint, seed)
+    train_flags = model_flags(args)
+    tmp = out + ".tmp"
+    torch.save(converted_checkpoint(state, model, args, report, checkpoint), tmp)
+    os.replace(tmp, out)  # never a half-written checkpoint under the final name
+    return {"sites": report, "kept": sum(1 for _ in attention_sites(model)) - len(report), "flags": train_flags}
+
+
 def main(argv=None) -> int:
     import kvattn_fairseq  # noqa: F401  (kinds, models, checkpoint safety)
 
@@ -287,29 +307,15 @@ def main(argv=None) -> int:
             return 0
         if not a.out:
             raise ConversionError("--out: required with --checkpoint")
-        if os.path.abspath(a.out) == os.path.abspath(a.checkpoint):
-            raise ConversionError("--out: would overwrite --checkpoint; write the converted model elsewhere")
-        if os.path.exists(a.out) and not a.force:
-            raise ConversionError(f"--out: {a.out} exists; remove it or pass --force")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(a.out))):
-            raise ConversionError(f"--out: no such directory: {os.path.dirname(a.out)}")
-        state, source_args, target = load_source(a.checkpoint)
-        args = new_args(source_args, target, a)
-        model, report = convert(state, source_args, target, args, a.checkpoint, a.seed)
-        flags = model_flags(args)
-        out = converted_checkpoint(state, model, args, report, a.checkpoint)
+        done = convert_file(a.checkpoint, a.out, a, a.seed, a.force)
     except (ConversionError, AttentionConfigError) as e:
         p.error(str(e))
-    tmp = a.out + ".tmp"
-    torch.save(out, tmp)
-    os.replace(tmp, a.out)  # never a half-written checkpoint under the final name
-    for position, layer, before, after, carried in report:
+    for position, layer, before, after, carried in done["sites"]:
         what = ", ".join(carried) if carried else "own initialisation (no mapping from " + before + ")"
         print(f"{position} layer {layer}: {before} -> {after}: {what}")
-    kept = sum(1 for _ in attention_sites(model)) - len(report)
-    print(f"kept {kept} attention modules and every other weight of {a.checkpoint}")
+    print(f"kept {done['kept']} attention modules and every other weight of {a.checkpoint}")
     print(f"wrote {a.out}; finetune it with: fairseq-train DATA --user-dir {kvattn_fairseq.USER_DIR} "
-          f"--finetune-from-model {a.out} {_shell(flags)} ...")
+          f"--finetune-from-model {a.out} {_shell(done['flags'])} ...")
     return 0
 
 

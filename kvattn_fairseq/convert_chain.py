@@ -50,6 +50,20 @@ def run(cmd: Sequence[str], log_path: str, record: List[Dict]) -> str:
     return proc.stdout + proc.stderr
 
 
+def finished(save_dir: str, updates: int) -> bool:
+    """True when save_dir/checkpoint_last.pt already holds `updates` updates (a rerun then starts nothing)."""
+    import torch
+
+    path = os.path.join(save_dir, "checkpoint_last.pt")
+    if not os.path.exists(path):
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return (state.get("optimizer_history") or [{}])[-1].get("num_updates", 0) >= updates
+    except Exception:  # noqa: BLE001  (unreadable: let fairseq-train deal with it)
+        return False
+
+
 def task_flags(checkpoint: str) -> List[str]:
     """--task and the data settings the checkpoint was trained with, so that both runs see its data the same way."""
     from .convert import load_source
@@ -89,31 +103,39 @@ def schedule(updates: int, lr: str) -> List[str]:
 
 def chain(checkpoint: str, data: str, out: str, convert_flags: Sequence[str], transfer_updates: int,
           finetune_updates: int, transfer_lr: str = "1e-3", finetune_lr: str = "5e-4",
-          extra: Sequence[str] = ()) -> str:
+          extra: Sequence[str] = (), converted: Optional[str] = None) -> str:
+    """The three stages; `converted` reuses an existing conversion of `checkpoint` with the same flags."""
     from . import USER_DIR
-    from .convert import load_source, model_flags
+    from .convert import convert_file, load_source, model_flags, parser
 
     data_flags = task_flags(checkpoint)  # a bad --checkpoint stops here, before anything is written
     os.makedirs(out, exist_ok=True)
     record: List[Dict] = []
-    converted = os.path.join(out, "converted.pt")
-    if not os.path.exists(converted):
-        run([sys.executable, "-m", "kvattn_fairseq.convert", "--checkpoint", checkpoint, "--out", converted,
-             *convert_flags], os.path.join(out, "convert.log"), record)
+    if converted is None:
+        converted = os.path.join(out, "converted.pt")
+        if not os.path.exists(converted):
+            flags = parser().parse_args(["--checkpoint", checkpoint, *convert_flags])
+            record.append({"cmd": [sys.executable, "-m", "kvattn_fairseq.convert", "--checkpoint", checkpoint,
+                                   "--out", converted, *convert_flags]})
+            done = convert_file(checkpoint, converted, flags)
+            print(f"converted {checkpoint} -> {converted}: " + "; ".join(
+                f"{p} {i}: {a} -> {b}" for p, i, a, b, _ in done["sites"]), flush=True)
     base = [*tool("fairseq-train"), data, "--user-dir", USER_DIR, *model_flags(load_source(converted)[1]),
             *data_flags, "--no-epoch-checkpoints", "--log-format", "simple"]
     task = data_flags[1] if data_flags[:1] == ["--task"] else None
     start = converted
     if transfer_updates > 0:
         save = os.path.join(out, "transfer")
-        run([*base, "--finetune-from-model", converted, "--save-dir", save, "--criterion", "attention_transfer",
-             "--teacher-checkpoint", checkpoint, *schedule(transfer_updates, transfer_lr), *extra],
-            os.path.join(out, "transfer.log"), record)
+        if not finished(save, transfer_updates):
+            run([*base, "--finetune-from-model", converted, "--save-dir", save, "--criterion", "attention_transfer",
+                 "--teacher-checkpoint", checkpoint, *schedule(transfer_updates, transfer_lr), *extra],
+                os.path.join(out, "transfer.log"), record)
         start = os.path.join(save, "checkpoint_last.pt")
     save = os.path.join(out, "finetune")
     if finetune_updates > 0:
-        run([*base, "--finetune-from-model", start, "--save-dir", save, *criterion_flags(task),
-             *schedule(finetune_updates, finetune_lr), *extra], os.path.join(out, "finetune.log"), record)
+        if not finished(save, finetune_updates):
+            run([*base, "--finetune-from-model", start, "--save-dir", save, *criterion_flags(task),
+                 *schedule(finetune_updates, finetune_lr), *extra], os.path.join(out, "finetune.log"), record)
         result = os.path.join(save, "checkpoint_last.pt")
     else:
         result = start

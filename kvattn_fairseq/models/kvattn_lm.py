@@ -13,6 +13,9 @@ from ..modules.registry import AttentionConfigError, add_attention_args, apply_a
 from .layers import KVAttnTransformerDecoder, as_namespace, check_attention_args
 
 LM_POSITIONS = ("decoder",)
+# Architectures with post-norm layers, as fairseq's plain `--arch transformer_lm` builds them (its dataclass default);
+# base_lm_architecture, which fairseq's named LM architectures and kvattn_lm share, forces pre-norm.
+POST_NORM_ARCHS = {"kvattn_lm_post_norm"}
 _DECODER_SWAP = threading.Lock()
 
 
@@ -76,9 +79,17 @@ def lm_attention_defaults(args, **values) -> None:
 def _fill(args) -> None:
     lm_attention_defaults(args)
     base_lm_architecture(args)
+    if getattr(args, "arch", None) in POST_NORM_ARCHS:
+        args.decoder_normalize_before = False
 
 
 @register_model_architecture("kvattn_lm", "kvattn_lm")
 def kvattn_lm_base(args):
     _fill(args)
     check_attention_args(args, LM_POSITIONS)
+
+
+@register_model_architecture("kvattn_lm", "kvattn_lm_post_norm")
+def kvattn_lm_post_norm(args):
+    """fairseq's plain `--arch transformer_lm` layout: post-norm layers (what convert makes of such a model)."""
+    kvattn_lm_base(args)
