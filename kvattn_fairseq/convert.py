@@ -45,7 +45,7 @@ def load_source(path: str, flag: str = "--checkpoint") -> Tuple[dict, argparse.N
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except Exception as e:  # noqa: BLE001  (the unsafe-checkpoint refusal is already one line)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = f"no {e} entry" if isinstance(e, KeyError) else (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConversionError(f"{flag}: cannot read {path} as a fairseq checkpoint: {first}") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or state.get("cfg") is None:
         raise ConversionError(f"{flag}: {path} is not a fairseq checkpoint (no model weights and config)")
@@ -60,7 +60,26 @@ def load_source(path: str, flag: str = "--checkpoint") -> Tuple[dict, argparse.N
     if model not in TARGETS:
         raise ConversionError(f"{flag}: {path} holds a {model!r} model (arch {arch!r}); convert reads fairseq's "
                               f"transformer and transformer_lm and the plugin's kvattn_transformer and kvattn_lm")
+    _dataclass_defaults(args, model)
     return state, args, TARGETS[model]
+
+
+def _dataclass_defaults(args: argparse.Namespace, model: str) -> None:
+    """A config-driven model (fairseq's transformer_lm) took what its config omits from its dataclass, whose
+    defaults differ from the architecture functions' (post-norm layers, 512-wide input and output embeddings):
+    make them explicit, so that the plugin's model is built the same."""
+    import dataclasses
+
+    from fairseq.models import MODEL_DATACLASS_REGISTRY
+
+    dc = MODEL_DATACLASS_REGISTRY.get(model)
+    if dc is None or getattr(args, "arch", None) not in (None, model):  # a named architecture set them itself
+        return
+    defaults = dc()
+    for f in dataclasses.fields(dc):
+        value = getattr(defaults, f.name)
+        if not hasattr(args, f.name) and not (isinstance(value, str) and "${" in value):
+            setattr(args, f.name, value)
 
 
 def _vocab_sizes(weights: Dict[str, torch.Tensor], path: str) -> Tuple[int, int]:

@@ -166,7 +166,8 @@ def cached(path: str, fn):
 
 
 # --- one task ------------------------------------------------------------------------------------------------------
-def run_task(task: str, out: str, cfg: Dict, plans, budget: float, transfer_share: float, record: List) -> Dict:
+def run_task(task: str, out: str, cfg: Dict, plans, budget: float, transfer_share: float, lrs: Dict,
+             record: List) -> Dict:
     work = os.path.join(out, task)
     os.makedirs(work, exist_ok=True)
     log = os.path.join(work, "runs.log")
@@ -178,7 +179,7 @@ def run_task(task: str, out: str, cfg: Dict, plans, budget: float, transfer_shar
     teacher = train(data, os.path.join(work, "teacher"), arch, size_flags(task, cfg) + recipe(task, cfg, n), n,
                     log, record)
     metric = "bleu" if task == "mt" else "ppl"
-    result = {"teacher_updates": n, "budget_updates": m, "transfer_updates": transfer, "metric": metric,
+    result = {"teacher_updates": n, "budget_updates": m, "transfer_updates": transfer, "metric": metric, **lrs,
               "teacher": cached(os.path.join(work, "teacher", "eval.json"),
                                 lambda: evaluate(task, data, work, teacher, cfg, log, record)), "plans": {}}
     extra = ["--seed", "1", "--dropout", "0.1", "--log-interval", "100"]
@@ -186,8 +187,8 @@ def run_task(task: str, out: str, cfg: Dict, plans, budget: float, transfer_shar
         flags = plan_flags(plan, task, cfg["layers"])
         where = os.path.join(work, plan)
         rows = {}
-        a = chain(teacher, data, os.path.join(where, "a"), flags, transfer, m - transfer, extra=extra)
-        b = chain(teacher, data, os.path.join(where, "b"), flags, 0, m, extra=extra,
+        a = chain(teacher, data, os.path.join(where, "a"), flags, transfer, m - transfer, extra=extra, **lrs)
+        b = chain(teacher, data, os.path.join(where, "b"), flags, 0, m, extra=extra, **lrs,
                   converted=os.path.join(where, "a", "converted.pt"))
         kvattn = "kvattn_transformer" if task == "mt" else "kvattn_lm"
         c = train(data, os.path.join(where, "c"), kvattn, size_flags(task, cfg) + flags + recipe(task, cfg, m), m,
@@ -241,6 +242,8 @@ def main(argv=None) -> int:
     p.add_argument("--plans", default=",".join(PLANS), help=f"some of {', '.join(PLANS)}")
     p.add_argument("--budget", type=float, default=0.2, help="updates after conversion, as a share of the teacher's")
     p.add_argument("--transfer-share", type=float, default=0.25, help="share of the budget spent on transfer in (a)")
+    p.add_argument("--transfer-lr", default="1e-3", help="peak learning rate of the attention transfer")
+    p.add_argument("--finetune-lr", default="1e-3", help="peak learning rate of the finetunes")
     a = p.parse_args(argv)
     tasks = [t for t in a.tasks.split(",") if t]
     plans = [x for x in a.plans.split(",") if x]
@@ -263,7 +266,8 @@ def main(argv=None) -> int:
                "tasks": {}}
     try:
         for task in tasks:
-            results["tasks"][task] = run_task(task, a.out, sizes[task], plans, a.budget, a.transfer_share, record)
+            results["tasks"][task] = run_task(task, a.out, sizes[task], plans, a.budget, a.transfer_share,
+                                              {"transfer_lr": a.transfer_lr, "finetune_lr": a.finetune_lr}, record)
     except (ChainError, ValueError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
