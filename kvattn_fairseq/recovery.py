@@ -27,7 +27,7 @@ from .convert_chain import ChainError, chain, criterion_flags, finished, run, to
 FULL = {
     "mt": dict(train=8000, valid=300, test=500, layers=3, dim=64, ffn=256, heads=4, updates=1500, lr="1e-2",
                max_tokens=2000),
-    "lm": dict(layers=4, dim=128, ffn=512, heads=4, updates=1500, lr="2e-3", max_tokens=2048, block=128,
+    "lm": dict(layers=3, dim=96, ffn=384, heads=4, updates=1000, lr="2e-3", max_tokens=1024, block=128,
                chunks=None),
 }
 TINY = {
