@@ -188,11 +188,11 @@ def convert(source_state: dict, source_args, target: str, args, path: str, seed:
         if before == after:
             continue  # copied with everything else below
         replaced.add(prefix)
-        teacher = {k: v for k, v in old_modules[prefix].state_dict().items()}
         carried = None
         if before == "softmax":
             try:
-                carried = module.init_from_softmax(teacher) if hasattr(module, "init_from_softmax") else None
+                softmax = old_modules[prefix].state_dict()
+                carried = module.init_from_softmax(softmax) if hasattr(module, "init_from_softmax") else None
             except ValueError as e:
                 raise ConversionError(f"{POSITION_FLAGS[position]}: layer {layer}'s {after} does not fit the "
                                       f"softmax attention it replaces: {e}") from None

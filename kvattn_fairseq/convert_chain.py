@@ -110,35 +110,41 @@ def chain(checkpoint: str, data: str, out: str, convert_flags: Sequence[str], tr
 
     data_flags = task_flags(checkpoint)  # a bad --checkpoint stops here, before anything is written
     os.makedirs(out, exist_ok=True)
-    record: List[Dict] = []
+    record: List[Dict] = []  # every stage's command, run now or by an earlier run
+
+    def stage(cmd: List, log: str, save: str, updates: int) -> None:
+        if finished(save, updates):
+            record.append({"cmd": [str(c) for c in cmd], "log": os.path.basename(log), "skipped": "already done"})
+        else:
+            run(cmd, log, record)
+
     if converted is None:
         converted = os.path.join(out, "converted.pt")
-        if not os.path.exists(converted):
-            flags = parser().parse_args(["--checkpoint", checkpoint, *convert_flags])
-            record.append({"cmd": [sys.executable, "-m", "kvattn_fairseq.convert", "--checkpoint", checkpoint,
-                                   "--out", converted, *convert_flags]})
-            done = convert_file(checkpoint, converted, flags)
+        cmd = [sys.executable, "-m", "kvattn_fairseq.convert", "--checkpoint", checkpoint, "--out", converted,
+               *convert_flags]
+        record.append({"cmd": [str(c) for c in cmd]})
+        if os.path.exists(converted):
+            record[-1]["skipped"] = "already done"
+        else:  # in this process: the same checks and output as the command
+            done = convert_file(checkpoint, converted, parser().parse_args(cmd[3:]))
             print(f"converted {checkpoint} -> {converted}: " + "; ".join(
                 f"{p} {i}: {a} -> {b}" for p, i, a, b, _ in done["sites"]), flush=True)
     base = [*tool("fairseq-train"), data, "--user-dir", USER_DIR, *model_flags(load_source(converted)[1]),
             *data_flags, "--no-epoch-checkpoints", "--log-format", "simple"]
     task = data_flags[1] if data_flags[:1] == ["--task"] else None
-    start = converted
+    result = converted
     if transfer_updates > 0:
         save = os.path.join(out, "transfer")
-        if not finished(save, transfer_updates):
-            run([*base, "--finetune-from-model", converted, "--save-dir", save, "--criterion", "attention_transfer",
-                 "--teacher-checkpoint", checkpoint, *schedule(transfer_updates, transfer_lr), *extra],
-                os.path.join(out, "transfer.log"), record)
-        start = os.path.join(save, "checkpoint_last.pt")
-    save = os.path.join(out, "finetune")
-    if finetune_updates > 0:
-        if not finished(save, finetune_updates):
-            run([*base, "--finetune-from-model", start, "--save-dir", save, *criterion_flags(task),
-                 *schedule(finetune_updates, finetune_lr), *extra], os.path.join(out, "finetune.log"), record)
+        stage([*base, "--finetune-from-model", converted, "--save-dir", save, "--criterion", "attention_transfer",
+               "--teacher-checkpoint", checkpoint, *schedule(transfer_updates, transfer_lr), *extra],
+              os.path.join(out, "transfer.log"), save, transfer_updates)
         result = os.path.join(save, "checkpoint_last.pt")
-    else:
-        result = start
+    if finetune_updates > 0:
+        save = os.path.join(out, "finetune")
+        stage([*base, "--finetune-from-model", result, "--save-dir", save, *criterion_flags(task),
+               *schedule(finetune_updates, finetune_lr), *extra], os.path.join(out, "finetune.log"), save,
+              finetune_updates)
+        result = os.path.join(save, "checkpoint_last.pt")
     with open(os.path.join(out, "chain.json"), "w") as f:
         json.dump({"checkpoint": checkpoint, "data": data, "result": result, "commands": record}, f, indent=1)
     return result
