@@ -11,7 +11,8 @@ and (0), the converted model before any training, all against (d), the teacher. 
       every CPython (pydoc_data/topics.py), perplexity per character from fairseq-eval-lm
 Plans: `memsizer` and `linear` replace every decoder attention (self and cross), `hybrid` keeps the last decoder
 layer softmax and puts MemSizer in the others; encoders stay softmax.  The targets: (a) recovers >= 95% of the
-teacher's BLEU / is within 5% of its perplexity with M <= 20% of N, and (c) is clearly worse.
+teacher's BLEU / is within 5% of its perplexity with M <= 20% of N, and (c) is clearly worse (5 BLEU points
+lower, or a 5% higher perplexity, than (a)).
 Writes DIR/results.json and DIR/table.md; a rerun resumes (fairseq-train resumes; finished evaluations are kept).
 """
 import argparse
