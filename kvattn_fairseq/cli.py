@@ -3,7 +3,7 @@ import argparse
 import os
 import sys
 
-from .modules.registry import ATTENTION_KINDS, POSITIONS, AttentionConfigError
+from .modules.registry import ATTENTION_KINDS, PLAN_SYNTAX, POSITIONS, AttentionConfigError
 
 
 def install_error_hook() -> None:
@@ -49,10 +49,22 @@ def main(argv=None) -> int:
         for kind in sorted(ATTENTION_KINDS.values(), key=lambda k: k.name):
             where = ",".join(p for p in POSITIONS if p in kind.positions)
             print(f"{kind.name:<{width}} {where:<22} {kind.summary}")
+        print(f"\nA position flag takes one kind for every layer, or a plan: {PLAN_SYNTAX}.")
     else:
-        from fairseq.models import ARCH_MODEL_INV_REGISTRY
-
-        for model in ("kvattn_transformer", "kvattn_lm"):
-            for arch in ARCH_MODEL_INV_REGISTRY.get(model, []):
-                print(f"{model:<20} {arch}")
+        for model, arch, plan in arch_plans():
+            print(f"{model:<20} {arch:<28} " + " ".join(f"{p}={kinds}" for p, kinds in plan.items()))
     return 0
+
+
+def arch_plans():
+    """(model, arch, {position: plan}) for each of the plugin's architectures, with its default flags."""
+    from fairseq.models import ARCH_MODEL_INV_REGISTRY
+
+    from .building import parse_model_args
+    from .models.layers import check_attention_args
+
+    for model in ("kvattn_transformer", "kvattn_lm"):
+        positions = POSITIONS if model == "kvattn_transformer" else ("decoder",)
+        for arch in ARCH_MODEL_INV_REGISTRY.get(model, []):
+            plan = check_attention_args(parse_model_args(arch), positions)
+            yield model, arch, {p: plan[p].text for p in positions}

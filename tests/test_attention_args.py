@@ -5,7 +5,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from kvattn_fairseq.modules import ATTENTION_KINDS, AttentionConfigError, MemSizerAttention, register_attention_kind
+from kvattn_fairseq.modules import (ATTENTION_KINDS, AttentionConfigError, LinearAttention, MemSizerAttention,
+                                    register_attention_kind)
 from kvattn_fairseq.modules.registry import check_kind
 
 from conftest import USER_DIR, DummyTask, make_dictionary, parse_model_args, run_cli
@@ -14,8 +15,43 @@ from fairseq.models import ARCH_MODEL_REGISTRY
 
 
 @pytest.mark.parametrize("flags,expected", [
-    (["--decoder-attention-type", "nope"], "argument --decoder-attention-type: unknown attention type 'nope'"),
-    (["--cross-attention-type", "MemSizer"], "argument --cross-attention-type: unknown attention type"),
+    (["--decoder-attention-type", "nope"], "^--decoder-attention-type: unknown attention type 'nope'"),
+    (["--cross-attention-type", "MemSizer"], "^--cross-attention-type: unknown attention type"),
+    (["--decoder-attention-type", "memsizer*3"], r"^--decoder-attention-type: the plan 'memsizer\*3' gives 3 layers "
+                                                 r"but the model has 2 \(--decoder-layers\)"),
+    (["--encoder-attention-type", "softmax,memsizer,linear"], "^--encoder-attention-type: the plan .* gives 3 layers "
+                                                              r"but the model has 2 \(--encoder-layers\)"),
+    (["--cross-attention-type", "memsizer,memsizer,softmax"], r"but the model has 2 \(--decoder-layers\)"),
+    (["--decoder-attention-type", "memsizer*0,softmax*2"], r"^--decoder-attention-type: cannot read 'memsizer\*0'"),
+    (["--decoder-attention-type", "memsizer,,softmax"], "^--decoder-attention-type: cannot read ''"),
+    (["--decoder-attention-type", "memsizer,nope"], "^--decoder-attention-type: unknown attention type 'nope'"),
+    (["--decoder-attention-type", "linformer,softmax"], "^--decoder-attention-type: 'linformer' cannot be used"),
+    (["--decoder-attention-type", "memsizer,mgk", "--mgk-inv-var-scales", "1,2,3"], "^--mgk-inv-var-scales: 3 values"),
+    (["--decoder-attention-type", "memsizer,linear", "--decoder-layers-to-keep", "0"],
+     "^--decoder-layers-to-keep: cannot prune a per-layer --decoder-attention-type plan"),
+    (["--decoder-attention-type", "softmax,linear", "--cross-self-attention"], "^--cross-self-attention: only"),
+])
+def test_architecture_checks_the_plan_once_with_the_layer_count(flags, expected):
+    """The position flags are plain strings to argparse; the architecture (run by fairseq's parse_args_and_arch,
+    before anything is read or written) parses and checks them once, knowing the number of layers."""
+    with pytest.raises(AttentionConfigError, match=expected):
+        parse_model_args("memsizer_tiny", *flags)
+
+
+@pytest.mark.parametrize("value,kinds", [("memsizer", ["memsizer"] * 3), ("memsizer*2,softmax", ["memsizer"] * 2 +
+                                         ["softmax"]), ("linear, softmax ,memsizer", ["linear", "softmax", "memsizer"]),
+                                         ("softmax*3", ["softmax"] * 3)])
+def test_a_plan_gives_each_layer_its_kind(value, kinds):
+    from fairseq.modules import MultiheadAttention
+
+    types = {"memsizer": MemSizerAttention, "softmax": MultiheadAttention, "linear": LinearAttention}
+    model = ARCH_MODEL_REGISTRY["kvattn_lm_tiny"].build_model(
+        parse_model_args("kvattn_lm_tiny", "--decoder-layers", "3", "--decoder-attention-type", value),
+        DummyTask(make_dictionary()))
+    assert [type(layer.self_attn) for layer in model.decoder.layers] == [types[k] for k in kinds]
+
+
+@pytest.mark.parametrize("flags,expected", [
     (["--memsizer-self-slots", "0"], "argument --memsizer-self-slots: expected a positive integer, got 0"),
     (["--memsizer-cross-slots", "-3"], "argument --memsizer-cross-slots: expected a positive integer, got -3"),
     (["--memsizer-encoder-slots", "four"], "argument --memsizer-encoder-slots: expected a positive integer"),
@@ -46,8 +82,9 @@ def test_kind_at_a_position_it_cannot_take():
         with pytest.raises(AttentionConfigError, match="^--cross-attention-type: 'encoder_only_test' cannot"):
             check_kind("cross", "encoder_only_test")
         assert check_kind("encoder", "encoder_only_test") == "encoder_only_test"
-        with pytest.raises(SystemExit):
+        with pytest.raises(AttentionConfigError, match="^--decoder-attention-type: 'encoder_only_test' cannot"):
             parse_model_args("kvattn_transformer_tiny", "--decoder-attention-type", "encoder_only_test")
+        parse_model_args("kvattn_transformer_tiny", "--encoder-attention-type", "encoder_only_test,softmax")
     finally:
         del ATTENTION_KINDS["encoder_only_test"]
 
@@ -83,10 +120,12 @@ def test_python_api_and_hydra_values_are_checked_at_build(over, flag):
 
 def test_build_from_dictconfig_keeps_the_attention_settings():
     """hydra hands models a DictConfig; fairseq's TransformerConfig would drop unknown keys from one."""
-    args = OmegaConf.create(vars(_namespace(memsizer_self_slots=5)))
+    args = OmegaConf.create(vars(_namespace(memsizer_self_slots=5, decoder_attention_type="softmax,memsizer")))
     model = ARCH_MODEL_REGISTRY["memsizer_tiny"].build_model(args, DummyTask(make_dictionary()))
-    m = model.decoder.layers[0].self_attn
-    assert isinstance(m, MemSizerAttention) and m.slots == 5
+    first, second = (layer.self_attn for layer in model.decoder.layers)
+    assert not isinstance(first, MemSizerAttention)
+    assert isinstance(second, MemSizerAttention) and second.slots == 5
+    assert OmegaConf.to_container(args)["decoder_attention_type"] == "softmax,memsizer"  # stored as given
 
 
 @pytest.mark.slow
@@ -100,6 +139,8 @@ def test_build_from_dictconfig_keeps_the_attention_settings():
     (["--cross-attention-type", "kv"], "--cross-attention-type: 'kv' cannot be used for cross-attention: a "
                                        "query-less attention takes each query from its own key"),
     (["--linformer-k", "0"], "--linformer-k: expected a positive integer, got 0"),
+    (["--decoder-attention-type", "memsizer*5,softmax"], "--decoder-attention-type: the plan 'memsizer*5,softmax' "
+                                                         "gives 6 layers but the model has 2 (--decoder-layers)"),
     (["--decoder-attention-type", "mgk", "--mgk-components", "2", "--mgk-inv-var-scales", "1,2,3"],
      "--mgk-inv-var-scales: 3 values for 2 components (--mgk-components); give one value or 2"),
 ])
@@ -134,3 +175,17 @@ def test_linformer_refuses_a_source_longer_than_its_projections():
         m(x, x, x)
     with pytest.raises(ValueError, match="cannot be causal"):
         LinformerAttention(8, 2, "decoder", max_positions=6, compressed=3)
+
+
+def test_kinds_and_archs_listings_show_plans(capsys):
+    from kvattn_fairseq.cli import main
+    from kvattn_fairseq.modules.plan import compact
+
+    assert compact(["memsizer"] * 5 + ["softmax"]) == "memsizer*5,softmax"
+    assert compact(["linear", "softmax", "linear"]) == "linear,softmax,linear"
+    assert main(["--kinds"]) == 0
+    assert "e.g. memsizer*5,softmax" in capsys.readouterr().out
+    assert main(["--archs"]) == 0
+    lines = {line.split()[1]: line.split()[2:] for line in capsys.readouterr().out.splitlines()}
+    assert lines["memsizer_wmt_en_de_big"] == ["encoder=softmax", "decoder=memsizer", "cross=memsizer"]
+    assert lines["memsizer_lm_tiny"] == ["decoder=memsizer"]

@@ -53,3 +53,31 @@ def test_bad_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--kinds", "memsizer,nope"])
     assert "--kinds: unknown attention kind(s) ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_plan_is_benchmarked_and_its_state_grows_only_with_its_softmax_layers(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["--mode", "smoke", "--parts", "decode,translate", "--out", str(out), "--device", "cpu",
+                 "--kinds", "memsizer;memsizer,softmax"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["kinds"] == ["memsizer", "memsizer,softmax"]
+    state = {k: v["state_bytes_per_hypothesis"] for k, v in results["decode"]["configs"][0]["models"].items()}
+    growth = {k: s["16"] - s["4"] for k, s in state.items()}
+    assert growth["memsizer"] == 0
+    assert growth["memsizer,softmax"] * 2 == growth["vanilla"] > 0  # one softmax layer of the two
+    # the 1-layer translation model of smoke mode cannot take a 2-layer plan: skipped, not mis-built
+    assert set(results["translate"]["models"]) == {"vanilla", "memsizer"}
+    rows = {r["kind"]: r for r in results["summary"]}
+    assert rows["memsizer"]["constant_state"] and not rows["memsizer,softmax"]["constant_state"]
+
+
+def test_kinds_takes_plans(capsys):
+    from kvattn_fairseq.bench.common import split_kinds
+
+    assert split_kinds("memsizer,linear") == ["memsizer", "linear"]
+    assert split_kinds("memsizer*5,softmax") == ["memsizer*5,softmax"]
+    assert split_kinds("memsizer; memsizer*5,softmax") == ["memsizer", "memsizer*5,softmax"]
+    with pytest.raises(SystemExit):
+        main(["--mode", "smoke", "--kinds", "memsizer*5,softmax"])
+    assert "--kinds: 'memsizer*5,softmax' fits none of mode smoke's models (2, 1, 1 layers)" in capsys.readouterr().err

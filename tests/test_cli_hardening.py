@@ -4,7 +4,8 @@ import pytest
 
 from fairseq import options
 
-from kvattn_fairseq.modules.registry import POSITION_FLAGS, all_options, choice, positive_float, positive_float_list
+from kvattn_fairseq.modules.registry import (POSITION_FLAGS, AttentionConfigError, all_options, choice, positive_float,
+                                             positive_float_list)
 
 import fairseq_runs as runs
 from conftest import USER_DIR, run_cli
@@ -20,18 +21,31 @@ def bad_value(opt):
     return "0"
 
 
-FLAGS = [(flag, "no-such-kind") for flag in POSITION_FLAGS.values()] + [(o.flag, bad_value(o)) for o in all_options()]
+FLAGS = [(o.flag, bad_value(o)) for o in all_options()]
+
+
+def _parse(*flags):
+    options.parse_args_and_arch(options.get_training_parser(), ["data", "--user-dir", USER_DIR, "--task",
+                                                                "translation", "--arch", "kvattn_transformer_tiny",
+                                                                *flags])
 
 
 @pytest.mark.parametrize("flag,value", FLAGS, ids=[f for f, _ in FLAGS])
 def test_every_plugin_flag_refuses_a_bad_value_at_parse_time(flag, value, capsys):
-    parser = options.get_training_parser()
     with pytest.raises(SystemExit) as e:
-        options.parse_args_and_arch(parser, ["data", "--user-dir", USER_DIR, "--task", "translation", "--arch",
-                                             "kvattn_transformer_tiny", flag, value])
+        _parse(flag, value)
     assert e.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"argument {flag}:" in last and "error" in last
+
+
+@pytest.mark.parametrize("flag", sorted(POSITION_FLAGS.values()))
+@pytest.mark.parametrize("value", ["no-such-kind", "softmax*3", "softmax,no-such-kind"])
+def test_every_position_flag_refuses_a_bad_plan_at_parse_time(flag, value):
+    """A plan needs the layer count, so the architecture (run inside parse_args_and_arch) checks it; the CLI prints
+    the error as one line (test_attention_args.py runs fairseq-train)."""
+    with pytest.raises(AttentionConfigError, match=f"^{flag}: "):
+        _parse(flag, value)
 
 
 def test_choice_parser_names_the_choices():

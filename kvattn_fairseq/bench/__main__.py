@@ -10,7 +10,8 @@ import torch
 from ..building import make_dictionary
 from ..modules.registry import ATTENTION_KINDS
 from . import decode, gpu, gpu_report, report, train, translate
-from .common import VANILLA, Size, build_lm, build_translation, decoder_kinds, machine
+from .common import (VANILLA, Size, build_lm, build_translation, constant_state, decoder_kinds, fits, machine,
+                     split_kinds)
 from .floor import FLOOR
 
 MODES = {
@@ -49,7 +50,9 @@ def main(argv=None) -> int:
     p.add_argument("--mode", choices=sorted(MODES), default="quick")
     p.add_argument("--out", default="bench_out", help="directory for results.json, summary.md and the plots")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--kinds", default="", help="comma-separated attention kinds (default: every decoder-capable kind)")
+    p.add_argument("--kinds", default="", help="comma-separated attention kinds (default: every decoder-capable "
+                   "kind), or per-layer plans of decoder self-attention separated by ';', e.g. "
+                   "'memsizer;memsizer*5,softmax'; a plan runs in the parts whose models have its number of layers")
     p.add_argument("--parts", default="decode,translate,train", help="which of decode,translate,train to run")
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (default: torch's choice)")
     p.add_argument("--decode", default="", metavar="BxWxL[,..]",
@@ -62,8 +65,8 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available()) else "cpu")
     if a.threads:
         torch.set_num_threads(a.threads)
-    only = [k for k in a.kinds.split(",") if k]
-    unknown = [k for k in only if k not in ATTENTION_KINDS]
+    only = split_kinds(a.kinds)
+    unknown = [k for k in only if k not in ATTENTION_KINDS and not set(k) & set(",*")]
     if unknown:
         p.error(f"--kinds: unknown attention kind(s) {unknown}; registered: {sorted(ATTENTION_KINDS)}")
     parts = [x for x in a.parts.split(",") if x]
@@ -85,6 +88,12 @@ def main(argv=None) -> int:
         longest = max(run[2] for run in cfg["decode"])
         cfg["probes"] = tuple(sorted({t for t in MODES["full"]["probes"] if t <= longest} | {longest}))
     kinds = decoder_kinds(only)
+    sizes = [cfg[part] for part in ("lm", "mt", "train")]
+    for kind in kinds:
+        why = [fits(kind, size) for size in sizes]
+        if all(why):
+            p.error(f"--kinds: {kind!r} fits none of mode {a.mode}'s models ({', '.join(str(s.layers) for s in sizes)} "
+                    f"layers): {why[0].split(': ', 1)[1].split('; give')[0]}")
     models = [VANILLA, FLOOR] + kinds
     os.makedirs(a.out, exist_ok=True)
     results = {"mode": a.mode, "machine": machine(device), "kinds": kinds, "baseline": "fairseq transformer_lm / "
@@ -110,6 +119,8 @@ def main(argv=None) -> int:
             decode.decode_lm(build_lm(VANILLA, cfg["lm"], d, length + 8, device), d, device, batch, beam, length,
                              cfg["probes"])
             for kind in models:
+                if _skipped(kind, cfg["lm"], f"decode batch={batch} beam={beam}"):
+                    continue
                 torch.manual_seed(0)
                 model = build_lm(kind, cfg["lm"], d, length + 8, device)
                 t0 = time.time()
@@ -123,6 +134,8 @@ def main(argv=None) -> int:
         results["translate"] = {"size": cfg["mt"].__dict__, "beam": 4, "src_len": 30, "out_len": 30,
                                 "sentences": cfg["mt_sentences"], "batch": cfg["mt_batch"], "models": {}}
         for kind in models:
+            if _skipped(kind, cfg["mt"], "translate"):
+                continue
             torch.manual_seed(0)
             model = build_translation(kind, cfg["mt"], d, device)
             r = translate.throughput(model, d, device, cfg["mt_sentences"], cfg["mt_batch"], 4, 30, 30,
@@ -135,6 +148,8 @@ def main(argv=None) -> int:
     if "train" in parts:
         results["train"] = {"size": cfg["train"].__dict__, "batch": 1, "models": {}}
         for kind in models:
+            if _skipped(kind, cfg["train"], "train"):
+                continue
             per_t = results["train"]["models"].setdefault(kind, {})
             for tlen in cfg["train_T"]:
                 per_t[tlen] = train.run_isolated(kind, cfg["train"], tlen, 1, device.type, cfg["train_repeats"],
@@ -149,7 +164,7 @@ def main(argv=None) -> int:
 def write_outputs(results, kinds, out: str, plots: bool) -> str:
     """results.json and summary.md (after every setting of the gpu modes), the plots when asked; returns the
     summary."""
-    constant = [k for k in kinds if ATTENTION_KINDS[k].constant_state]
+    constant = [k for k in kinds if constant_state(k)]
     plain = json.loads(json.dumps(results), object_hook=_int_keys)
     if results["mode"].startswith("gpu"):
         rows = gpu_report.summarise(plain, constant)
@@ -177,6 +192,13 @@ def finish(results, kinds, out: str, save) -> int:
     log(f"wrote {os.path.join(out, 'results.json')}, summary.md and {len(results.get('plots', []))} plots in "
         f"{results['seconds']:.0f}s")
     return 0
+
+
+def _skipped(kind: str, size: Size, part: str) -> bool:
+    why = None if kind in (VANILLA, FLOOR) else fits(kind, size)
+    if why:
+        log(f"[{part}] {kind}: skipped, the plan does not fit this part's {size.layers}-layer model")
+    return bool(why)
 
 
 def _int_keys(d):

@@ -3,12 +3,13 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
 from ..building import build_model
-from ..modules.registry import ATTENTION_KINDS
+from ..modules.plan import compact, parse_plan
+from ..modules.registry import ATTENTION_KINDS, AttentionConfigError
 from .floor import FLOOR, strip_attention
 
 VANILLA = "vanilla"  # fairseq's own transformer_lm / transformer
@@ -50,9 +51,41 @@ def now(device: torch.device) -> float:
 
 
 def decoder_kinds(only: List[str] = None) -> List[str]:
-    """Every registered kind that can be a decoder's self-attention (new kinds show up without code changes)."""
+    """Every registered kind that can be a decoder's self-attention (new kinds show up without code changes), or
+    those of `only`; per-layer plans in `only` follow the kinds, in their given order."""
     kinds = sorted(k for k, v in ATTENTION_KINDS.items() if "decoder" in v.positions)
-    return [k for k in kinds if not only or k in only]
+    plans = [k for k in only or [] if k not in ATTENTION_KINDS]
+    return [k for k in kinds if not only or k in only] + plans
+
+
+def split_kinds(text: str) -> List[str]:
+    """--kinds: 'memsizer,linear' (kinds), 'memsizer*5,softmax' (one plan) or 'memsizer;memsizer*5,softmax'
+    (entries separated by ';' once any of them is a plan written with commas)."""
+    if ";" in text:
+        return [k.strip() for k in text.split(";") if k.strip()]
+    if "*" in text:
+        return [text.strip()]
+    return [k.strip() for k in text.split(",") if k.strip()]
+
+
+def layer_kinds(kind: str, layers: int) -> List[str]:
+    """The decoder self-attention kind of each of `layers` layers (AttentionConfigError if the plan does not fit)."""
+    return list(parse_plan("decoder", kind, layers)[0])
+
+
+def constant_state(kind: str) -> bool:
+    """A kind or a plan whose every layer keeps a constant-size decoding state."""
+    kinds = [k.partition("*")[0].strip() for k in kind.split(",")]
+    return all(ATTENTION_KINDS[k].constant_state for k in kinds)
+
+
+def fits(kind: str, size: Size) -> Optional[str]:
+    """None when `kind` can be built at `size`, else why not (a plan made for another number of layers)."""
+    try:
+        layer_kinds(kind, size.layers)
+    except AttentionConfigError as e:
+        return str(e)
+    return None
 
 
 def build_lm(kind: str, size: Size, dictionary, max_positions: int, device: torch.device):
@@ -69,15 +102,16 @@ def build_lm(kind: str, size: Size, dictionary, max_positions: int, device: torc
 
 
 def build_translation(kind: str, size: Size, dictionary, device: torch.device):
-    """Encoder-decoder of `size`: softmax encoder; `kind` in decoder self-attention and, where it can sit there,
-    cross-attention (softmax otherwise)."""
+    """Encoder-decoder of `size`: softmax encoder; `kind` (or a plan) in decoder self-attention and, in each layer
+    whose kind can sit there, cross-attention (softmax otherwise)."""
     flags = size.flags("encoder") + size.flags("decoder") + ["--share-all-embeddings"]
     if kind in (VANILLA, FLOOR):
         model = build_model("transformer", *flags, dictionary=dictionary)
         if kind == FLOOR:
             strip_attention(model)
     else:
-        cross = kind if "cross" in ATTENTION_KINDS[kind].positions else "softmax"
+        cross = compact(k if "cross" in ATTENTION_KINDS[k].positions else "softmax"
+                        for k in layer_kinds(kind, size.layers))
         model = build_model("kvattn_transformer", *flags, "--decoder-attention-type", kind, "--cross-attention-type",
                             cross, dictionary=dictionary)
     return model.to(device).eval()

@@ -1,15 +1,16 @@
-"""`kvattn_transformer`: fairseq's encoder-decoder transformer with a chosen attention kind at each position."""
+"""`kvattn_transformer`: fairseq's encoder-decoder transformer with a chosen attention plan at each position."""
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerModel, base_architecture
 
 from ..modules.registry import POSITIONS, add_attention_args, apply_attention_defaults
-from .layers import KVAttnTransformerDecoder, KVAttnTransformerEncoder, as_namespace, check_attention_args
+from .layers import (BUILDING_PLAN, KVAttnTransformerDecoder, KVAttnTransformerEncoder, as_namespace,
+                     check_attention_args, plan_for)
 
 
 @register_model("kvattn_transformer")
 class KVAttnTransformerModel(TransformerModel):
     """fairseq's `transformer` plus --encoder-attention-type, --decoder-attention-type, --cross-attention-type
-    and the options of each attention kind."""
+    (a kind, or one kind per layer) and the options of each attention kind."""
 
     @classmethod
     def add_args(cls, parser):
@@ -19,8 +20,12 @@ class KVAttnTransformerModel(TransformerModel):
     @classmethod
     def build_model(cls, args, task):
         args = as_namespace(args)
-        kvattn_transformer_base(args)
-        return super().build_model(args, task)
+        _fill(args)
+        token = BUILDING_PLAN.set(check_attention_args(args, POSITIONS))
+        try:
+            return super().build_model(args, task)
+        finally:
+            BUILDING_PLAN.reset(token)
 
     def set_beam_size(self, beam_size: int) -> None:
         """fairseq's SequenceGenerator calls this on models that define it (in fairseq itself only BART does): the
@@ -29,12 +34,15 @@ class KVAttnTransformerModel(TransformerModel):
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
-        return KVAttnTransformerEncoder(TransformerConfig.from_namespace(args), src_dict, embed_tokens)
+        cfg = TransformerConfig.from_namespace(args)
+        return KVAttnTransformerEncoder(cfg, src_dict, embed_tokens, plan_for(cfg, ("encoder",)))
 
     @classmethod
     def build_decoder(cls, args, tgt_dict, embed_tokens):
         cfg = TransformerConfig.from_namespace(args)
-        return KVAttnTransformerDecoder(cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention)
+        positions = ("decoder",) if cfg.no_cross_attention else ("decoder", "cross")
+        return KVAttnTransformerDecoder(cfg, tgt_dict, embed_tokens, plan_for(cfg, positions),
+                                        no_encoder_attn=cfg.no_cross_attention)
 
 
 def attention_defaults(args, **values) -> None:
@@ -42,8 +50,12 @@ def attention_defaults(args, **values) -> None:
     apply_attention_defaults(args, POSITIONS, **values)
 
 
-@register_model_architecture("kvattn_transformer", "kvattn_transformer")
-def kvattn_transformer_base(args):
+def _fill(args) -> None:
     attention_defaults(args)
     base_architecture(args)
-    check_attention_args(args, POSITIONS)
+
+
+@register_model_architecture("kvattn_transformer", "kvattn_transformer")
+def kvattn_transformer_base(args):
+    _fill(args)
+    check_attention_args(args, POSITIONS)  # at argument parsing: nothing is read or written before this fails

@@ -8,12 +8,13 @@ from .linear_attention import FactorizedAttention, LinearAttention
 from .linformer_attention import LinformerAttention
 from .memsizer_attention import MemSizerAttention
 from .mgk_attention import MGKAttention, MLKAttention
+from .plan import AttentionPlan, attention_plan
 from .window_attention import WindowAttention, WindowMemoryAttention
 from .registry import (ATTENTION_KINDS, POSITION_FLAGS, POSITIONS, AttentionConfigError, AttentionSite,
-                       add_attention_args, apply_attention_defaults, attention_plan, build_attention, kinds_at,
+                       add_attention_args, apply_attention_defaults, build_attention, kinds_at,
                        register_attention_kind)
 
-__all__ = ["ATTENTION_KINDS", "POSITIONS", "POSITION_FLAGS", "AttentionConfigError", "AttentionSite",
+__all__ = ["ATTENTION_KINDS", "AttentionPlan", "POSITIONS", "POSITION_FLAGS", "AttentionConfigError", "AttentionSite",
            "FactorizedAttention", "KVAttention", "KVAttentionBase", "LinearAttention", "LinformerAttention",
            "MGKAttention", "MLKAttention", "MemSizerAttention", "WindowAttention", "WindowMemoryAttention", "add_attention_args", "apply_attention_defaults", "attention_plan",
            "build_attention", "kinds_at", "register_attention_kind"]

@@ -5,7 +5,7 @@ Subclasses implement `attend_self(x, pad, state)` (x batch first) for self-atten
 `attend_cross(x, src, src_pad, state)` for cross-attention; `state` is the module's buffer in `incremental_state` (a
 dict of tensors with the batch first) or None when not decoding incrementally.
 """
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +63,12 @@ class KVAttentionBase(nn.Module):
     def attend_cross(self, x: Tensor, src: Tensor, src_pad: Optional[Tensor],
                      state: Optional[Dict[str, Tensor]]) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no cross-attention form")
+
+    def init_from_softmax(self, softmax: Dict[str, Tensor]) -> Optional[List[str]]:
+        """Start from the trained fairseq MultiheadAttention this module replaces (`softmax`: its state dict), for
+        converting a trained model; returns what was carried over, or None where no mapping keeps a meaning (the
+        module then keeps its own initialisation).  docs/conversion.md lists each kind's mapping."""
+        return None
 
     # --- helpers for the kinds -----------------------------------------------------------------------------------
     def split_heads(self, x: Tensor) -> Tensor:
@@ -134,3 +140,17 @@ class KVAttentionBase(nn.Module):
             else:
                 buffer[k] = v.index_select(0, new_order)
         return self._set_input_buffer(incremental_state, buffer)
+
+
+def copy_linear(target: nn.Linear, softmax: Dict[str, Tensor], name: str, weight: Optional[Tensor] = None,
+                bias: Optional[Tensor] = None) -> None:
+    """target <- softmax's `name` projection (or the given weight and bias), refusing a shape that does not fit."""
+    weight = softmax[f"{name}.weight"] if weight is None else weight
+    bias = softmax.get(f"{name}.bias") if bias is None else bias
+    if tuple(weight.shape) != tuple(target.weight.shape):
+        raise ValueError(f"{name}.weight is {list(target.weight.shape)} here but {list(weight.shape)} in the "
+                         f"softmax attention it replaces")
+    with torch.no_grad():
+        target.weight.copy_(weight)
+        if target.bias is not None:
+            target.bias.copy_(bias) if bias is not None else target.bias.zero_()

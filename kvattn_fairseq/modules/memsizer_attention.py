@@ -3,14 +3,14 @@
 Parameters (docs/papers/memsizer.md): Φ = q_proj (d -> h*k, the learned key slots of h heads), W_l = k_proj
 (d_src -> k) and W_r = v_proj (d_src -> d), each followed by a LayerNorm (over k and over d).  No output projection.
 """
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from torch import Tensor, nn
 
 from fairseq.modules import LayerNorm
 
 from ..ops import memsizer as ops
-from .base import KVAttentionBase
+from .base import KVAttentionBase, copy_linear
 from .registry import AttentionSite, KindOption, positive_float, positive_int, register_attention_kind
 
 
@@ -41,6 +41,17 @@ class MemSizerAttention(KVAttentionBase):
         nn.init.xavier_uniform_(self.v_proj.weight, gain=self.kv_init_scale ** -0.5)
         for lin in (self.q_proj, self.k_proj, self.v_proj):
             nn.init.zeros_(lin.bias)
+
+    def init_from_softmax(self, softmax: Dict[str, Tensor]) -> List[str]:
+        """W_r <- W_O W_V (with bias W_O b_V + b_O): MemSizer has no output projection, so the values must already
+        live where softmax attention's output does; its output is a weighted sum of the values, and softmax's is
+        W_O (sum_j a_j W_V x_j) + b_O, the same sum of W_O W_V x_j when the heads agree (MemSizer averages its
+        heads before the one read).  Phi (q_proj) and W_l (k_proj) score k learned slots, which nothing in W_Q,
+        W_K corresponds to: they keep MemSizer's own initialisation."""
+        w_o, b_o = softmax["out_proj.weight"].double(), softmax["out_proj.bias"].double()
+        w_v, b_v = softmax["v_proj.weight"].double(), softmax["v_proj.bias"].double()
+        copy_linear(self.v_proj, softmax, "out_proj·v_proj", weight=w_o @ w_v, bias=w_o @ b_v + b_o)
+        return ["v_proj (W_r) <- out_proj·v_proj"]
 
     # --- the three projections -------------------------------------------------------------------------------
     def read_weights(self, x: Tensor) -> Tensor:

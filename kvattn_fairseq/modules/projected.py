@@ -1,10 +1,10 @@
 """Multi-head attention modules with fairseq MultiheadAttention's projections and initialisation."""
 import math
-from typing import Optional
+from typing import Dict, List, Optional
 
 from torch import Tensor, nn
 
-from .base import KVAttentionBase
+from .base import KVAttentionBase, copy_linear
 
 
 class ProjectedAttention(KVAttentionBase):
@@ -31,6 +31,19 @@ class ProjectedAttention(KVAttentionBase):
                 nn.init.xavier_uniform_(lin.weight, gain=1 / math.sqrt(2) if same_dim else 1.0)
         nn.init.xavier_uniform_(self.out_proj.weight)
         nn.init.constant_(self.out_proj.bias, 0.0)
+
+    def init_from_softmax(self, softmax: Dict[str, Tensor]) -> List[str]:
+        """The q/k/v/out projections carry over unchanged (a kind without W_Q drops it); extra key projections
+        (mixture components) all start from the softmax keys.  Kind-specific parameters keep their own init."""
+        done = []
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            if getattr(self, name) is not None:
+                copy_linear(getattr(self, name), softmax, name)
+                done.append(name)
+        for i, lin in enumerate(self.k_projs):
+            copy_linear(lin, softmax, "k_proj")
+            done.append(f"k_projs.{i} <- k_proj")
+        return done
 
     def heads(self, proj: nn.Linear, x: Tensor) -> Tensor:
         """[B, T, C] -> [B, H, T, d] through a projection."""

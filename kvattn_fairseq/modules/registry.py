@@ -1,7 +1,8 @@
 """The registry of attention kinds: which kinds exist, where each may sit, its own flags, and how to build it.
 
 A kind registers a builder with `register_attention_kind`; the models never name kinds themselves, so a new kind
-shows up in every position flag, architecture check, error message and benchmark by registering here.
+shows up in every position flag, architecture check, error message and benchmark by registering here.  Which kind
+each layer gets is a plan (plan.py), checked once against this registry.
 
 Positions:
   encoder  encoder self-attention (non-causal)
@@ -26,6 +27,7 @@ POSITION_NAMES = {
     "cross": "cross-attention",
 }
 DEFAULT_KIND = "softmax"
+PLAN_SYNTAX = "KIND or KIND*N per layer, comma-separated, first layer first, e.g. memsizer*5,softmax"
 
 
 class AttentionConfigError(ValueError):
@@ -171,17 +173,6 @@ def positive_float_list(text: str):
     return values
 
 
-def _argparse_kind(position: str):
-    def parse(text: str) -> str:
-        try:
-            return check_kind(position, text)
-        except AttentionConfigError as e:
-            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1])
-
-    parse.__name__ = "attention type"
-    return parse
-
-
 def all_options() -> List[KindOption]:
     unique = {}
     for kind in ATTENTION_KINDS.values():
@@ -193,8 +184,10 @@ def all_options() -> List[KindOption]:
 def add_attention_args(parser, positions: Iterable[str]) -> None:
     """The position flags and every kind's own flags, all without argparse defaults (see KindOption)."""
     for position in positions:
-        parser.add_argument(POSITION_FLAGS[position], type=_argparse_kind(position), metavar="KIND",
-                            help=f"attention for {POSITION_NAMES[position]}: {', '.join(kinds_at(position))} "
+        # a plain string: the plan is parsed and checked once, by the architecture, when the layer count is known
+        parser.add_argument(POSITION_FLAGS[position], metavar="PLAN",
+                            help=f"attention for {POSITION_NAMES[position]}: one of {', '.join(kinds_at(position))} "
+                                 f"for every layer, or a plan with one kind per layer ({PLAN_SYNTAX}) "
                                  f"(default: the architecture's, else {DEFAULT_KIND})")
     for opt in all_options():
         default = "derived" if opt.default is None else opt.default
@@ -232,20 +225,6 @@ def resolve_options(args, kind: AttentionKind) -> Dict[str, Any]:
     return values
 
 
-def attention_plan(args, positions: Iterable[str]) -> Dict[str, Tuple[str, Dict[str, Any]]]:
-    """Validate every position's kind and options: {position: (kind name, options)}."""
-    plan = {}
-    for position in positions:
-        name = getattr(args, position_dest(position), None) or DEFAULT_KIND
-        check_kind(position, name)
-        kind = ATTENTION_KINDS[name]
-        options = resolve_options(args, kind)
-        if kind.validate is not None:
-            kind.validate(options, position)
-        plan[position] = (name, options)
-    return plan
-
-
 def build_attention(name: str, site: AttentionSite) -> nn.Module:
-    check_kind(site.position, name)
+    """Build a registered kind (already checked for the site's position: see plan.attention_plan)."""
     return ATTENTION_KINDS[name].build(site)

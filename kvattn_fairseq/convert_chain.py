@@ -1,0 +1,195 @@
+"""Convert a trained checkpoint, transfer its attention, then finetune: three ordinary fairseq runs.
+
+    scripts/convert.sh --checkpoint IN.pt --data DATA_BIN --out DIR [--transfer-updates N] [--finetune-updates N]
+                       [--transfer-lr LR] [--finetune-lr LR] [position and kind flags] [-- fairseq-train flags]
+
+1. `python -m kvattn_fairseq.convert` writes DIR/converted.pt with the requested kinds (the position and kind flags,
+   e.g. --decoder-attention-type memsizer*5,softmax).
+2. `fairseq-train --criterion attention_transfer --teacher-checkpoint IN.pt` trains only the new attention modules
+   to reproduce the ones they replaced (DIR/transfer/; skipped with --transfer-updates 0).
+3. `fairseq-train --finetune-from-model` trains the whole model with the task's usual criterion (DIR/finetune/;
+   label-smoothed cross-entropy 0.1 for translation, cross-entropy for language modelling).
+Both runs take the model flags of converted.pt, the task and its data settings from IN.pt (source/target
+language, tokens per sample, sample break mode, max tokens or batch size), Adam (0.9, 0.98) with an inverse-sqrt
+schedule warming up over the first tenth of the run, then the flags after `--` (a later flag wins).  Every command
+is printed and recorded in DIR/chain.json; a rerun skips the conversion when DIR/converted.pt exists and resumes
+each fairseq-train from its checkpoint_last.pt.  The result is DIR/finetune/checkpoint_last.pt.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence
+
+BIN = os.path.dirname(sys.executable)
+
+
+class ChainError(RuntimeError):
+    pass
+
+
+def tool(name: str) -> List[str]:
+    path = os.path.join(BIN, name)
+    return [path] if os.path.exists(path) else [name]
+
+
+def run(cmd: Sequence[str], log_path: str, record: List[Dict]) -> str:
+    """Run a command, its output appended to log_path; on failure, one line with the tool's last error."""
+    cmd = [str(c) for c in cmd]
+    record.append({"cmd": cmd, "log": os.path.basename(log_path)})
+    print("+ " + " ".join(cmd), flush=True)
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    with open(log_path, "a", encoding="utf-8") as f:
+        f.write(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        lines = [l for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
+        last = next((l for l in reversed(lines) if "error" in l.lower()), lines[-1] if lines else "?")
+        raise ChainError(f"{os.path.basename(cmd[0])} failed (exit {proc.returncode}; log {log_path}): {last.strip()}")
+    return proc.stdout + proc.stderr
+
+
+def finished(save_dir: str, updates: int) -> bool:
+    """True when save_dir/checkpoint_last.pt already holds `updates` updates (a rerun then starts nothing)."""
+    import torch
+
+    path = os.path.join(save_dir, "checkpoint_last.pt")
+    if not os.path.exists(path):
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return (state.get("optimizer_history") or [{}])[-1].get("num_updates", 0) >= updates
+    except Exception:  # noqa: BLE001  (unreadable: let fairseq-train deal with it)
+        return False
+
+
+def task_flags(checkpoint: str) -> List[str]:
+    """--task and the data settings the checkpoint was trained with, so that both runs see its data the same way."""
+    from .convert import load_source
+
+    state, _, _ = load_source(checkpoint)
+    cfg = state["cfg"]
+    task, dataset = cfg.get("task"), cfg.get("dataset")
+
+    def get(section, key):
+        if section is None:
+            return None
+        return getattr(section, key, None) if isinstance(section, argparse.Namespace) else section.get(key)
+
+    name = get(task, "_name") or get(task, "task")
+    flags = ["--task", name] if name else []
+    for key in ("source_lang", "target_lang", "tokens_per_sample", "sample_break_mode"):
+        value = get(task, key)
+        if value is not None:
+            flags += ["--" + key.replace("_", "-"), str(value)]
+    for key in ("max_tokens", "batch_size"):
+        value = get(dataset, key)
+        if value is not None:
+            flags += ["--" + key.replace("_", "-"), str(value)]
+    return flags
+
+
+def criterion_flags(task: Optional[str]) -> List[str]:
+    if task == "language_modeling":
+        return ["--criterion", "cross_entropy"]
+    return ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
+
+
+def schedule(updates: int, lr: str) -> List[str]:
+    return ["--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", lr, "--lr-scheduler", "inverse_sqrt",
+            "--warmup-updates", str(max(1, updates // 10)), "--max-update", str(updates)]
+
+
+def chain(checkpoint: str, data: str, out: str, convert_flags: Sequence[str], transfer_updates: int,
+          finetune_updates: int, transfer_lr: str = "1e-3", finetune_lr: str = "5e-4",
+          extra: Sequence[str] = (), converted: Optional[str] = None) -> str:
+    """The three stages; `converted` reuses an existing conversion of `checkpoint` with the same flags."""
+    from . import USER_DIR
+    from .convert import convert_file, load_source, model_flags, parser
+
+    data_flags = task_flags(checkpoint)  # a bad --checkpoint stops here, before anything is written
+    os.makedirs(out, exist_ok=True)
+    record: List[Dict] = []  # every stage's command, run now or by an earlier run
+
+    def stage(cmd: List, log: str, save: str, updates: int) -> None:
+        if finished(save, updates):
+            record.append({"cmd": [str(c) for c in cmd], "log": os.path.basename(log), "skipped": "already done"})
+        else:
+            run(cmd, log, record)
+
+    if converted is None:
+        converted = os.path.join(out, "converted.pt")
+        cmd = [sys.executable, "-m", "kvattn_fairseq.convert", "--checkpoint", checkpoint, "--out", converted,
+               *convert_flags]
+        record.append({"cmd": [str(c) for c in cmd]})
+        if os.path.exists(converted):
+            record[-1]["skipped"] = "already done"
+        else:  # in this process: the same checks and output as the command
+            done = convert_file(checkpoint, converted, parser().parse_args(cmd[3:]))
+            print(f"converted {checkpoint} -> {converted}: " + "; ".join(
+                f"{p} {i}: {a} -> {b}" for p, i, a, b, _ in done["sites"]), flush=True)
+    base = [*tool("fairseq-train"), data, "--user-dir", USER_DIR, *model_flags(load_source(converted)[1]),
+            *data_flags, "--no-epoch-checkpoints", "--log-format", "simple"]
+    task = data_flags[1] if data_flags[:1] == ["--task"] else None
+    result = converted
+    if transfer_updates > 0:
+        save = os.path.join(out, "transfer")
+        stage([*base, "--finetune-from-model", converted, "--save-dir", save, "--criterion", "attention_transfer",
+               "--teacher-checkpoint", checkpoint, *schedule(transfer_updates, transfer_lr), *extra],
+              os.path.join(out, "transfer.log"), save, transfer_updates)
+        result = os.path.join(save, "checkpoint_last.pt")
+    if finetune_updates > 0:
+        save = os.path.join(out, "finetune")
+        stage([*base, "--finetune-from-model", result, "--save-dir", save, *criterion_flags(task),
+               *schedule(finetune_updates, finetune_lr), *extra], os.path.join(out, "finetune.log"), save,
+              finetune_updates)
+        result = os.path.join(save, "checkpoint_last.pt")
+    with open(os.path.join(out, "chain.json"), "w") as f:
+        json.dump({"checkpoint": checkpoint, "data": data, "result": result, "commands": record}, f, indent=1)
+    return result
+
+
+def main(argv=None) -> int:
+    from .modules.registry import POSITIONS, add_attention_args
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: List[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    p = argparse.ArgumentParser(prog=os.environ.get("KVATTN_CHAIN_PROG", "scripts/convert.sh"), description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="the trained model to convert (and the transfer's teacher)")
+    p.add_argument("--data", required=True, help="fairseq-preprocess output for the two training runs")
+    p.add_argument("--out", required=True, help="directory for converted.pt, transfer/, finetune/ and the logs")
+    p.add_argument("--transfer-updates", type=int, default=500, help="attention-transfer updates (0: none)")
+    p.add_argument("--finetune-updates", type=int, default=2000, help="finetuning updates")
+    p.add_argument("--transfer-lr", default="1e-3")
+    p.add_argument("--finetune-lr", default="5e-4")
+    add_attention_args(p, POSITIONS)
+    a = p.parse_args(argv)
+    if a.transfer_updates < 0 or a.finetune_updates < 0:
+        p.error("--transfer-updates/--finetune-updates: expected 0 or more")
+    if not os.path.isdir(a.data):
+        p.error(f"--data: no such directory: {a.data}")
+    convert_flags = []
+    for action in p._actions:
+        value = getattr(a, action.dest, None)
+        if action.option_strings and value is not None and action.dest not in (
+                "help", "checkpoint", "data", "out", "transfer_updates", "finetune_updates", "transfer_lr",
+                "finetune_lr"):
+            convert_flags += [action.option_strings[-1], str(value) if not isinstance(value, (list, tuple)) else
+                              ",".join(map(str, value))]
+    try:
+        result = chain(a.checkpoint, a.data, a.out, convert_flags, a.transfer_updates, a.finetune_updates,
+                       a.transfer_lr, a.finetune_lr, extra)
+    except (ChainError, ValueError) as e:  # ConversionError, AttentionConfigError: one line naming the fix
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

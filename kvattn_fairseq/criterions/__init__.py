@@ -1,0 +1,2 @@
+"""Criteria (registration happens on import): attention_transfer."""
+from . import attention_transfer  # noqa: F401
