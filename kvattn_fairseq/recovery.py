@@ -10,7 +10,8 @@ and (0), the converted model before any training, all against (d), the teacher. 
   lm  character-level language modelling of real English prose: the Python Language Reference text shipped with
       every CPython (pydoc_data/topics.py), perplexity per character from fairseq-eval-lm
 Plans: `memsizer` and `linear` replace every decoder attention (self and cross), `hybrid` keeps the last decoder
-layer softmax and puts MemSizer in the others; encoders stay softmax.  The targets: (a) recovers >= 95% of the
+layer softmax and puts MemSizer in the others, `window` and `window_memsizer` replace decoder self-attention
+(MemSizer in cross-attention); encoders stay softmax.  The targets: (a) recovers >= 95% of the
 teacher's BLEU / is within 5% of its perplexity with M <= 20% of N, and (c) is clearly worse (5 BLEU points
 lower, or a 5% higher perplexity, than (a)).
 Writes DIR/results.json and DIR/table.md; a rerun resumes (fairseq-train resumes; finished evaluations are kept).
@@ -38,16 +39,18 @@ TINY = {
                tiny=True),
 }
 TINY["mt"]["tiny"] = True  # (0), the converted model before training, is not evaluated
-PLANS = ("memsizer", "linear", "hybrid")
+PLANS = ("memsizer", "linear", "hybrid", "window", "window_memsizer")
 VARIANTS = {"a": "convert + transfer + finetune", "b": "convert + finetune", "c": "from scratch",
             "0": "converted, no training"}
 SPACE = "\u2581"  # a character-level token for the space
 
 
 def plan_flags(plan: str, task: str, layers: int) -> List[str]:
-    kinds = {"memsizer": "memsizer", "linear": "linear", "hybrid": f"memsizer*{layers - 1},softmax"}[plan]
+    kinds = {"hybrid": f"memsizer*{layers - 1},softmax"}.get(plan, plan)
     flags = ["--decoder-attention-type", kinds]
-    return flags + (["--cross-attention-type", kinds] if task == "mt" else [])
+    # a window is a span of the decoder's own sequence: cross-attention takes MemSizer's memory instead
+    cross = "memsizer" if plan.startswith("window") else kinds
+    return flags + (["--cross-attention-type", cross] if task == "mt" else [])
 
 
 # --- data ----------------------------------------------------------------------------------------------------------

@@ -112,6 +112,29 @@ def test_new_kinds_start_from_the_softmax_they_replace(tmp_path, capsys, mt_teac
                                                                     ("decoder", 1, "memsizer")]
 
 
+@pytest.mark.parametrize("plan", ["window", "window_memsizer", "window_linear"])
+def test_a_window_conversion_starts_as_the_teacher_cut_to_its_window(tmp_path, capsys, plan):
+    """The window takes the softmax projections and the memory branch starts silent: with a window as long as
+    the text, the converted LM computes exactly the teacher's function; a shorter window changes only the
+    positions past it."""
+    src = tmp_path / "lm.pt"
+    teacher = save_checkpoint(src, "transformer_lm", *LM_SIZE, task="language_modeling")
+    tokens = sample(make_dictionary(), tgt_len=12)["prev_output_tokens"].clamp(min=4)
+    with torch.no_grad():
+        expected = teacher(tokens)[0]
+    for window, same in ((12, 12), (5, 5)):
+        out = tmp_path / f"{plan}{window}.pt"
+        assert run(capsys, "--checkpoint", src, "--out", out, "--decoder-attention-type", plan,
+                   "--attention-window", window)[0] == 0
+        model, args, _ = load(out)
+        assert args.decoder_attention_type == plan and args.attention_window == window
+        with torch.no_grad():
+            got = model(tokens)[0]
+        torch.testing.assert_close(got[:, :same], expected[:, :same], atol=1e-5, rtol=1e-5)
+        if same < tokens.size(1):
+            assert not torch.allclose(got[:, same:], expected[:, same:], atol=1e-3)
+
+
 def test_model_flags_rebuild_the_converted_model(tmp_path, capsys, mt_teacher):
     """What `--model-flags` prints is what fairseq-train --finetune-from-model needs: the model it builds loads the
     converted weights strictly."""

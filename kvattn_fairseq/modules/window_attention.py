@@ -6,10 +6,10 @@ states the definitions and the parameters.
 Decoding state: the W - 1 most recent keys and values (fp32), so a new token sees W positions; constant in the
 output length, like the memory kinds' state.
 """
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..ops import window as ops
 from .base import KVAttentionBase
@@ -57,6 +57,16 @@ class WindowMemoryAttention(KVAttentionBase):
     def __init__(self, local: WindowAttention, memory: KVAttentionBase):
         super().__init__(local.embed_dim, local.num_heads, local.position)
         self.local, self.memory = local, memory
+
+    def init_from_softmax(self, softmax: Dict[str, Tensor]) -> List[str]:
+        """The window takes the softmax attention's q/k/v/out; the memory's last map starts at zero (the output
+        projection, or MemSizer's value LayerNorm), so the converted layer first computes exactly the teacher's
+        attention cut to the window, and the memory grows in from there during finetuning."""
+        done = [f"local.{name}" for name in self.local.init_from_softmax(softmax)]
+        last = getattr(self.memory, "out_proj", None) or self.memory.v_layer_norm
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        return done + ["memory: its output map zeroed"]
 
     def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
         out = 0
