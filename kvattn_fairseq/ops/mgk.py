@@ -101,6 +101,37 @@ def reference(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], pi: 
     return out
 
 
+def responsibility_sums(q: Tensor, keys: Tensor, inv_var: Sequence[float], log_pi: Optional[Tensor],
+                        query_real: Tensor, chunk: int = 64) -> Tensor:
+    """The E-step statistics of the EM update of pi (the paper's design B): for every key j and component r, the
+    responsibilities gamma_ijr = softmax_r(l_ijr) summed over the real queries i.
+
+    q [B, H, Tq, d]; keys [B, H, Tk, M, d]; log_pi broadcastable to [B, H, Tk, M] (None: equal weights);
+    query_real [B, Tq] (False at padding) -> [B, H, Tk, M], fp32, without gradient.  Every query counts for every
+    key, causal or not (the official code averages over all query positions); padded keys are the caller's to
+    drop.  Queries are taken `chunk` at a time, so no [B, H, Tq, Tk, M] tensor is formed.
+    """
+    with torch.no_grad():
+        q, keys = q.float(), keys.float()
+        tau = q.size(-1) ** -0.5
+        k2 = keys.pow(2).sum(-1)  # [B, H, Tk, M]
+        total = q.new_zeros(keys.shape[:-1])
+        for start in range(0, q.size(-2), chunk):
+            qc = q[..., start:start + chunk, :]
+            q2 = qc.pow(2).sum(-1).unsqueeze(-1)
+            parts = []
+            for r, s in enumerate(inv_var):
+                d2 = (q2 + k2[..., r].unsqueeze(-2) - 2.0 * torch.matmul(qc, keys[..., r, :].transpose(-1, -2)))
+                part = -0.5 * tau * s * d2.clamp(min=0.0)
+                if log_pi is not None:
+                    part = part + log_pi[..., r].float().unsqueeze(-2)
+                parts.append(part)
+            gamma = torch.softmax(torch.stack(parts, dim=-1), dim=-1)  # [B, H, c, Tk, M]
+            real = query_real[:, start:start + chunk].to(gamma.dtype)
+            total += torch.einsum("bhqkm,bq->bhkm", gamma, real)
+        return total
+
+
 def mixed_key_features(keys: Tensor, pi: Tensor) -> Tensor:
     """MLK: sum_r pi_r phi(k_r): keys [..., M, d], pi broadcastable to [..., M] -> [..., d] (fp32)."""
     feats = F.elu(keys.float()) + 1.0
