@@ -155,6 +155,22 @@ def test_results_land_in_the_papers_rows(results_dir, capsys):
     assert syn["parity"]["KV + 2D pos (kv_asym)"] == "100.0 (100.0)"  # a task outside the paper's: extra row
 
 
+def test_a_row_naming_kind_options_takes_the_results_trained_with_them(tmp_path):
+    """The MGK ablation rows share the plain rows' layout and heads: the kind options recorded from the checkpoint
+    decide, and a result without them stays in the plain row."""
+    lm = ("decoder",)
+    plain, em, hard = (dict(_model("mgk_lm_wiki103_mgk4", ("mgk",), lm, heads=4), options=opts)
+                       for opts in ({"mgk_pi": "softmax", "mgk_estep": "soft"}, {"mgk_pi": "em", "mgk_estep": "soft"},
+                                    {"mgk_pi": "softmax", "mgk_estep": "hard"}))
+    for name, model, ppl in (("plain", plain, 34.0), ("em", em, 35.0), ("hard", hard, 36.0)):
+        _write(tmp_path, f"{name}/r.json", "lm", model, _lm(ppl, ppl), ppl)
+    mgk = _rows(tables.render(tables.find_results(str(tmp_path))), "Transformer-MGK")
+    assert mgk["MGK 4 heads"]["test ppl"] == "34.00"
+    assert mgk["MGK 4 heads + Soft-E, EM π (B) [ours]"]["test ppl"] == "35.00"
+    assert mgk["MGK 4 heads + Hard-E (C) [ours]"]["test ppl"] == "36.00"
+    assert mgk["sMGK 4 heads + Soft-E, EM π (B) [ours]"]["test ppl"] == NOT_RUN
+
+
 def test_runs_sharing_a_row_are_listed_by_name(results_dir):
     _write(results_dir, "wmt/memsizer_seed2/results.json", "wmt",
            _model("memsizer_wmt_en_de_big", ("softmax", "memsizer", "memsizer")), _wmt(26.9, 27.8), 26.9)

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUNNER = [sys.executable, "-m", "kvattn_fairseq.paper_tables"]
 # a subset of each table's rows keeps the suite short; every row is built and checked before anything runs
 CASES = [("memsizer_mt", "transformer,memsizer", ()), ("memsizer_summarization", "memsizer", ("--drop", "fp16")),
-         ("memsizer_lm", "memsizer", ()), ("mgk_lm", "mgk4,mlk4", ())]
+         ("memsizer_lm", "memsizer", ()), ("mgk_lm", "mgk4,mlk4,mgk4-em", ())]
 
 
 def run(*args, check=True, env_extra=None, cwd=None):

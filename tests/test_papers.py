@@ -22,6 +22,8 @@ def test_rows_declare_the_model_their_recipe_builds(name):
         assert dict(row.attention) == {p: getattr(args, position_dest(p)) for p in positions}, row.name
         if row.heads is not None:
             assert args.decoder_attention_heads == row.heads, row.name
+        for dest, value in row.options.items():
+            assert str(getattr(args, dest)) == value, row.name
         assert table.positions() == positions
 
 

@@ -9,7 +9,8 @@ One JSON object per evaluated checkpoint and task, schema ``kvattn_fairseq.evalu
     name          experiment name (--name; default: the checkpoint's directory name)
     timestamp     UTC, ISO 8601, when the evaluation finished
     model         {"arch", "model" (fairseq model name), "attention": {position: kind} for the positions the model
-                  has ("encoder", "decoder", "cross"), "heads": {"encoder", "decoder"}, "parameters" (distinct
+                  has ("encoder", "decoder", "cross"), "heads": {"encoder", "decoder"}, "options": {flag dest: value}
+                  of the attention kinds the model uses (e.g. "mgk_pi"), "parameters" (distinct
                   floating-point tensors of the state dict), "num_updates", "max_target_positions"}, read from
                   the checkpoint's saved cfg / args
     checkpoint    {"path": relative to the results file's directory, "averaged_from": [file names] or null}

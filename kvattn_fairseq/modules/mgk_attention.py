@@ -4,6 +4,7 @@
 (initialised N(0, 0.5^2) with the first shift at 0, as the official code); `mlk` mixes elu+1 feature maps of
 per-component keys before accumulating, so its state is linear attention's.  Fewer heads is the point: with
 `--mgk-head-dim` the heads keep their width when their number drops (the paper's MGK-4 vs softmax-8, d_head 16).
+`--mgk-pi em` is the paper's ablation design B (docs/papers/mgk.md, "EM-updated mixture weights").
 """
 from typing import Any, Dict, Optional
 

@@ -10,6 +10,9 @@ inverse-variance scales; the paper's equal variances are s = 1, the official LM 
 computed in log space (the official code's exp -> divide-by-(sum + 1e-6) path zeroes whole rows once the kernels
 underflow).  Squared distances come from ||q||^2 + ||k||^2 - 2 q.k (a matmul), clamped at 0.
 
+The paper's design B updates pi by EM instead of by gradient: pi_jr = the mean over queries i of the responsibility
+gamma_ijr = softmax_r(l_ijr); responsibility_sums gives the sums, the module divides by the counts.
+
 MLK, the linear version: phi(q)^T sum_j (sum_r pi_r phi(k_jr)) v_j^T / phi(q)^T sum_j sum_r pi_r phi(k_jr), with
 phi = elu + 1: the components are mixed before accumulating, so the state is that of linear attention, whatever M.
 """
