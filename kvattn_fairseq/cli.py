@@ -4,12 +4,14 @@ import os
 import sys
 
 from .modules.registry import ATTENTION_KINDS, POSITIONS, AttentionConfigError
+from .util.errors import OneLineError
 
 
 def install_error_hook() -> None:
     """Some errors surface deep inside fairseq: a bad attention setting (argument parsing, model build), an input
-    longer than the model admits (batching), an unsafe checkpoint (its loader).  Print each as one line naming the
-    fix, as argparse does, instead of a stack trace.  Other exceptions are untouched."""
+    longer than the model admits (batching), an unsafe checkpoint (its loader), bad data for the plugin's task.
+    Print each as one line naming the fix, as argparse does, instead of a stack trace.  Other exceptions are
+    untouched."""
     previous = sys.excepthook
     if getattr(previous, "kvattn_hook", False):
         return
@@ -17,7 +19,8 @@ def install_error_hook() -> None:
     def hook(exc_type, exc, tb):
         from .compat import CheckpointRefused
 
-        if issubclass(exc_type, (AttentionConfigError, CheckpointRefused)) or _is_size_error(exc_type, exc):
+        if issubclass(exc_type, (AttentionConfigError, CheckpointRefused, OneLineError)) or \
+                _is_size_error(exc_type, exc):
             prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "kvattn_fairseq"
             print(f"{prog}: error: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -52,7 +55,7 @@ def main(argv=None) -> int:
     else:
         from fairseq.models import ARCH_MODEL_INV_REGISTRY
 
-        for model in ("kvattn_transformer", "kvattn_lm"):
+        for model in ("kvattn_transformer", "kvattn_lm", "kvattn_classifier"):
             for arch in ARCH_MODEL_INV_REGISTRY.get(model, []):
                 print(f"{model:<20} {arch}")
     return 0

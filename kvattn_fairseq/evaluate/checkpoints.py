@@ -10,7 +10,7 @@ from .inputs import require_dir, require_file
 POSITIONS = ("encoder", "decoder", "cross")
 # fairseq's own models: every attention is its MultiheadAttention (softmax)
 FAIRSEQ_SOFTMAX_MODELS = {"transformer": POSITIONS, "transformer_lm": ("decoder",)}
-KVATTN_MODELS = {"kvattn_transformer": POSITIONS, "kvattn_lm": ("decoder",)}
+KVATTN_MODELS = {"kvattn_transformer": POSITIONS, "kvattn_lm": ("decoder",), "kvattn_classifier": ("encoder",)}
 
 
 def _getter(section):
