@@ -116,7 +116,7 @@ def _draw_classification(table: Table, results: List[Dict], bench: Optional[Dict
         cells[(task, r["model"]["attention"].get("encoder"))][config(r["name"])].append(r["metrics"])
     header, rows = ["task"], []
     for title, _ in COLUMNS:
-        header += [title, "notebook"]
+        header += [title, title.split(" (")[0] + ", notebooks"]
     header += [f"{k}" for k in extra]
     for task in tasks:
         line = [task]
@@ -180,8 +180,8 @@ TABLES = (
           _draw_classification, checkpoint="checkpoint_last.pt", extra_kinds=False,
           notes=("Cells: test per-position accuracy, the mean (population std) over configurations of each "
                  "configuration's mean over its runs, as the notebooks' plot.ipynb computes; exact: the same for "
-                 "the fraction of sequences labelled right everywhere; cfg / runs: what the cell averages.  "
-                 "notebook: the authors' figures (docs/papers/kv-transformer.md).",
+                 "the fraction of sequences labelled right everywhere; cfg / runs: what the cell averages.  The "
+                 "\"notebooks\" columns: the authors' figures, mean (std) (docs/papers/kv-transformer.md).",
                  "Rows: d_model {64, 256} x layers {2, 4} x heads {2, 4} x length {64, 128} x 3 seeds per task "
                  "and kind, the sweep of Reverse_sort_pos.py; the notebooks averaged 16-19 configuration files "
                  "per task (which extra ones reverse and sort had is not recorded).  The model is the last "
