@@ -6,6 +6,7 @@ notebooks' accuracies beside them.
 The tasks themselves are defined once, in kvattn_fairseq/data/synthetic.py.  Facts and their primary sources:
 docs/papers/kv-transformer.md.
 """
+import itertools
 import re
 from collections import defaultdict
 from typing import Dict, List, Optional
@@ -75,23 +76,18 @@ NOTEBOOK_STD = {"reverse": (0.38, 0.35, 0.37), "sort": (0.033, 0.038, 0.035), "c
                 "swap": (0.42, 0.37, 0.41), "sub": (0.0, 0.0, 0.0)}
 
 # The sweep of Reverse_sort_pos.py (its commented-out driver): d_model, layers, heads, sequence length, and 3 runs
-# of each configuration; lengths other than the data's 64 are datasets of their own (run/tables.py prepares them).
+# of each configuration (in this order); lengths other than the data's 64 are datasets of their own
+# (run/tables.py prepares them).
 SWEEP = dict(d_model=(64, 256), layers=(2, 4), heads=(2, 4), length=(64, 128), seeds=(1, 2, 3))
 
 
 def _sweep_rows(task: str, i: int, kind: str):
-    for d in SWEEP["d_model"]:
-        for layers in SWEEP["layers"]:
-            for heads in SWEEP["heads"]:
-                for length in SWEEP["length"]:
-                    for seed in SWEEP["seeds"]:
-                        yield Row(f"{task}-{kind}-d{d}-l{layers}-h{heads}-n{length}-s{seed}", task,
-                                  "kv_classification", {"encoder": kind}, kind=kind,
-                                  flags=("--encoder-embed-dim", str(d), "--encoder-layers", str(layers),
-                                         "--encoder-attention-heads", str(heads), "--seed", str(seed)),
-                                  data=f"synthetic-{task}" + ("" if length == 64 else f"-len{length}"),
-                                  published={"position_accuracy": NOTEBOOK[task][i],
-                                             "position_accuracy_std": NOTEBOOK_STD[task][i]})
+    for d, layers, heads, length, seed in itertools.product(*SWEEP.values()):
+        yield Row(f"{task}-{kind}-d{d}-l{layers}-h{heads}-n{length}-s{seed}", task, "kv_classification",
+                  {"encoder": kind}, kind=kind, data=f"synthetic-{task}" + ("" if length == 64 else f"-len{length}"),
+                  flags=("--encoder-embed-dim", str(d), "--encoder-layers", str(layers), "--encoder-attention-heads",
+                         str(heads), "--seed", str(seed)),
+                  published={"position_accuracy": NOTEBOOK[task][i], "position_accuracy_std": NOTEBOOK_STD[task][i]})
 
 
 def config(name: str) -> str:
@@ -108,6 +104,7 @@ def _draw_classification(table: Table, results: List[Dict], bench: Optional[Dict
     kinds = [k for _, k in COLUMNS]
     extra = sorted({r["model"]["attention"].get("encoder") for r in results} - set(kinds))
     tasks = list(dict.fromkeys(row.label for row in table.rows))
+    paper = {(row.label, row.kind): row.published for row in table.rows}
     cells = defaultdict(lambda: defaultdict(list))  # (task, kind) -> configuration -> runs
     for r in results:
         task = r["metrics"].get("synthetic_task")
@@ -117,7 +114,7 @@ def _draw_classification(table: Table, results: List[Dict], bench: Optional[Dict
     header, rows = ["task"], []
     for title, _ in COLUMNS:
         header += [title, title.split(" (")[0] + ", notebooks"]
-    header += [f"{k}" for k in extra]
+    header += extra
     for task in tasks:
         line = [task]
         for i, kind in enumerate(kinds + extra):
@@ -130,7 +127,8 @@ def _draw_classification(table: Table, results: List[Dict], bench: Optional[Dict
                 seq = _mean_std([sum(m["sequence_accuracy"] for m in v) / len(v) for v in configs.values()])
                 line.append(f"{pos[0]:.4f} ({pos[1]:.2f}); exact {seq[0]:.4f} [{len(configs)} cfg, {runs} runs]")
             if i < len(kinds):
-                line.append(f"{NOTEBOOK[task][i]} ({NOTEBOOK_STD[task][i]})" if task in NOTEBOOK else md.NONE)
+                p = paper.get((task, kind))
+                line.append(f"{p['position_accuracy']} ({p['position_accuracy_std']})" if p else md.NONE)
         rows.append(line)
     return md.markdown(header, rows) + [""] + list(table.notes)
 
