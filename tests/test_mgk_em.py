@@ -1,7 +1,10 @@
 """--mgk-pi em, the MGK paper's design B: pi is a buffer that each training forward sets by the EM rule (the mean
 responsibility of each component over the batch's real query-key pairs, per head and key position), frozen at
 inference, identical on every data-parallel worker, saved and restored with checkpoints."""
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -188,11 +191,20 @@ def _resume_in_process(argv):
 
 
 @pytest.mark.slow
-def test_em_trains_decodes_and_resumes_through_the_cli(tmp_path):
+def test_em_trains_on_two_workers_decodes_and_resumes_through_the_cli(tmp_path):
+    """Epoch 1 with torchrun, 2 CPU workers and fairseq's default DistributedDataParallel backend (the sum over
+    workers inside each training forward fits between DDP's own collectives), fairseq-generate from its checkpoint,
+    then a single process resumes epoch 2 from it."""
     data = runs.prepare_reverse(tmp_path, train=300, valid=40, test=30)
     save = tmp_path / "ckpt"
-    proc = run_cli("fairseq-train", *_train_argv(data, save, 1))
-    assert "MixtureWeights(mode=em" in proc.stdout + proc.stderr
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29519", "-m", "fairseq_cli.train", *_train_argv(data, save, 1),
+                           "--distributed-world-size", "2", "--distributed-backend", "gloo"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "distributed init (rank 1)" in log and "MixtureWeights(mode=em" in log
     first = _tables(save / "checkpoint_last.pt")
     assert len(first) == 4  # 2 encoder + 2 decoder self-attention layers
     for table in first.values():  # trained: no longer the 1/M it started from
