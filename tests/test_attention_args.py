@@ -109,6 +109,7 @@ def test_build_from_dictconfig_keeps_the_attention_settings():
     (["--linformer-k", "0"], "--linformer-k: expected a positive integer, got 0"),
     (["--decoder-attention-type", "mgk", "--mgk-components", "2", "--mgk-inv-var-scales", "1,2,3"],
      "--mgk-inv-var-scales: 3 values for 2 components (--mgk-components); give one value or 2"),
+    (["--decoder-attention-type", "mlk", "--mgk-pi", "em"], "--mgk-pi: 'em' is not supported by mlk"),
 ])
 def test_cli_errors_are_one_line_and_nothing_is_written(tmp_path, flags, expected):
     data = tmp_path / "no-data-needed"

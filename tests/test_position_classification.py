@@ -20,7 +20,7 @@ from kvattn_fairseq.tasks.position_classification import IGNORE, PositionClassif
     PositionClassificationTask
 from kvattn_fairseq.util.errors import OneLineError
 
-from conftest import build_model
+from conftest import build_model, run_cli
 
 ENCODER_KINDS = kinds_at("encoder")
 
@@ -181,3 +181,15 @@ def test_the_classifier_learns_the_copy_task_and_bad_input_is_one_line(copy_data
         assert code == 2 and len(err) == 1 and message in err[0], err
         assert not out.exists()
     assert not os.path.exists(tmp_path / "bad.hyp.tgt")
+
+
+@pytest.mark.slow
+def test_fairseq_train_on_missing_data_is_one_line(tmp_path):
+    proc = run_cli("fairseq-train", tmp_path / "no-data", "--user-dir", kvattn_fairseq.USER_DIR, "--task",
+                   "kv_position_classification", "--arch", "kv_position_classifier", "--criterion",
+                   "position_classification", "--optimizer", "adam", "--lr", "1e-3", "--batch-size", "8", "--cpu",
+                   "--save-dir", tmp_path / "ckpt", check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "INFO" not in line]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[-1].endswith("dict.src.txt is missing (expected the binarized data of python -m "
+                              "kvattn_fairseq.synthetic, DIR/data-bin; --source-lang/--target-lang name the suffixes)")
