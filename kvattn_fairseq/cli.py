@@ -4,12 +4,14 @@ import os
 import sys
 
 from .modules.registry import ATTENTION_KINDS, PLAN_SYNTAX, POSITIONS, AttentionConfigError
+from .util.errors import OneLineError
 
 
 def install_error_hook() -> None:
     """Some errors surface deep inside fairseq: a bad attention setting (argument parsing, model build), an input
-    longer than the model admits (batching), an unsafe checkpoint (its loader).  Print each as one line naming the
-    fix, as argparse does, instead of a stack trace.  Other exceptions are untouched."""
+    longer than the model admits (batching), an unsafe checkpoint (its loader), bad data for the plugin's task.
+    Print each as one line naming the fix, as argparse does, instead of a stack trace.  Other exceptions are
+    untouched."""
     previous = sys.excepthook
     if getattr(previous, "kvattn_hook", False):
         return
@@ -17,7 +19,8 @@ def install_error_hook() -> None:
     def hook(exc_type, exc, tb):
         from .compat import CheckpointRefused
 
-        if issubclass(exc_type, (AttentionConfigError, CheckpointRefused)) or _is_size_error(exc_type, exc):
+        if issubclass(exc_type, (AttentionConfigError, CheckpointRefused, OneLineError)) or \
+                _is_size_error(exc_type, exc):
             prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "kvattn_fairseq"
             print(f"{prog}: error: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -63,8 +66,8 @@ def arch_plans():
     from .building import parse_model_args
     from .models.layers import check_attention_args
 
-    for model in ("kvattn_transformer", "kvattn_lm"):
-        positions = POSITIONS if model == "kvattn_transformer" else ("decoder",)
+    models = {"kvattn_transformer": POSITIONS, "kvattn_lm": ("decoder",), "kvattn_classifier": ("encoder",)}
+    for model, positions in models.items():
         for arch in ARCH_MODEL_INV_REGISTRY.get(model, []):
             plan = check_attention_args(parse_model_args(arch), positions)
             yield model, arch, {p: plan[p].text for p in positions}

@@ -56,7 +56,8 @@ def test_a_plan_gives_each_layer_its_kind(value, kinds):
     (["--memsizer-cross-slots", "-3"], "argument --memsizer-cross-slots: expected a positive integer, got -3"),
     (["--memsizer-encoder-slots", "four"], "argument --memsizer-encoder-slots: expected a positive integer"),
     (["--memsizer-q-init-scale", "0"], "argument --memsizer-q-init-scale: expected a positive finite number"),
-    (["--mgk-pi", "em"], "argument --mgk-pi: expected one of softmax, clamp, uniform, position, got 'em'"),
+    (["--mgk-pi", "learned"], "argument --mgk-pi: expected one of softmax, clamp, uniform, position, em, got "
+                              "'learned'"),
     (["--mgk-inv-var-scales", "1,-3"], "argument --mgk-inv-var-scales: expected comma-separated positive numbers"),
     (["--mgk-estep", "medium"], "argument --mgk-estep: expected one of soft, hard"),
     (["--mgk-components", "0"], "argument --mgk-components: expected a positive integer, got 0"),
@@ -109,6 +110,12 @@ def _namespace(**over):
                                        ({"decoder_attention_type": "mlk", "mgk_pi": "position"}, "--mgk-pi"),
                                        ({"decoder_attention_type": "mgk", "mgk_pi": "position",
                                          "mgk_pi_positions": 100}, "--mgk-pi-positions"),
+                                       ({"decoder_attention_type": "mgk", "mgk_pi": "em",
+                                         "mgk_pi_positions": 100}, "--mgk-pi-positions"),
+                                       ({"decoder_attention_type": "mlk", "mgk_pi": "em"}, "--mgk-pi"),
+                                       ({"decoder_attention_type": "smgk", "mgk_pi": "em", "mgk_estep": "hard"},
+                                        "--mgk-pi"),
+                                       ({"cross_attention_type": "mgk", "mgk_pi": "em"}, "--mgk-pi"),
                                        ({"decoder_attention_type": "bogus"}, "--decoder-attention-type"),
                                        ({"memsizer_kv_init_scale": -1.0}, "--memsizer-kv-init-scale")])
 def test_python_api_and_hydra_values_are_checked_at_build(over, flag):
@@ -143,6 +150,7 @@ def test_build_from_dictconfig_keeps_the_attention_settings():
                                                          "gives 6 layers but the model has 2 (--decoder-layers)"),
     (["--decoder-attention-type", "mgk", "--mgk-components", "2", "--mgk-inv-var-scales", "1,2,3"],
      "--mgk-inv-var-scales: 3 values for 2 components (--mgk-components); give one value or 2"),
+    (["--decoder-attention-type", "mlk", "--mgk-pi", "em"], "--mgk-pi: 'em' is not supported by mlk"),
 ])
 def test_cli_errors_are_one_line_and_nothing_is_written(tmp_path, flags, expected):
     data = tmp_path / "no-data-needed"

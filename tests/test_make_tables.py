@@ -122,7 +122,7 @@ def test_empty_directory_keeps_every_paper_row(tmp_path):
     assert list(mgk) == [r.label for r in TABLES["mgk_lm"].rows]
     assert mgk["MGK 4 heads"]["valid ppl"] == NOT_RUN and mgk["MGK 4 heads"]["paper test"] == "34.21"
     assert mgk["sMGK 4 heads"]["paper test"] == "—"  # our row: no published number
-    syn = _rows(md, "synthetic")
+    syn = _rows(md, "as sequence-to-sequence")
     assert list(syn) == list(synthetic.TASKS)
     assert all(v == NOT_RUN for row in syn.values() for k, v in row.items() if k != "task")
     assert "0 evaluations" in md
@@ -148,11 +148,50 @@ def test_results_land_in_the_papers_rows(results_dir, capsys):
     assert mgk["MGK 4 heads"]["test ppl"] == "34.00" and mgk["MGK 8 heads"]["test ppl"] == NOT_RUN
     assert mgk["smgk, 2 heads"]["valid ppl"] == "33.50" and mgk["smgk, 2 heads"]["paper valid"] == "—"
     assert list(mgk).index("smgk, 2 heads") == len(TABLES["mgk_lm"].rows)  # after the paper's rows
-    syn = _rows(md, "synthetic")
+    syn = _rows(md, "as sequence-to-sequence")
     assert syn["reverse"]["KV symmetric (kv)"] == "60.0 (85.0), mean of 2 runs"
     assert syn["reverse"]["QKV (softmax)"] == NOT_RUN
     assert syn["sort"]["QKV (softmax)"] == "25.0 (50.0)"
     assert syn["parity"]["KV + 2D pos (kv_asym)"] == "100.0 (100.0)"  # a task outside the paper's: extra row
+
+
+def _cls(task, position, sequence):
+    return {"synthetic_task": task, "position_accuracy": position, "sequence_accuracy": sequence}
+
+
+def test_kv_classification_averages_runs_then_configurations_like_the_notebooks(tmp_path):
+    """plot.ipynb: each configuration's mean over its runs, then the mean and population std over configurations;
+    the notebooks' figures sit beside each kind; another encoder kind gets a column of its own."""
+    enc = ("encoder",)
+    for name, kind, pos, seq in (("reverse-kv-d64-l2-h4-n64-s1", "kv", 0.5, 0.1),
+                                 ("reverse-kv-d64-l2-h4-n64-s2", "kv", 0.7, 0.3),  # config 1: 0.6 / 0.2
+                                 ("reverse-kv-d256-l2-h4-n64-s1", "kv", 1.0, 1.0),  # config 2: 1.0 / 1.0
+                                 ("sort-linear-d64-l2-h4-n64-s1", "linear", 0.25, 0.0)):
+        model = dict(_model("kv_position_classifier", (kind,), enc), model="kvattn_classifier")
+        _write(tmp_path, f"{name}.json", "classify", model, _cls(name.split("-")[0], pos, seq), pos, name=name)
+    rows = _rows(tables.render(tables.find_results(str(tmp_path))), "per-position classification")
+    assert list(rows) == list(synthetic.TASKS)
+    assert rows["reverse"]["KV symmetric (kv)"] == "0.8000 (0.20); exact 0.6000 [2 cfg, 3 runs]"
+    assert rows["reverse"]["QKV, notebooks"] == "0.6978 (0.38)" and rows["reverse"]["QKV (softmax)"] == NOT_RUN
+    assert rows["reverse"]["KV symmetric, notebooks"] == "0.7046 (0.37)"
+    assert rows["sort"]["linear"] == "0.2500 (0.00); exact 0.0000 [1 cfg, 1 runs]"
+    assert rows["swap"]["linear"] == NOT_RUN
+
+
+def test_a_row_naming_kind_options_takes_the_results_trained_with_them(tmp_path):
+    """The MGK ablation rows share the plain rows' layout and heads: the kind options recorded from the checkpoint
+    decide, and a result without them stays in the plain row."""
+    lm = ("decoder",)
+    plain, em, hard = (dict(_model("mgk_lm_wiki103_mgk4", ("mgk",), lm, heads=4), options=opts)
+                       for opts in ({"mgk_pi": "softmax", "mgk_estep": "soft"}, {"mgk_pi": "em", "mgk_estep": "soft"},
+                                    {"mgk_pi": "softmax", "mgk_estep": "hard"}))
+    for name, model, ppl in (("plain", plain, 34.0), ("em", em, 35.0), ("hard", hard, 36.0)):
+        _write(tmp_path, f"{name}/r.json", "lm", model, _lm(ppl, ppl), ppl)
+    mgk = _rows(tables.render(tables.find_results(str(tmp_path))), "Transformer-MGK")
+    assert mgk["MGK 4 heads"]["test ppl"] == "34.00"
+    assert mgk["MGK 4 heads + Soft-E, EM π (B) [ours]"]["test ppl"] == "35.00"
+    assert mgk["MGK 4 heads + Hard-E (C) [ours]"]["test ppl"] == "36.00"
+    assert mgk["sMGK 4 heads + Soft-E, EM π (B) [ours]"]["test ppl"] == NOT_RUN
 
 
 def test_runs_sharing_a_row_are_listed_by_name(results_dir):

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 RUNNER = [sys.executable, "-m", "kvattn_fairseq.paper_tables"]
 # a subset of each table's rows keeps the suite short; every row is built and checked before anything runs
 CASES = [("memsizer_mt", "transformer,memsizer", ()), ("memsizer_summarization", "memsizer", ("--drop", "fp16")),
-         ("memsizer_lm", "memsizer", ()), ("mgk_lm", "mgk4,mlk4", ())]
+         ("memsizer_lm", "memsizer", ()), ("mgk_lm", "mgk4,mlk4,mgk4-em", ()),
+         ("kv_classification", "reverse-kv-d256-l4-h2-n128-s2", ())]
 
 
 def run(*args, check=True, env_extra=None, cwd=None):
@@ -108,6 +109,8 @@ def test_rerun_resumes_without_redoing_work(work):
 
 @pytest.mark.parametrize("args,expected", [
     (["kv_synthetic", "--rows", "nope"], "--rows: nope not in table kv_synthetic"),
+    (["kv_classification", "--rows", "reverse-kv-*,sort-kv-d99-*"],
+     "--rows: sort-kv-d99-* not in table kv_classification (rows: 720 rows, e.g. reverse-softmax-d64-l2-h2-n64-s1)"),
     (["memsizer_mt", "--kinds", "nope"], "--kinds: unknown attention kind 'nope'"),
     (["memsizer_mt", "--raw", "/nonexistent/raw"], "--raw: /nonexistent/raw is not a directory"),
     (["mgk_lm", "--kinds", "linear"], "--kinds: table mgk_lm fixes its rows' kinds"),

@@ -1,4 +1,4 @@
-"""python -m kvattn_fairseq.evaluate {wmt,cnndm,lm,synthetic} --data DIR --checkpoint CKPT --out results.json
+"""python -m kvattn_fairseq.evaluate {wmt,cnndm,lm,synthetic,classify} --data DIR --checkpoint CKPT --out results.json
 [options] [-- extra fairseq flags]"""
 import argparse
 import os
@@ -7,9 +7,9 @@ import sys
 from ..papers import TABLES
 from ..util.cli import ArgumentParser, run_main, split_passthrough
 from ..util.errors import OneLineError
-from . import cnndm, lm, synthetic, wmt
+from . import classification, cnndm, lm, synthetic, wmt
 
-EVALUATORS = {"wmt": wmt, "cnndm": cnndm, "lm": lm, "synthetic": synthetic}
+EVALUATORS = {"wmt": wmt, "cnndm": cnndm, "lm": lm, "synthetic": synthetic, "classify": classification}
 
 
 def _common(p: argparse.ArgumentParser, lm_task: bool = False) -> None:
@@ -41,7 +41,7 @@ def _generation(p: argparse.ArgumentParser, beam: int, lenpen: float) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m kvattn_fairseq.evaluate", description=__doc__, passthrough=True)
-    sub = parser.add_subparsers(dest="task", metavar="{wmt,cnndm,lm,synthetic}", required=True)
+    sub = parser.add_subparsers(dest="task", metavar="{wmt,cnndm,lm,synthetic,classify}", required=True)
 
     p = sub.add_parser("wmt", help="WMT En-De: sacreBLEU (+ compound-split tok-BLEU)", description=wmt.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     _generation(p, 1, 1.0)
     p.add_argument("--synthetic-task", metavar="NAME",
                    help="reverse, sort, copy, swap, sub, ... (default: the data directory's name)")
+
+    p = sub.add_parser("classify", help="per-position classification (kv_position_classification): accuracy",
+                       description=classification.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--gen-subset", default="test", help="which binarized split to label (default test)")
+    p.add_argument("--synthetic-task", metavar="NAME",
+                   help="reverse, sort, copy, swap, sub, ... (default: the data directory's name)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
     return parser
 
 

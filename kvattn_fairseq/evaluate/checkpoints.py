@@ -10,7 +10,7 @@ from .inputs import require_dir, require_file
 POSITIONS = ("encoder", "decoder", "cross")
 # fairseq's own models: every attention is its MultiheadAttention (softmax)
 FAIRSEQ_SOFTMAX_MODELS = {"transformer": POSITIONS, "transformer_lm": ("decoder",)}
-KVATTN_MODELS = {"kvattn_transformer": POSITIONS, "kvattn_lm": ("decoder",)}
+KVATTN_MODELS = {"kvattn_transformer": POSITIONS, "kvattn_lm": ("decoder",), "kvattn_classifier": ("encoder",)}
 
 
 def _getter(section):
@@ -43,6 +43,15 @@ def model_info(state: dict, path: str) -> Dict:
         if kind is not None:
             attention[pos] = kind
     heads = {p: get(f"{p}_attention_heads") for p in ("encoder", "decoder") if get(f"{p}_attention_heads")}
+    options = {}
+    if attention and model_name in KVATTN_MODELS:  # the options of the kinds the model uses, as trained
+        from ..modules.registry import ATTENTION_KINDS
+
+        kinds = [ATTENTION_KINDS[k] for k in sorted(set(attention.values())) if k in ATTENTION_KINDS]
+        for opt in (o for kind in kinds for o in kind.options):
+            value = get(opt.dest)
+            if value is not None:
+                options[opt.dest] = list(value) if isinstance(value, tuple) else value
     seen, params = set(), 0
     for key, value in state["model"].items():
         if not torch.is_tensor(value) or not value.is_floating_point() or key.endswith("_float_tensor") \
@@ -53,7 +62,8 @@ def model_info(state: dict, path: str) -> Dict:
             seen.add(ident)
             params += value.numel()
     history = state.get("optimizer_history") or [{}]
-    info = {"arch": arch, "model": model_name, "attention": attention, "heads": heads, "parameters": params,
+    info = {"arch": arch, "model": model_name, "attention": attention, "heads": heads, "options": options,
+            "parameters": params,
             "num_updates": history[-1].get("num_updates") if isinstance(history[-1], dict) else None}
     mtp = get("max_target_positions")
     task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}

@@ -3,13 +3,14 @@
 One JSON object per evaluated checkpoint and task, schema ``kvattn_fairseq.evaluate/1``:
 
     schema        "kvattn_fairseq.evaluate/1"
-    task          "wmt" | "cnndm" | "lm" | "synthetic"
+    task          "wmt" | "cnndm" | "lm" | "synthetic" | "classify"
     table         which paper table the result belongs to: a table name of kvattn_fairseq/papers (--table, or
                   inferred from the task, the architecture and the attention layout: papers.default_table)
     name          experiment name (--name; default: the checkpoint's directory name)
     timestamp     UTC, ISO 8601, when the evaluation finished
     model         {"arch", "model" (fairseq model name), "attention": {position: kind} for the positions the model
-                  has ("encoder", "decoder", "cross"), "heads": {"encoder", "decoder"}, "parameters" (distinct
+                  has ("encoder", "decoder", "cross"), "heads": {"encoder", "decoder"}, "options": {flag dest: value}
+                  of the attention kinds the model uses (e.g. "mgk_pi"), "parameters" (distinct
                   floating-point tensors of the state dict), "num_updates", "max_target_positions"}, read from
                   the checkpoint's saved cfg / args
     checkpoint    {"path": relative to the results file's directory, "averaged_from": [file names] or null}
@@ -32,6 +33,7 @@ metrics per task:
     lm         per split ("valid", "test"): {"loss_base2", "ppl", "tokens"}; plus context_window,
                tokens_per_sample (the model's input window) and scored_block (= tokens_per_sample - context_window)
     synthetic  sequence_accuracy and token_accuracy (fractions in [0, 1]), synthetic_task (e.g. "reverse")
+    classify   position_accuracy (the main number) and sequence_accuracy (fractions in [0, 1]), synthetic_task
 """
 import datetime
 import json
@@ -43,10 +45,11 @@ from ..util.errors import OneLineError
 from ..util.io import write_atomic
 
 SCHEMA = "kvattn_fairseq.evaluate/1"
-TASKS = ("wmt", "cnndm", "lm", "synthetic")
+TASKS = ("wmt", "cnndm", "lm", "synthetic", "classify")
 REQUIRED = ("schema", "task", "table", "name", "timestamp", "model", "checkpoint", "data", "settings", "sentences",
             "metrics", "main", "signature", "files", "versions")
-MAIN_METRIC = {"wmt": "sacrebleu", "cnndm": "rougeLsum", "lm": "test_ppl", "synthetic": "sequence_accuracy"}
+MAIN_METRIC = {"wmt": "sacrebleu", "cnndm": "rougeLsum", "lm": "test_ppl", "synthetic": "sequence_accuracy",
+               "classify": "position_accuracy"}
 
 
 def now_utc() -> str:

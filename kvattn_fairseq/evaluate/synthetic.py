@@ -33,7 +33,7 @@ def accuracy(hyps: Sequence[str], refs: Sequence[str]) -> Dict[str, float]:
     return {"sequence_accuracy": exact / n, "token_accuracy": right / total if total else 0.0}
 
 
-def _recorded_task(data: str):
+def recorded_task(data: str):
     path = os.path.join(data, "synthetic.json")
     if not os.path.isfile(path):
         return None
@@ -53,7 +53,7 @@ def run(a) -> Dict:
     inputs.read_lines(os.path.join(raw, f"{a.gen_subset}.src"), f"--data (source {a.gen_subset}.src)")
     ref_path = os.path.join(raw, f"{a.gen_subset}.tgt")
     refs: List[str] = inputs.read_lines(ref_path, f"--data (reference {a.gen_subset}.tgt)")
-    task_name = a.synthetic_task or _recorded_task(data) or os.path.basename(os.path.normpath(os.path.abspath(data)))
+    task_name = a.synthetic_task or recorded_task(data) or os.path.basename(os.path.normpath(os.path.abspath(data)))
     tools.check_extra_flags(a.extra, tools.MANAGED_GENERATE_FLAGS + tools.DETOK_FLAGS)
     gen = generation.generate_in_order(a, data_bin, ref_path, len(refs))
     metrics: Dict = accuracy(gen.hypotheses, refs)

@@ -4,6 +4,7 @@
 (initialised N(0, 0.5^2) with the first shift at 0, as the official code); `mlk` mixes elu+1 feature maps of
 per-component keys before accumulating, so its state is linear attention's.  Fewer heads is the point: with
 `--mgk-head-dim` the heads keep their width when their number drops (the paper's MGK-4 vs softmax-8, d_head 16).
+`--mgk-pi em` is the paper's ablation design B (docs/papers/mgk.md, "EM-updated mixture weights").
 """
 from typing import Any, Dict, Optional
 
@@ -19,14 +20,17 @@ from .projected import ProjectedAttention
 from .registry import (AttentionConfigError, AttentionSite, KindOption, choice, positive_float_list, positive_int,
                        register_attention_kind)
 
-PI_MODES = ("softmax", "clamp", "uniform", "position")
+PI_MODES = ("softmax", "clamp", "uniform", "position", "em")
 PI_MIN = 1e-6  # the official code clamps pi to [0, 1]; log(0) would be -inf
+TABLE_MODES = ("position", "em")  # pi indexed by the key's absolute position
 
 
 class MixtureWeights(nn.Module):
     """pi per head and component: `softmax` (learned, normalised; uniform at init), `clamp` (learned, each weight
     clamped to [1e-6, 1] and not normalised: the official code), `uniform` (fixed 1/M), `position` (learned per key
-    position, normalised: the official LM code's table; keys past the table are refused)."""
+    position, normalised: the official LM code's table; keys past the table are refused), `em` (per head and key
+    position like `position`, but a buffer set by the EM rule in training, never by gradient: the paper's design B,
+    the official code's `soft` update modes)."""
 
     def __init__(self, heads: int, components: int, mode: str, positions: int = 1024):
         super().__init__()
@@ -37,6 +41,16 @@ class MixtureWeights(nn.Module):
             self.weight = nn.Parameter(torch.full((heads, components), 0.5))
         elif mode == "position":
             self.logits = nn.Parameter(torch.zeros(heads, positions, components))
+        elif mode == "em":  # saved in checkpoints with the parameters; the optimizer never sees it
+            self.register_buffer("em_pi", torch.full((heads, positions, components), 1.0 / components))
+
+    def _apply(self, fn, recurse=True):
+        """--fp16/--bf16 cast every floating buffer; the EM table is an average kept in fp32 (only moved)."""
+        kept = getattr(self, "em_pi", None)
+        super()._apply(fn, recurse)
+        if kept is not None and self.em_pi.dtype != torch.float32:
+            self.em_pi = kept.to(device=self.em_pi.device, dtype=torch.float32)
+        return self
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}, components={self.components}"
@@ -54,13 +68,39 @@ class MixtureWeights(nn.Module):
         if key_positions.size(-1) > self.positions and int(key_positions.max()) >= self.positions:
             raise ValueError(f"mgk: key position {int(key_positions.max())} is past the {self.positions}-entry "
                              f"mixture-weight table (--mgk-pi-positions)")
-        return F.log_softmax(self.logits, dim=-1)[:, key_positions].permute(1, 0, 2, 3)
+        table = self.em_pi.clamp(min=PI_MIN).log() if self.mode == "em" else F.log_softmax(self.logits, dim=-1)
+        return table[:, key_positions].permute(1, 0, 2, 3)
+
+    @torch.no_grad()
+    def em_update(self, sums: Tensor, queries: Tensor, key_real: Tensor, positions: Tensor) -> None:
+        """The EM rule: pi[h, p, r] = the mean responsibility of component r for the keys at position p, over every
+        real (query, key) pair of the batch.  sums [B, H, Tk, M]: responsibilities summed over each row's real
+        queries (ops.mgk.responsibility_sums); queries [B]: each row's real queries; key_real [B, Tk]; positions
+        [B, Tk].  Sums and counts are added over the data-parallel workers before dividing, so every worker takes
+        the same step (the EM rule over the global batch), whatever the --ddp-backend and --broadcast-buffers.
+        Positions no key of the batch had keep their value."""
+        rows = sums.permute(0, 2, 1, 3)[key_real].flatten(1)  # [N, H * M]
+        counts = queries.to(rows.dtype).unsqueeze(1).expand(key_real.shape)[key_real].unsqueeze(1)
+        stats = rows.new_zeros(self.positions, rows.size(1) + 1)
+        stats.index_add_(0, positions[key_real], torch.cat([rows, counts], dim=1))
+        _sum_over_data_parallel_workers(stats)
+        seen = stats[:, -1] > 0
+        new = stats[seen, :-1] / stats[seen, -1:]
+        self.em_pi[:, seen] = new.view(-1, *self.em_pi.shape[::2]).transpose(0, 1)
 
     def pi(self) -> Tensor:
         """pi per head and component, [H, M] (for MLK)."""
         if self.mode == "uniform":
             return torch.full((1, self.components), 1.0 / self.components)
         return self.log_pi().exp()[0, :, 0]
+
+
+def _sum_over_data_parallel_workers(t: Tensor) -> None:
+    from fairseq.distributed import utils as dist
+
+    group = dist.get_data_parallel_group()
+    if dist.get_world_size(group) > 1:
+        dist.all_reduce(t, group)
 
 
 def _positions(pad: Tensor, before: Optional[Tensor] = None) -> Tensor:
@@ -101,11 +141,19 @@ class MGKAttention(ProjectedAttention):
         return keys.unsqueeze(3) - self.shifts.permute(1, 0, 2).unsqueeze(1).unsqueeze(0)
 
     def _attend(self, q: Tensor, keys: Tensor, v: Tensor, key_pad: Tensor, positions: Tensor, causal: bool):
-        log_pi = self.mixture.log_pi(positions if self.mixture.mode == "position" else None)
+        log_pi = self.mixture.log_pi(positions if self.mixture.mode in TABLE_MODES else None)
         # (a decoding step takes the mask as it is: checking it for padding would read back from the device)
         few = q.size(-2) <= softmax_kv.FEW_QUERIES
         return ops.attention(q, self.component_keys(keys), v, self.inv_var, log_pi, self.hard,
                              key_pad if few or bool(key_pad.any()) else None, causal, self.dropout_p, self.training)
+
+    def _em_step(self, q: Tensor, keys: Tensor, pad: Tensor, positions: Tensor) -> None:
+        """--mgk-pi em in training: after the forward has used pi, set it by the EM rule from this batch."""
+        with torch.no_grad():
+            real = ~pad
+            sums = ops.responsibility_sums(q, self.component_keys(keys), self.inv_var,
+                                           self.mixture.log_pi(positions), real)
+            self.mixture.em_update(sums, real.sum(1), real, positions)
 
     def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
         q, keys, v = self.heads(self.q_proj, x), self.project_keys(x), self.heads(self.v_proj, x)
@@ -121,7 +169,11 @@ class MGKAttention(ProjectedAttention):
             positions = torch.cat([state["prev_key_position"], positions], dim=1)
         if state is not None:
             state.update(prev_key=keys, prev_value=v, prev_key_padding_mask=key_pad, prev_key_position=positions)
-        return self.output(self._attend(q, keys, v, key_pad, positions, self.causal), x.dtype)
+        out = self._attend(q, keys, v, key_pad, positions, self.causal)
+        # decoding (state given) and evaluation read pi as it is; only a training forward moves it
+        if self.mixture.mode == "em" and self.training and state is None:
+            self._em_step(q, keys, new_pad, positions)
+        return self.output(out, x.dtype)
 
     def attend_cross(self, x: Tensor, src: Tensor, src_pad: Optional[Tensor],
                      state: Optional[Dict[str, Tensor]]) -> Tensor:
@@ -169,7 +221,9 @@ MGK_OPTIONS = {
                              "mixture components M per key (mgk, smgk, mlk)"),
     "pi": KindOption("--mgk-pi", "softmax", choice(*PI_MODES),
                      "mixture weights: softmax (learned, normalised), clamp (learned, clamped to [0,1]: the official "
-                     "code), uniform (fixed), position (learned per key position: the official LM code; mgk/smgk)"),
+                     "code), uniform (fixed), position (learned per key position: the official LM code; mgk/smgk), "
+                     "em (per key position, set by the EM rule in training, frozen at inference: the paper's "
+                     "design B; mgk/smgk self-attention with --mgk-estep soft)"),
     "inv_var": KindOption("--mgk-inv-var-scales", "1", positive_float_list,
                           "inverse-variance scale s_r per component, sigma_r^2 = sqrt(d_head)/s_r: one value for all, "
                           "or M values ('1,3' is the official LM code)"),
@@ -178,7 +232,7 @@ MGK_OPTIONS = {
     "head_dim": KindOption("--mgk-head-dim", None, positive_int,
                            "width of each head (default: embed dim / heads); keeps d_head when the heads are fewer"),
     "pi_positions": KindOption("--mgk-pi-positions", 1024, positive_int,
-                               "size of the per-position mixture-weight table of --mgk-pi position"),
+                               "size of the per-position mixture-weight table of --mgk-pi position and em"),
 }
 
 
@@ -187,17 +241,28 @@ def _check_mgk(o: Dict[str, Any], position: str) -> None:
     if len(scales) not in (1, m):
         raise AttentionConfigError(f"--mgk-inv-var-scales: {len(scales)} values for {m} components "
                                    f"(--mgk-components); give one value or {m}")
+    if o["mgk_pi"] == "em" and o["mgk_estep"] == "hard":
+        raise AttentionConfigError("--mgk-pi: 'em' averages the soft E-step's responsibilities, which "
+                                   "--mgk-estep hard does not compute (it ignores pi); use --mgk-estep soft")
+    if o["mgk_pi"] == "em" and position == "cross":
+        raise AttentionConfigError("--mgk-pi: 'em' cannot be used for cross-attention: fairseq does not tell it "
+                                   "which target positions are padding, which the EM averages must leave out; "
+                                   "use another kind or --mgk-pi there (--cross-attention-type)")
 
 
 def _check_mlk(o: Dict[str, Any], position: str) -> None:
     if o["mgk_pi"] == "position":
         raise AttentionConfigError("--mgk-pi: 'position' is not supported by mlk (its state has no key positions); "
                                    "use softmax, clamp or uniform")
+    if o["mgk_pi"] == "em":
+        raise AttentionConfigError("--mgk-pi: 'em' is not supported by mlk: its responsibilities need every "
+                                   "query-key score, which linear attention never forms (the official code has no "
+                                   "EM for MLK either); use softmax, clamp or uniform")
 
 
 def _mgk(site: AttentionSite, shifted: bool) -> MGKAttention:
     o = site.options
-    if o["mgk_pi"] == "position" and site.max_positions and o["mgk_pi_positions"] < site.max_positions:
+    if o["mgk_pi"] in TABLE_MODES and site.max_positions and o["mgk_pi_positions"] < site.max_positions:
         flag = "--max-target-positions" if site.position == "decoder" else "--max-source-positions"
         raise AttentionConfigError(f"--mgk-pi-positions: its {o['mgk_pi_positions']}-entry table is shorter than the "
                                    f"{site.max_positions} positions {flag} admits; raise it or lower {flag}")

@@ -10,6 +10,9 @@ inverse-variance scales; the paper's equal variances are s = 1, the official LM 
 computed in log space (the official code's exp -> divide-by-(sum + 1e-6) path zeroes whole rows once the kernels
 underflow).  Squared distances come from ||q||^2 + ||k||^2 - 2 q.k (a matmul), clamped at 0.
 
+The paper's design B updates pi by EM instead of by gradient: pi_jr = the mean over queries i of the responsibility
+gamma_ijr = softmax_r(l_ijr); responsibility_sums gives the sums, the module divides by the counts.
+
 MLK, the linear version: phi(q)^T sum_j (sum_r pi_r phi(k_jr)) v_j^T / phi(q)^T sum_j sum_r pi_r phi(k_jr), with
 phi = elu + 1: the components are mixed before accumulating, so the state is that of linear attention, whatever M.
 """
@@ -99,6 +102,37 @@ def reference(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], pi: 
                 a = a / a.sum()
                 out[b, h, i] = sum(a[n] * v[b, h, j].double() for n, j in enumerate(js))
     return out
+
+
+def responsibility_sums(q: Tensor, keys: Tensor, inv_var: Sequence[float], log_pi: Optional[Tensor],
+                        query_real: Tensor, chunk: int = 64) -> Tensor:
+    """The E-step statistics of the EM update of pi (the paper's design B): for every key j and component r, the
+    responsibilities gamma_ijr = softmax_r(l_ijr) summed over the real queries i.
+
+    q [B, H, Tq, d]; keys [B, H, Tk, M, d]; log_pi broadcastable to [B, H, Tk, M] (None: equal weights);
+    query_real [B, Tq] (False at padding) -> [B, H, Tk, M], fp32, without gradient.  Every query counts for every
+    key, causal or not (the official code averages over all query positions); padded keys are the caller's to
+    drop.  Queries are taken `chunk` at a time, so no [B, H, Tq, Tk, M] tensor is formed.
+    """
+    with torch.no_grad():
+        q, keys = q.float(), keys.float()
+        tau = q.size(-1) ** -0.5
+        k2 = keys.pow(2).sum(-1)  # [B, H, Tk, M]
+        total = q.new_zeros(keys.shape[:-1])
+        for start in range(0, q.size(-2), chunk):
+            qc = q[..., start:start + chunk, :]
+            q2 = qc.pow(2).sum(-1).unsqueeze(-1)
+            parts = []
+            for r, s in enumerate(inv_var):
+                d2 = (q2 + k2[..., r].unsqueeze(-2) - 2.0 * torch.matmul(qc, keys[..., r, :].transpose(-1, -2)))
+                part = -0.5 * tau * s * d2.clamp(min=0.0)
+                if log_pi is not None:
+                    part = part + log_pi[..., r].float().unsqueeze(-2)
+                parts.append(part)
+            gamma = torch.softmax(torch.stack(parts, dim=-1), dim=-1)  # [B, H, c, Tk, M]
+            real = query_real[:, start:start + chunk].to(gamma.dtype)
+            total += torch.einsum("bhqkm,bq->bhkm", gamma, real)
+        return total
 
 
 def mixed_key_features(keys: Tensor, pi: Tensor) -> Tensor:

@@ -1,8 +1,9 @@
 """The pieces the paper files draw their Markdown tables with: cells, rows matched to results, benchmark columns.
 
 A result (the JSON `python -m kvattn_fairseq.evaluate` writes) lands in a row when its attention kind at each of
-the table's positions is the row's (and its decoder head count, where the row names one).  Rows are always
-listed, "not run" where no result matches; results matching no row follow under their own layout.
+the table's positions is the row's (and its decoder head count and kind options, where the row names them; of
+several such rows, the one naming most options).  Rows are always listed, "not run" where no result matches;
+results matching no row follow under their own layout.
 """
 from collections import defaultdict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -40,9 +41,16 @@ def heads(r: Dict) -> Optional[int]:
 
 
 def matches(row: Row, r: Dict, positions: Sequence[str]) -> bool:
-    att = r["model"]["attention"]
+    att, options = r["model"]["attention"], r["model"].get("options") or {}
     return all(att.get(p) == row.attention.get(p) for p in positions) and \
-        (row.heads is None or heads(r) == row.heads)
+        (row.heads is None or heads(r) == row.heads) and \
+        all(str(options.get(k)) == str(v) for k, v in row.options.items())
+
+
+def row_of(table: Table, r: Dict) -> Optional[Row]:
+    """The table's row a result lands in: of the rows it matches, the first that names most options."""
+    found = [row for row in table.rows if matches(row, r, table.positions())]
+    return max(found, key=lambda row: len(row.options)) if found else None
 
 
 def label_runs(label: str, runs: List[Dict]) -> List[Tuple[str, Optional[Dict]]]:
@@ -62,8 +70,9 @@ def rows_and_runs(table: Table, results: List[Dict]) -> List[Tuple[str, Optional
     positions = table.positions()
     by_heads = any(row.heads is not None for row in table.rows)
     out, used = [], set()
+    homes = {id(r): row_of(table, r) for r in results}
     for row in table.rows:
-        runs = [r for r in results if matches(row, r, positions)]
+        runs = [r for r in results if homes[id(r)] is row]
         used.update(id(r) for r in runs)
         out += [(label, row, row.attention, r) for label, r in label_runs(row.label, runs)]
     others = defaultdict(list)

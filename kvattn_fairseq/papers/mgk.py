@@ -1,5 +1,6 @@
 """Transformer-MGK / MLK (Nguyen et al., "Improving Transformers with Probabilistic Attention Keys", ICML 2022):
-the WikiText-103 recipe of its Table 3, the table's rows with the published perplexities, and how it is drawn.
+the WikiText-103 recipe of its Table 3, the table's rows with the published perplexities (plus its E-step / pi
+ablation on the same task, ours), and how it is drawn.
 
 Facts and their primary sources: docs/papers/mgk.md.
 """
@@ -54,6 +55,16 @@ ROWS = (
         published=_ppl(38.07, 39.08)),
     Row("mlk4", "MLK 4 heads", "mgk_wikitext103_mlk4", {"decoder": "mlk"}, heads=4, published=_ppl(38.49, 39.46)),
     Row("mlk8", "MLK 8 heads", "mgk_wikitext103_mlk8", {"decoder": "mlk"}, heads=8, published=_ppl(37.78, 38.99)),
+) + tuple(
+    # The paper's inference/learning ablation (its Table 4, on LRA with one head: docs/papers/mgk.md, "EM-updated
+    # mixture weights") as rows of this table, ours: A is the row above (soft E-step, pi learned by gradient), B the
+    # soft E-step with pi set by the EM rule, C the hard E-step.
+    Row(f"{name}-{setting}", f"{label} + {text} [ours]", f"mgk_wikitext103_{name}", {"decoder": kind}, heads=4,
+        flags=flags, options=options)
+    for name, label, kind in (("mgk4", "MGK 4 heads", "mgk"), ("smgk4", "sMGK 4 heads", "smgk"))
+    for setting, text, flags, options in (
+        ("em", "Soft-E, EM π (B)", ("--mgk-pi", "em"), {"mgk_pi": "em"}),
+        ("hard", "Hard-E (C)", ("--mgk-estep", "hard"), {"mgk_estep": "hard"}))
 )
 
 
@@ -76,5 +87,9 @@ TABLES = (
           tiny_eval_flags=("--tokens-per-sample", "64", "--context-window", "0"), extra_kinds=False,
           notes=("Paper numbers: Nguyen et al., Table 3 (OpenReview text; the camera-ready may differ), 16 layers, "
                  "sliding window of 256 scoring the last position (here: --tokens-per-sample 256 "
-                 "--context-window 255).",)),
+                 "--context-window 255).",
+                 "The [ours] rows + Soft-E, EM π (B) and + Hard-E (C) put the paper's inference/learning ablation "
+                 "(its Table 4: A = soft E-step with learned π, here the plain MGK / sMGK 4 heads rows; B = π set by "
+                 "the EM rule, --mgk-pi em; C = hard E-step, --mgk-estep hard) on this table's task; the paper ran "
+                 "it on LRA with one head, a task outside this project.")),
 )

@@ -44,6 +44,9 @@ class Row:
     kind: Optional[str] = None          # --kind override of the recipe's own layout
     heads: Optional[int] = None         # decoder heads, for tables whose rows differ in heads only
     flags: Tuple[str, ...] = ()         # fairseq-train flags of this row, after the recipe's (the user's `--` win)
+    # attention-kind options of the trained model (e.g. {"mgk_pi": "em"}, checked by a test): a result lands in the
+    # row only with these values, and in the row that names most of its options when several match
+    options: Mapping[str, str] = field(default_factory=dict)
     data: Optional[str] = None          # dataset key, when not the table's
     published: Mapping[str, float] = field(default_factory=dict)  # the paper's numbers for this row, by metric
 

@@ -11,6 +11,7 @@ logged under DIR/logs, the tables in DIR/tables.md.  A rerun resumes: prepared d
 skipped and training continues from checkpoint_last.pt.  --tiny runs the whole chain on the bundled fixtures with
 tiny models (CPU, minutes): a check that the pipeline works, not a result.
 """
+import fnmatch
 import os
 import sys
 import time
@@ -43,14 +44,14 @@ def step(label: str, log_path: str, fn, announce: str) -> None:
 
 def select_rows(table: Table, rows: Optional[str], kinds: Optional[str]) -> List[Row]:
     chosen = list(table.rows)
-    if rows:
+    if rows:  # names, or shell-style patterns (reverse-kv-*-s1) for tables with many rows
         wanted = [r.strip() for r in rows.split(",") if r.strip()]
-        known = {r.name for r in table.rows}
-        unknown = [r for r in wanted if r not in known]
+        known = [r.name for r in table.rows]
+        unknown = [w for w in wanted if not fnmatch.filter(known, w)]
         if unknown:
-            raise OneLineError(f"--rows: {', '.join(unknown)} not in table {table.name} (rows: "
-                               f"{', '.join(sorted(known))})")
-        chosen = [r for r in table.rows if r.name in wanted]
+            listing = ", ".join(sorted(known)) if len(known) <= 40 else f"{len(known)} rows, e.g. {known[0]}"
+            raise OneLineError(f"--rows: {', '.join(unknown)} not in table {table.name} (rows: {listing})")
+        chosen = [r for r in table.rows if any(fnmatch.fnmatchcase(r.name, w) for w in wanted)]
     if kinds:
         if not table.extra_kinds:
             raise OneLineError(f"--kinds: table {table.name} fixes its rows' kinds; use --rows, or train other "
@@ -68,7 +69,8 @@ def select_rows(table: Table, rows: Optional[str], kinds: Optional[str]) -> List
 
 
 def prepare(key: str, work: str, raw: Optional[str], tiny: bool) -> str:
-    """The prepared data directory for a dataset key (wmt16, cnndm, wikitext103, synthetic-<task>)."""
+    """The prepared data directory for a dataset key (wmt16, cnndm, wikitext103, synthetic-<task>[-len<L>]: sequences
+    of length L instead of the default)."""
     out = os.path.join(work, "data", key)
     logs = os.path.join(work, "logs")
     if key.startswith("synthetic-"):
@@ -77,7 +79,8 @@ def prepare(key: str, work: str, raw: Optional[str], tiny: bool) -> str:
             return out
         from ..data import synthetic
 
-        task, sizes = key.split("-", 1)[1], TINY_SYNTHETIC if tiny else {}
+        task, _, length = key.split("-", 1)[1].partition("-len")
+        sizes = dict(TINY_SYNTHETIC) if tiny else dict(min_len=int(length), max_len=int(length)) if length else {}
         argv = ["--task", task, "--out", out] + [f"--{k.replace('_', '-')}={v}" for k, v in sizes.items()]
         step(f"data {key}", os.path.join(logs, f"prepare-{key}.log"),
              lambda: synthetic.generate(out, task, **sizes),

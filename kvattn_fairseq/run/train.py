@@ -43,7 +43,8 @@ PROG = "python -m kvattn_fairseq.experiments"
 TINY_REPLACE = _flags("--warmup-updates 1 --update-freq 1 --max-tokens 1024 --batch-size 16 --tokens-per-sample 64")
 TINY_SET = _flags("--max-update 4 --max-valid-steps 2 --log-format simple --log-interval 1")
 TINY_DROP = ("--fp16", "--fp16-init-scale", "--memory-efficient-fp16", "--bf16")
-TINY_ARCH = {"kvattn_transformer": "kvattn_transformer_tiny", "kvattn_lm": "kvattn_lm_tiny"}
+TINY_ARCH = {"kvattn_transformer": "kvattn_transformer_tiny", "kvattn_lm": "kvattn_lm_tiny",
+             "kvattn_classifier": "kv_position_classifier"}
 
 
 # --- flag lists -------------------------------------------------------------------------------------------------------
@@ -98,9 +99,14 @@ def model_of(arch: str) -> str:
 
 
 def positions_of(arch: str) -> Tuple[str, ...]:
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
     from ..models.kvattn_lm import LM_POSITIONS
     from ..modules.registry import POSITIONS
 
+    own = getattr(ARCH_MODEL_REGISTRY[arch], "attention_positions", None)  # a model with fewer positions says so
+    if own:
+        return tuple(own)
     return LM_POSITIONS if model_of(arch) == "kvattn_lm" else POSITIONS
 
 
