@@ -163,6 +163,7 @@ def main(argv=None) -> int:
         fail(f"--torch: expected a version like 2.11.0, got {torch_version!r}")
 
     out = os.path.abspath(a.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)  # a fresh checkout has no .cache/ yet
     stage = tempfile.mkdtemp(prefix=".wheelhouse-", dir=os.path.dirname(out) or ".")
     work = tempfile.mkdtemp(prefix="wheelhouse-work-")
     try:
@@ -257,6 +258,7 @@ def main(argv=None) -> int:
             json.dump(manifest, f, indent=1)
         if os.path.isdir(out):
             shutil.rmtree(out)
+        os.chmod(stage, 0o755)  # mkdtemp's 0700 would hide the wheelhouse from the node's other users
         os.replace(stage, out)  # a complete wheelhouse or none: never a half-downloaded one under OUT
     finally:
         shutil.rmtree(work, ignore_errors=True)
