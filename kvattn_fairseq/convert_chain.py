@@ -18,15 +18,15 @@ each fairseq-train from its checkpoint_last.pt.  The result is DIR/finetune/chec
 import argparse
 import json
 import os
-import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence
 
+from .util import proc
+from .util.cli import ArgumentParser, run_main, split_passthrough
+from .util.errors import OneLineError
+from .util.io import write_atomic
+
 BIN = os.path.dirname(sys.executable)
-
-
-class ChainError(RuntimeError):
-    pass
 
 
 def tool(name: str) -> List[str]:
@@ -35,19 +35,12 @@ def tool(name: str) -> List[str]:
 
 
 def run(cmd: Sequence[str], log_path: str, record: List[Dict]) -> str:
-    """Run a command, its output appended to log_path; on failure, one line with the tool's last error."""
+    """Run a command, recorded in `record`, its output appended to log_path; a failure is StepFailed, one line
+    with the tool's last error and the log."""
     cmd = [str(c) for c in cmd]
     record.append({"cmd": cmd, "log": os.path.basename(log_path)})
-    print("+ " + " ".join(cmd), flush=True)
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    with open(log_path, "a", encoding="utf-8") as f:
-        f.write(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        lines = [l for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
-        last = next((l for l in reversed(lines) if "error" in l.lower()), lines[-1] if lines else "?")
-        raise ChainError(f"{os.path.basename(cmd[0])} failed (exit {proc.returncode}; log {log_path}): {last.strip()}")
-    return proc.stdout + proc.stderr
+    print("+ " + proc.shell(cmd), flush=True)
+    return proc.run(cmd, log_path, append=True)
 
 
 def finished(save_dir: str, updates: int) -> bool:
@@ -145,20 +138,16 @@ def chain(checkpoint: str, data: str, out: str, convert_flags: Sequence[str], tr
                *schedule(finetune_updates, finetune_lr), *extra], os.path.join(out, "finetune.log"), save,
               finetune_updates)
         result = os.path.join(save, "checkpoint_last.pt")
-    with open(os.path.join(out, "chain.json"), "w") as f:
-        json.dump({"checkpoint": checkpoint, "data": data, "result": result, "commands": record}, f, indent=1)
+    write_atomic(os.path.join(out, "chain.json"),
+                 json.dumps({"checkpoint": checkpoint, "data": data, "result": result, "commands": record}, indent=1))
     return result
 
 
 def main(argv=None) -> int:
     from .modules.registry import POSITIONS, add_attention_args
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: List[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
-    p = argparse.ArgumentParser(prog=os.environ.get("KVATTN_CHAIN_PROG", "scripts/convert.sh"), description=__doc__,
+    argv, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
+    p = ArgumentParser(prog=os.environ.get("KVATTN_CHAIN_PROG", "scripts/convert.sh"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="the trained model to convert (and the transfer's teacher)")
     p.add_argument("--data", required=True, help="fairseq-preprocess output for the two training runs")
@@ -181,14 +170,17 @@ def main(argv=None) -> int:
                 "finetune_lr"):
             convert_flags += [action.option_strings[-1], str(value) if not isinstance(value, (list, tuple)) else
                               ",".join(map(str, value))]
-    try:
-        result = chain(a.checkpoint, a.data, a.out, convert_flags, a.transfer_updates, a.finetune_updates,
-                       a.transfer_lr, a.finetune_lr, extra)
-    except (ChainError, ValueError) as e:  # ConversionError, AttentionConfigError: one line naming the fix
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    print(result)
-    return 0
+
+    def body() -> int:
+        try:
+            result = chain(a.checkpoint, a.data, a.out, convert_flags, a.transfer_updates, a.finetune_updates,
+                           a.transfer_lr, a.finetune_lr, extra)
+        except ValueError as e:  # ConversionError, AttentionConfigError: bad input, the message names the fix
+            raise OneLineError(str(e)) from None
+        print(result)
+        return 0
+
+    return run_main(p.prog, body)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ import sys
 import time
 from typing import Dict, List
 
-from .convert_chain import ChainError, chain, criterion_flags, finished, run, tool
+from .convert_chain import chain, criterion_flags, finished, run, tool
+from .util.cli import ArgumentParser, run_main
+from .util.errors import OneLineError, StepFailed
+from .util.io import write_atomic
 
 FULL = {
     "mt": dict(train=8000, valid=300, test=500, layers=3, dim=64, ffn=256, heads=4, updates=1500, lr="1e-2",
@@ -142,7 +145,7 @@ def evaluate(task: str, data: str, work: str, checkpoint: str, cfg: Dict, log: s
         with open(os.path.join(work, "raw", "test.tgt"), encoding="utf-8") as f:
             refs = f.read().splitlines()
         if sorted(hyps) != list(range(len(refs))):
-            raise ChainError(f"{checkpoint}: fairseq-generate returned {len(hyps)} of {len(refs)} sentences")
+            raise StepFailed(f"{checkpoint}: fairseq-generate returned {len(hyps)} of {len(refs)} sentences")
         import sacrebleu
 
         bleu = sacrebleu.corpus_bleu([hyps[i] for i in range(len(refs))], [refs])
@@ -155,7 +158,7 @@ def evaluate(task: str, data: str, work: str, checkpoint: str, cfg: Dict, log: s
     with open(os.path.join(work, "raw", "test.txt"), encoding="utf-8") as f:
         expected = sum(len(line.split()) + 1 for line in f)
     if not tokens or not ppl or int(tokens.group(1).replace(",", "")) != expected:
-        raise ChainError(f"{checkpoint}: fairseq-eval-lm scored {tokens and tokens.group(1)} of {expected} tokens")
+        raise StepFailed(f"{checkpoint}: fairseq-eval-lm scored {tokens and tokens.group(1)} of {expected} tokens")
     return {"ppl": float(ppl.group(1)), "tokens": expected}
 
 
@@ -164,8 +167,7 @@ def cached(path: str, fn):
         with open(path) as f:
             return json.load(f)
     value = fn()
-    with open(path, "w") as f:
-        json.dump(value, f)
+    write_atomic(path, json.dumps(value))
     return value
 
 
@@ -250,7 +252,7 @@ def table(results: Dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kvattn_fairseq.recovery", description=__doc__,
+    p = ArgumentParser(prog="python -m kvattn_fairseq.recovery", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--tiny", action="store_true", help="tiny models and data, a few updates: the pipeline in minutes")
@@ -286,21 +288,23 @@ def main(argv=None) -> int:
     results = {"tiny": a.tiny, "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                                            "torch": torch.__version__, "cuda": torch.cuda.is_available()},
                "tasks": {}}
-    try:
-        for task in tasks:
-            results["tasks"][task] = run_task(task, a.out, sizes[task], plans, a.budget, a.transfer_share,
-                                              {"transfer_lr": a.transfer_lr, "finetune_lr": a.finetune_lr}, record)
-    except (ChainError, ValueError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    results["seconds"] = round(time.time() - started)
-    with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    md = table(results)
-    with open(os.path.join(a.out, "table.md"), "w") as f:
-        f.write(md)
-    print(md)
-    return 0
+
+    def body() -> int:
+        try:
+            for task in tasks:
+                results["tasks"][task] = run_task(task, a.out, sizes[task], plans, a.budget, a.transfer_share,
+                                                  {"transfer_lr": a.transfer_lr, "finetune_lr": a.finetune_lr},
+                                                  record)
+        except ValueError as e:  # a conversion or attention flag refused: the message names the fix
+            raise OneLineError(str(e)) from None
+        results["seconds"] = round(time.time() - started)
+        write_atomic(os.path.join(a.out, "results.json"), json.dumps(results, indent=1))
+        md = table(results)
+        write_atomic(os.path.join(a.out, "table.md"), md)
+        print(md)
+        return 0
+
+    return run_main(p.prog, body)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from torch import nn
 
+from ..util.cli import positive_int
+
 POSITIONS = ("encoder", "decoder", "cross")
 POSITION_FLAGS = {
     "encoder": "--encoder-attention-type",
@@ -129,16 +131,6 @@ def check_kind(position: str, value: Any) -> str:
         why = kind.unsupported.get(position, "it is not implemented there")
         raise AttentionConfigError(f"{flag}: {value!r} cannot be used for {POSITION_NAMES[position]}: {why}; "
                                    f"choose one of: {choices}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
 
 

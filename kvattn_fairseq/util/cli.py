@@ -31,13 +31,13 @@ def split_passthrough(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
+    """argparse type: an integer > 0 (the attention flags use it too)."""
     try:
         value = int(text)
-    except ValueError:
-        value = 0
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
 
 
