@@ -19,6 +19,9 @@ import tarfile
 import tempfile
 import time
 
+# before anything imports pip's vendored packages, which load the stdlib distutils that setuptools' own would replace
+import setuptools  # noqa: F401
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 # the target's own: never downloaded (torch's CUDA build brings these)
