@@ -5,6 +5,7 @@ import os
 import sys
 
 from ..papers import TABLES
+from ..util import proc
 from ..util.cli import ArgumentParser, run_main, split_passthrough
 from ..util.errors import OneLineError
 from . import classification, cnndm, lm, synthetic, wmt
@@ -104,7 +105,8 @@ def evaluate(a: argparse.Namespace) -> dict:
     if os.path.isdir(a.out):
         raise OneLineError(f"--out {a.out} is a directory; give the results file's name")
     module = EVALUATORS[a.task]
-    result = module.run(a)
+    with proc.staged_logs():  # a failed rerun keeps the previous run's logs beside its results
+        result = module.run(a)
     print(f"{result['name']}: {module.summary_line(result)}")
     print(f"wrote {a.out}")
     return result
