@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..util import proc
 from ..util.cli import ArgumentParser, positive_int, run_main
 from ..util.errors import OneLineError
-from ..util.io import check_replaceable, install_dir, write_atomic
+from ..util.io import check_replaceable, install_dir, mark, write_atomic
 from . import common
 from .common import log
 from .download import Remote, check_checksum, download, extract, locate
@@ -232,6 +232,7 @@ class Build:
         shutil.rmtree(self.work)
         scrub_log(self.path("data-bin", "preprocess.log"), self.tmp)
         info["seconds"] = round(time.time() - self.t0, 1)
+        mark(self.tmp, os.listdir(self.tmp) + ["prepare.json"])
         write_atomic(self.path("prepare.json"), json.dumps(info, indent=2, ensure_ascii=False) + "\n")
         install_dir(self.tmp, self.out)  # with --force, the old output stays whole until the new one is in place
         log("wrote %s (%.0f s)", self.out, info["seconds"])

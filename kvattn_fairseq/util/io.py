@@ -117,7 +117,8 @@ def install_dir(built: str, out: str, flag: str = "--force") -> None:
     `out` is always either the old complete output or the new one."""
     if os.path.lexists(out):
         check_replaceable(out, flag)
-    mark(built)
+    if not os.path.exists(os.path.join(built, MARKER)):  # a builder may mark it earlier, to write its last file last
+        mark(built)
     if os.path.lexists(out):
         parent = os.path.dirname(os.path.abspath(out))
         old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
