@@ -138,7 +138,6 @@ def prepare(key: str, work: str, raw: Optional[str], tiny: bool, force: bool = F
             step(f"fixtures {key}", os.path.join(logs, f"fixtures-{key}.log"),
                  lambda: fixtures.WRITERS[key](raw), proc.shell(["python", "-m", "kvattn_fairseq.data.fixtures", key,
                                                                  raw]))
-    argv = ["--out", out] + (["--raw", raw] if raw else []) + (["--tiny"] if tiny else [])
     step(f"data {key}", os.path.join(logs, f"prepare-{key}.log"), lambda: data.prepare(key, argv),
          proc.shell(["python", "-m", f"kvattn_fairseq.data.{key}", *argv]))
     return out
