@@ -513,6 +513,15 @@ def test_a_failed_rerun_keeps_the_previous_results_and_their_log(synthetic_run, 
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]
 
 
+def test_out_never_overwrites_a_file_that_is_not_a_results_file(tmp_path, capsys):
+    thesis = tmp_path / "thesis.json"
+    thesis.write_text('{"chapter": 1}')
+    code, _, err = _main(["synthetic", "--data", tmp_path, "--checkpoint", tmp_path / "c.pt", "--out", thesis],
+                         capsys)
+    assert code == 2 and err.count("\n") == 1 and "--out" in err and "not a results file" in err, err
+    assert thesis.read_text() == '{"chapter": 1}'
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
