@@ -6,6 +6,7 @@ last file, is written: an OUTDIR with prepare.json is complete, and a failed or 
 .tmp- directory, whose finished steps (stamped under work/.steps) a rerun of the same command skips.
 """
 import argparse
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -272,7 +273,16 @@ def differences(before, now: dict) -> str:
     if not isinstance(before, dict):
         return "none recorded" if before != now else ""
     keys = sorted(set(before) | set(now))
-    return ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k))
+    return ", ".join(_change(k, before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k))
+
+
+def _change(key: str, before, now) -> str:
+    if isinstance(before, list) and isinstance(now, list):  # a flag list: only the part that changed
+        ops = difflib.SequenceMatcher(a=before, b=now, autojunk=False).get_opcodes()
+        return f"{key}: " + "; ".join(f"{' '.join(map(str, before[i1:i2])) or '(none)'} -> "
+                                      f"{' '.join(map(str, now[j1:j2])) or '(none)'}"
+                                      for tag, i1, i2, j1, j2 in ops if tag != "equal")
+    return f"{key} {before!r} -> {now!r}"
 
 
 def count_lines(path: str) -> int:
