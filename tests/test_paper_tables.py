@@ -100,7 +100,8 @@ def test_rerun_resumes_without_redoing_work(work):
     assert "already prepared, skipped" in proc.stdout and "finished earlier, skipped" in proc.stdout
     assert {p: p.stat().st_mtime for p in (work / "results" / "memsizer_mt").glob("*.json")} == before
     md = (work / "tables.md").read_text()
-    assert md.count("| Transformer (tiny) | softmax / softmax / softmax |") == 2  # MT and summarization
+    assert md.count("| Transformer (tiny) | softmax / softmax / softmax |") == 1  # MT: a --tiny run, marked
+    assert md.count("| Transformer | softmax / softmax / softmax |") == 1  # summarization: not run
     assert "come from `--tiny` runs" in md
     mt = md.split("## MemSizer: machine translation")[1].split("## ")[0]
     assert mt.count("not run") < 6  # the two MT rows now hold numbers

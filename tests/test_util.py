@@ -190,7 +190,8 @@ def test_run_failures_name_the_tool_the_error_and_the_log(tmp_path):
     with pytest.raises(StepFailed) as e:
         proc.run([sys.executable, "-c", "raise ValueError('bad value')"], log, label="thing")
     failed = str(tmp_path / "b.failed.log")  # a failed command's log has a name of its own
-    assert e.value.exit_code == 1 and str(e.value) == f"thing failed (exit 1): ValueError: bad value; full log: {failed}"
+    assert e.value.exit_code == 1
+    assert str(e.value) == f"thing failed (exit 1): ValueError: bad value; full log: {failed}"
     with pytest.raises(StepFailed) as e:  # a tool refusing its command line is bad input: exit 2
         proc.run([sys.executable, "-c", "import argparse; argparse.ArgumentParser(prog='t').parse_args(['-x'])"])
     assert e.value.exit_code == 2 and "t: error: unrecognized arguments: -x" in str(e.value)

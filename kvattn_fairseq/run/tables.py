@@ -87,9 +87,10 @@ def refuse_or_redo(what: str, changed: str, force: bool, redo: str) -> None:
     log(f"{what} was made with other settings ({changed}); --force: {redo}")
 
 
-def prepare(key: str, work: str, raw: Optional[str], tiny: bool, force: bool = False) -> str:
+def prepare(key: str, work: str, raw: Optional[str], tiny: bool, force: bool = False, check_only: bool = False) -> str:
     """The prepared data directory for a dataset key (wmt16, cnndm, wikitext103, synthetic-<task>[-len<L>]: sequences
-    of length L instead of the default)."""
+    of length L instead of the default).  With check_only, only refuse (without --force) an output made with other
+    settings, and do nothing else."""
     from ..data.build import differences
 
     out = os.path.join(work, "data", key)
@@ -105,12 +106,15 @@ def prepare(key: str, work: str, raw: Optional[str], tiny: bool, force: bool = F
             with open(recorded, encoding="utf-8") as f:
                 before = {k: v for k, v in json.load(f).items() if k != "source"}
             changed = differences(before, synthetic.settings(task, **sizes))
-            if not changed:
-                log(f"data {key}: already prepared, skipped")
+            if not changed or check_only and force:
+                if not check_only:
+                    log(f"data {key}: already prepared, skipped")
                 return out
             refuse_or_redo(f"data {key} ({out})", changed, force, "prepare it again")
             check_replaceable(out, "--force")
             redo = True
+        if check_only:
+            return out
         argv = ["--task", task, "--out", out] + [f"--{k.replace('_', '-')}={v}" for k, v in sizes.items()] + \
             (["--force"] if redo else [])
         step(f"data {key}", os.path.join(logs, f"prepare-{key}.log"),
@@ -123,13 +127,18 @@ def prepare(key: str, work: str, raw: Optional[str], tiny: bool, force: bool = F
         try:  # the prepare command itself compares the recorded settings with these (and downloads nothing)
             with contextlib.redirect_stdout(io.StringIO()):
                 data.prepare(key, argv)
-            log(f"data {key}: already prepared, skipped")
+            if not check_only:
+                log(f"data {key}: already prepared, skipped")
             return out
         except OneLineError as e:  # made with other settings: the message names --force, which this command has too
             if not force:
                 raise OneLineError(f"data {key}: {e}") from None
+            if check_only:
+                return out
             log(f"data {key}: {e}; --force: preparing it again")
             argv.append("--force")
+    if check_only:
+        return out
     if tiny and not raw:
         raw = fixtures_dir
         if not os.path.isdir(raw):
@@ -153,7 +162,9 @@ def read_json(path: str) -> Optional[dict]:
 
 
 def train(row: Row, table: Table, data_dir: str, work: str, tiny: bool, extra: Sequence[str],
-          drop: Sequence[str], force: bool = False) -> str:
+          drop: Sequence[str], force: bool = False, check_only: bool = False) -> str:
+    """Train a row (fairseq-train); with check_only, only refuse (without --force) a run made with other
+    settings."""
     from ..data.build import differences
 
     save = os.path.join(work, "runs", table.name, row.name)
@@ -164,15 +175,16 @@ def train(row: Row, table: Table, data_dir: str, work: str, tiny: bool, extra: S
     record = read_json(os.path.join(save, TRAIN_RECORD))
     if record is not None:
         changed = differences(record.get("settings"), settings)
-        if changed:
-            refuse_or_redo(f"train {row.name} ({save})", changed, force,
-                           "train it again from scratch (its checkpoints are removed)")
-            remove_made(save)
-            record = None
-    elif os.path.isdir(save) and os.listdir(save):
-        refuse_or_redo(f"train {row.name} ({save})", "no record of them", force,
+    else:
+        changed = "no record of them" if os.path.isdir(save) and os.listdir(save) else ""
+    if changed and not (check_only and force):
+        refuse_or_redo(f"train {row.name} ({save})", changed, force,
                        "train it again from scratch (its checkpoints are removed)")
+    if check_only:
+        return save
+    if changed:
         remove_made(save)
+        record = None
     if record is not None and record.get("finished"):
         log(f"train {row.name}: finished earlier, skipped")
         return save
@@ -238,6 +250,10 @@ def run_locked(args, table: Table, rows: List[Row], work: str) -> str:
 
     log(f"table {table.name}: {len(rows)} row(s) ({', '.join(r.name for r in rows)}) in {work}")
     log(f"plugin: {kvattn_fairseq.USER_DIR}")
+    if not args.force:  # a step made with other settings is refused before any step runs
+        for row in rows:
+            data_dir = prepare(table.data_of(row), work, args.raw, args.tiny, check_only=True)
+            train(row, table, data_dir, work, args.tiny, args.extra, args.drop, check_only=True)
     data_dirs: Dict[str, str] = {}
     for i, row in enumerate(rows, 1):
         log(f"row {i}/{len(rows)}: {row.name}")
