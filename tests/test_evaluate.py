@@ -485,8 +485,47 @@ def test_a_flag_fairseq_refuses_is_one_line(synthetic_run, tmp_path, capsys):
     code, _, err = _main(["synthetic", "--data", data, "--checkpoint", ckpt, "--out", out, "--", "--no-such-flag"],
                          capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert "fairseq-generate failed" in err and "--no-such-flag" in err and "syn.generate-test.log" in err
+    assert "fairseq-generate failed" in err and "--no-such-flag" in err and "syn.generate-test.failed.log" in err
     assert not out.exists()
+
+
+def test_a_failed_rerun_keeps_the_previous_results_and_their_log(synthetic_run, tmp_path, capsys):
+    data, ckpt = synthetic_run
+    out = tmp_path / "syn.json"
+    assert _main(["synthetic", "--data", data, "--checkpoint", ckpt, "--out", out, "--", "--cpu"], capsys)[0] == 0
+    log = tmp_path / "syn.generate-test.log"
+    before = (out.read_text(), log.read_text())
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # readable like any file the user writes
+    # fairseq-generate fails: its log is kept under a name of its own
+    code, _, err = _main(["synthetic", "--data", data, "--checkpoint", ckpt, "--out", out, "--", "--no-such-flag"],
+                         capsys)
+    assert code == 2 and "syn.generate-test.failed.log" in err
+    assert (out.read_text(), log.read_text()) == before
+    assert "--no-such-flag" in (tmp_path / "syn.generate-test.failed.log").read_text()
+    # fairseq-generate succeeds but the scoring refuses: the new log is not installed beside the old results either
+    bad = tmp_path / "reverse"
+    shutil.copytree(data / "data-bin", bad / "data-bin")
+    shutil.copy(data / "raw" / "test.src", bad / "test.src")
+    _write(bad / "test.tgt", runs.read_lines(data / "raw" / "test.tgt") + ["a b c"])
+    code, _, err = _main(["synthetic", "--data", bad, "--checkpoint", ckpt, "--out", out, "--", "--cpu"], capsys)
+    assert code == 2 and "hypotheses for the 31 sentences" in err
+    assert (out.read_text(), log.read_text()) == before
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]
+
+
+def test_out_never_overwrites_a_file_that_is_not_a_results_file(tmp_path, capsys):
+    thesis = tmp_path / "thesis.json"
+    thesis.write_text('{"chapter": 1}')
+    code, _, err = _main(["synthetic", "--data", tmp_path, "--checkpoint", tmp_path / "c.pt", "--out", thesis],
+                         capsys)
+    assert code == 2 and err.count("\n") == 1 and "--out" in err and "not a results file" in err, err
+    assert thesis.read_text() == '{"chapter": 1}'
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_in_order_reports_missing_ids():

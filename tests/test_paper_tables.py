@@ -100,11 +100,43 @@ def test_rerun_resumes_without_redoing_work(work):
     assert "already prepared, skipped" in proc.stdout and "finished earlier, skipped" in proc.stdout
     assert {p: p.stat().st_mtime for p in (work / "results" / "memsizer_mt").glob("*.json")} == before
     md = (work / "tables.md").read_text()
-    assert md.count("| Transformer | softmax / softmax / softmax |") == 2  # MT and summarization
+    assert md.count("| Transformer (tiny) | softmax / softmax / softmax |") == 1  # MT: a --tiny run, marked
+    assert md.count("| Transformer | softmax / softmax / softmax |") == 1  # summarization: not run
+    assert "come from `--tiny` runs" in md
     mt = md.split("## MemSizer: machine translation")[1].split("## ")[0]
     assert mt.count("not run") < 6  # the two MT rows now hold numbers
     kv = md.split("## Key-Value Transformer: synthetic tasks")[1]
     assert "| reverse | not run | " in kv and "| reverse | not run | not run |" not in kv  # the installed run's cell
+
+
+def test_other_settings_are_refused_or_redone_with_force_and_one_run_per_work(work, capsys):
+    from kvattn_fairseq.run import tables
+    from kvattn_fairseq.util.lock import work_lock
+
+    results = work / "results" / "memsizer_mt"
+    before = {p: p.read_text() for p in results.glob("*.json")}
+
+    def refused(*argv):
+        assert tables.main(["memsizer_mt", "--work", str(work), *map(str, argv)]) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"{tables.PROG}: error: "), lines
+        return lines[0]
+
+    line = refused("--rows", "transformer")  # the full run after the tiny one: nothing tiny is reused
+    assert "data wmt16" in line and "tiny True -> False" in line and "--force" in line
+    line = refused("--tiny", "--rows", "transformer", "--", "--max-update", "5")
+    assert "train transformer" in line and "other settings" in line and "--force" in line
+    with work_lock(str(work)):  # another run holds the directory (flock: this process counts as another)
+        line = refused("--tiny", "--rows", "transformer")
+        assert f"is in use by another run (process {os.getpid()}: " in line
+    assert {p: p.read_text() for p in results.glob("*.json")} == before
+    # --force redoes what changed, the evaluation of the retrained row included, and keeps the rest
+    proc = run("memsizer_mt", "--work", work, "--tiny", "--rows", "transformer", "--force", "--",
+               "--max-update", "5")
+    assert "--force: train it again" in proc.stdout and "--force: evaluate it again" in proc.stdout
+    redone = json.loads((results / "transformer.json").read_text())
+    assert redone["training"]["settings"]["flags"][-2:] == ["--max-update", "5"]
+    assert redone["training"]["finished"] and redone["model"]["num_updates"] == 5
 
 
 @pytest.mark.parametrize("args,expected", [

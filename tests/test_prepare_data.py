@@ -188,11 +188,53 @@ def test_wikitext103_contract(prepared, raw_dirs):
 def test_prepared_dir_is_skipped_then_forced(prepared, raw_dirs):
     out = prepared / "wikitext103"
     before = (out / "prepare.json").read_text()
-    proc = prepare("wikitext103", "--out", out, "--raw", raw_dirs / "wikitext103")
+    proc = prepare("wikitext103", "--out", out, "--raw", raw_dirs / "wikitext103", "--tiny")
     assert "already prepared" in proc.stdout and (out / "prepare.json").read_text() == before
-    prepare("wikitext103", "--out", out, "--raw", raw_dirs / "wikitext103", "--force")
+    prepare("wikitext103", "--out", out, "--raw", raw_dirs / "wikitext103", "--tiny", "--force")
     assert json.loads((out / "prepare.json").read_text())["splits"] == json.loads(before)["splits"]
     assert not list(out.parent.glob("wikitext103.old-*")) and not list(out.parent.glob("wikitext103.tmp-*"))
+
+
+def _cli(module, argv, capsys):
+    """A prepare command's main in this process (the refusals come before any work): (exit status, its one line)."""
+    code = module.cli([str(a) for a in argv])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return code, lines[0]
+
+
+@pytest.mark.slow
+def test_a_rerun_with_other_settings_is_refused_not_reused(prepared, raw_dirs, capsys):
+    out, raw = prepared / "wmt16", raw_dirs / "wmt16"
+    before = (out / "prepare.json").read_text()
+    for change, named in ((["--tiny", "--bpe-size", "500"], "bpe_size"), (["--tiny", "-s", "de", "-t", "en"],
+                                                                          "source_lang 'en' -> 'de'"),
+                          ([], "tiny True -> False")):
+        code, line = _cli(wmt16, ["--out", out, "--raw", raw, *change], capsys)
+        assert code == 2 and "was prepared with other settings" in line and named in line and "--force" in line
+    assert (out / "prepare.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_force_never_removes_the_users_files_or_the_raw_input(prepared, raw_dirs, tmp_path, capsys):
+    from kvattn_fairseq.data import wikitext103
+
+    out = prepared / "wikitext103"
+    kept = out / "notes.txt"
+    kept.write_text("the user's")
+    try:
+        code, line = _cli(wikitext103, ["--out", out, "--raw", raw_dirs / "wikitext103", "--tiny", "--force"], capsys)
+        assert code == 2 and "holds files this tool did not make (notes.txt)" in line
+        assert kept.read_text() == "the user's" and (out / "prepare.json").exists()
+    finally:
+        kept.unlink()
+    raw = tmp_path / "raw"
+    shutil.copytree(raw_dirs / "wikitext103", raw)
+    listing = sorted(os.listdir(raw))
+    for target in (raw, raw / "inside"):  # --out equal to --raw, or inside it
+        code, line = _cli(wikitext103, ["--out", target, "--raw", raw, "--force"], capsys)
+        assert code == 2 and "overlap" in line and "--raw" in line
+    assert sorted(os.listdir(raw)) == listing
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

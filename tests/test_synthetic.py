@@ -163,6 +163,16 @@ def test_command_line(tmp_path):
     assert all([9 - int(v) for v in s.split()] == [int(v) for v in t.split()] for s, t in zip(src, tgt))
 
 
+def test_force_replaces_only_its_own_output(tmp_path, capsys):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "thesis.tex").write_text("months of work")
+    assert synthetic.main(["--task", "copy", "--out", str(out), "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--force" in err[0] and "did not make (thesis.tex)" in err[0]
+    assert os.listdir(out) == ["thesis.tex"] and sorted(os.listdir(tmp_path)) == ["thesis"]
+
+
 def test_command_line_errors(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     for argv, needle in ((["--out", str(tmp_path / "taken")], "--force"),

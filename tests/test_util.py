@@ -1,15 +1,19 @@
 """kvattn_fairseq/util: the one atomic write, the one subprocess runner with a log (and its in-process twin), the
 `--` splitter, and the one-line error every command of the orchestration half reports."""
 import os
+import signal
 import stat
+import subprocess
 import sys
+import time
 
 import pytest
 
 from kvattn_fairseq.util import proc
 from kvattn_fairseq.util.cli import ArgumentParser, positive_int, run_main, split_passthrough
 from kvattn_fairseq.util.errors import OneLineError, StepFailed
-from kvattn_fairseq.util.io import install_dir, temp_dir_beside, write_atomic
+from kvattn_fairseq.util.io import MARKER, check_replaceable, install_dir, remove_made, temp_dir_beside, write_atomic
+from kvattn_fairseq.util.lock import LOCK, work_lock
 
 
 def test_write_atomic_replaces_whole_files_and_leaves_nothing_behind(tmp_path):
@@ -42,6 +46,101 @@ def test_install_dir_swaps_the_old_output_out_only_at_the_end(tmp_path):
         (tmp_path / built / "f").write_text(text)
         install_dir(built, str(out))
     assert (out / "f").read_text() == "new" and os.listdir(tmp_path) == ["out"]
+    assert sorted(os.listdir(out)) == sorted(["f", MARKER])
+
+
+def test_overwrites_remove_only_what_the_tool_made(tmp_path):
+    out = tmp_path / "out"
+    built = temp_dir_beside(str(out))
+    (tmp_path / built / "data").write_text("ours")
+    install_dir(built, str(out))
+    (out / "thesis.tex").write_text("the user's")
+    again = temp_dir_beside(str(out))
+    with pytest.raises(OneLineError, match=r"^--force: .* holds files this tool did not make \(thesis.tex\)"):
+        install_dir(again, str(out))
+    assert (out / "thesis.tex").read_text() == "the user's" and (out / "data").read_text() == "ours"
+    (tmp_path / again / "notes.txt").write_text("x")
+    with pytest.raises(OneLineError, match=r"did not make \(notes.txt\)"):  # no marker: everything is the user's
+        remove_made(str(tmp_path / again))
+    mine = tmp_path / "run"
+    mine.mkdir()
+    (mine / "checkpoint_last.pt").write_text("x")
+    from kvattn_fairseq.util.io import mark
+
+    mark(str(mine), ["checkpoint*"])
+    remove_made(str(mine))
+    assert not mine.exists()
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for o in (raw, raw / "sub"):  # an output equal to or inside an input, and an input inside the output
+        with pytest.raises(OneLineError, match="overlap"):
+            check_replaceable(str(o), inputs=[("--raw", str(raw))])
+    with pytest.raises(OneLineError, match="overlap"):
+        check_replaceable(str(tmp_path), inputs=[("--raw", str(raw))])
+
+
+def test_one_run_per_work_directory_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    work = tmp_path / "w"
+    with work_lock(str(work)):  # flock excludes another open of the file, in this process as in any other
+        with pytest.raises(OneLineError, match=rf"--work {work} is in use by another run \(process {os.getpid()}: "):
+            with work_lock(str(work)):
+                pass
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (work / LOCK).write_text('{"pid": %d, "command": "killed"}' % dead.pid)  # what a SIGKILLed run leaves
+    notes = []
+    with work_lock(str(work), note=notes.append):
+        pass
+    assert notes and f"process {dead.pid}, which is no longer running" in notes[0]
+    assert not (work / LOCK).read_text()  # released: nobody holds it now
+
+
+def test_a_failed_rerun_keeps_the_log_of_the_earlier_success(tmp_path):
+    log = tmp_path / "r.generate.log"
+    proc.run([sys.executable, "-c", "print('good run')"], str(log))
+    with pytest.raises(StepFailed, match="r.generate.failed.log"):
+        proc.run([sys.executable, "-c", "print('bad run'); raise SystemExit(3)"], str(log))
+    assert "good run" in log.read_text() and "bad run" in (tmp_path / "r.generate.failed.log").read_text()
+    with pytest.raises(RuntimeError):  # staged: a successful tool whose results then fail leaves the old log too
+        with proc.staged_logs():
+            proc.run([sys.executable, "-c", "print('second good run')"], str(log))
+            raise RuntimeError("scoring failed")
+    assert "good run" in log.read_text() and "second" in (tmp_path / "r.generate.failed.log").read_text()
+    with proc.staged_logs():
+        proc.run([sys.executable, "-c", "print('third run')"], str(log))
+        assert "good run" in log.read_text()  # not before the results are written
+        proc.install_staged_logs()
+        assert "third run" in log.read_text()
+    assert sorted(os.listdir(tmp_path)) == ["r.generate.failed.log", "r.generate.log"]
+
+
+def test_a_killed_runner_takes_its_tool_with_it(tmp_path):
+    pid_file = tmp_path / "tool.pid"
+    tool = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    # the runner loads util alone (it imports neither torch nor fairseq), to start in a fraction of a second
+    runner = subprocess.Popen([sys.executable, "-c", "import sys, types\npkg = types.ModuleType('kvattn_fairseq')\n"
+                               "pkg.__path__ = [sys.argv[3]]\nsys.modules['kvattn_fairseq'] = pkg\n"
+                               "from kvattn_fairseq.util import proc\n"
+                               "proc.run([sys.executable, '-c', sys.argv[1]], sys.argv[2])", tool,
+                               str(tmp_path / "tool.log"), os.path.dirname(proc.__file__.rsplit(os.sep, 1)[0])])
+    deadline = time.time() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    tool_pid = int(pid_file.read_text())
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    while time.time() < deadline:
+        try:
+            os.kill(tool_pid, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{tool_pid}/stat") as f:  # a zombie (reaped by init later) is gone too
+            if f.read().split(") ")[1].startswith("Z"):
+                break
+        time.sleep(0.05)
+    else:
+        os.kill(tool_pid, signal.SIGKILL)
+        raise AssertionError("the tool outlived the runner that was killed")
 
 
 def test_split_passthrough_and_positive_int():
@@ -90,7 +189,9 @@ def test_run_failures_name_the_tool_the_error_and_the_log(tmp_path):
     log = str(tmp_path / "b.log")
     with pytest.raises(StepFailed) as e:
         proc.run([sys.executable, "-c", "raise ValueError('bad value')"], log, label="thing")
-    assert e.value.exit_code == 1 and str(e.value) == f"thing failed (exit 1): ValueError: bad value; full log: {log}"
+    failed = str(tmp_path / "b.failed.log")  # a failed command's log has a name of its own
+    assert e.value.exit_code == 1
+    assert str(e.value) == f"thing failed (exit 1): ValueError: bad value; full log: {failed}"
     with pytest.raises(StepFailed) as e:  # a tool refusing its command line is bad input: exit 2
         proc.run([sys.executable, "-c", "import argparse; argparse.ArgumentParser(prog='t').parse_args(['-x'])"])
     assert e.value.exit_code == 2 and "t: error: unrecognized arguments: -x" in str(e.value)

@@ -6,6 +6,7 @@ last file, is written: an OUTDIR with prepare.json is complete, and a failed or 
 .tmp- directory, whose finished steps (stamped under work/.steps) a rerun of the same command skips.
 """
 import argparse
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -18,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..util import proc
 from ..util.cli import ArgumentParser, positive_int, run_main
 from ..util.errors import OneLineError
-from ..util.io import install_dir, write_atomic
+from ..util.io import check_replaceable, install_dir, mark, write_atomic
 from . import common
 from .common import log
 from .download import Remote, check_checksum, download, extract, locate
@@ -58,6 +59,10 @@ def run(body: Callable[[argparse.Namespace], None], args: argparse.Namespace) ->
     if importlib.util.find_spec("fairseq_cli") is None:  # binarizing is the last step: fail before the long ones
         raise OneLineError(f"fairseq is not installed for {sys.executable}: install it (make setup) or point "
                            "PYTHON at an environment that has it")
+    # before any work: the output never holds or sits inside an input, and --force never removes what the tool
+    # did not make
+    inputs = [("--raw", args.raw), ("--download-dir", getattr(args, "download_dir", None))]
+    check_replaceable(args.out, "--force", inputs, replacing=args.force)
     try:
         body(args)
     except OSError as e:
@@ -168,9 +173,17 @@ class Build:
         self.t0 = time.time()
 
     @staticmethod
-    def done(out: str, force: bool) -> bool:
-        """True (and a log line) when OUTDIR is already a finished preparation and --force is not given."""
-        if os.path.isfile(os.path.join(out, "prepare.json")) and not force:
+    def done(out: str, force: bool, settings: dict) -> bool:
+        """True (and a log line) when OUTDIR is already a finished preparation made with `settings` (what
+        options() records) and --force is not given; one made with other settings is refused without --force."""
+        recorded = os.path.join(out, "prepare.json")
+        if os.path.isfile(recorded) and not force:
+            with open(recorded, encoding="utf-8") as f:
+                before = json.load(f).get("options")
+            changed = differences(before, settings)
+            if changed:
+                raise OneLineError(f"{out} was prepared with other settings ({changed}); pass --force to rebuild "
+                                   "it, or choose another --out")
             log("%s is already prepared (prepare.json is there); pass --force to rebuild it", out)
             return True
         if os.path.exists(out) and not force:
@@ -220,6 +233,7 @@ class Build:
         shutil.rmtree(self.work)
         scrub_log(self.path("data-bin", "preprocess.log"), self.tmp)
         info["seconds"] = round(time.time() - self.t0, 1)
+        mark(self.tmp, os.listdir(self.tmp) + ["prepare.json"])
         write_atomic(self.path("prepare.json"), json.dumps(info, indent=2, ensure_ascii=False) + "\n")
         install_dir(self.tmp, self.out)  # with --force, the old output stays whole until the new one is in place
         log("wrote %s (%.0f s)", self.out, info["seconds"])
@@ -251,6 +265,24 @@ def options(args: argparse.Namespace, **extra) -> dict:
 def build_key(args: argparse.Namespace, **extra) -> dict:
     """options plus where the raw files come from, so a different --raw does not resume old steps."""
     return dict(options(args, **extra), raw=os.path.abspath(args.raw) if args.raw else None)
+
+
+def differences(before, now: dict) -> str:
+    """The settings that differ, as `name recorded -> now` (empty when equal); JSON types, as recorded."""
+    now = json.loads(json.dumps(now))
+    if not isinstance(before, dict):
+        return "none recorded" if before != now else ""
+    keys = sorted(set(before) | set(now))
+    return ", ".join(_change(k, before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k))
+
+
+def _change(key: str, before, now) -> str:
+    if isinstance(before, list) and isinstance(now, list):  # a flag list: only the part that changed
+        ops = difflib.SequenceMatcher(a=before, b=now, autojunk=False).get_opcodes()
+        return f"{key}: " + "; ".join(f"{' '.join(map(str, before[i1:i2])) or '(none)'} -> "
+                                      f"{' '.join(map(str, now[j1:j2])) or '(none)'}"
+                                      for tag, i1, i2, j1, j2 in ops if tag != "equal")
+    return f"{key} {before!r} -> {now!r}"
 
 
 def count_lines(path: str) -> int:

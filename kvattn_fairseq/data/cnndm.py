@@ -194,9 +194,9 @@ def binarize(b: Build, workers: int) -> dict:
 
 
 def prepare(args) -> None:
-    if Build.done(args.out, args.force):
-        return
     vocab = args.bpe_size or (subword.TINY_VOCAB if args.tiny else VOCAB)
+    if Build.done(args.out, args.force, options(args, bpe_size=vocab)):
+        return
     sources = Sources(list(STORIES.values()) + list(URL_LISTS.values()), args)
     with Build(args.out, build_key(args, bpe_size=vocab)) as b:
         folders = [sources.tree(r.name, b) for r in STORIES.values()]

@@ -29,7 +29,9 @@ uniformly and independently (as the code's torch.randint; the random streams the
 Output is deterministic for a given seed (Python's own `random.Random`, seeded per split; the sources do not
 depend on the task, so every task with the same seed and lengths sees the same inputs) and atomic: everything is
 built in a temporary directory next to DIR and renamed into place at the end, so DIR is either absent, the old
-complete output (until --force replaces it), or the new complete output.
+complete output (until --force replaces it), or the new complete output.  --force replaces only a directory this
+command made (it carries a marker file, .kvattn-made.json): a directory with anything else in it is refused, naming
+those files.
 """
 import json
 import os
@@ -40,7 +42,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 from ..util.cli import ArgumentParser, run_main
 from ..util.errors import OneLineError
-from ..util.io import install_dir, temp_dir_beside, write_atomic
+from ..util.io import check_replaceable, install_dir, temp_dir_beside, write_atomic
 from .build import fairseq_preprocess, scrub_log
 
 # Reverse_sort_pos.py: MyDataset(10, seq_len, size), seq_len in {64, 128}, sizes 50000 / 1000 / 10000
@@ -145,6 +147,7 @@ def generate(out: str, task: str, train: int = DEFAULTS["train"], valid: int = D
     out = os.path.abspath(out)
     if os.path.lexists(out) and not force:
         raise OneLineError(f"--out: {out} already exists; pass --force to replace it")
+    check_replaceable(out, "--force")  # --force replaces only an output of this command, never a user's files
     tmp = temp_dir_beside(out)
     try:
         raw = os.path.join(tmp, "raw")
@@ -152,14 +155,19 @@ def generate(out: str, task: str, train: int = DEFAULTS["train"], valid: int = D
         write_dictionary(os.path.join(raw, "dict.txt"), alphabet_size)
         binarize(raw, os.path.join(tmp, "data-bin"), os.path.join(raw, "dict.txt"), workers)
         scrub_log(os.path.join(tmp, "data-bin", "preprocess.log"), tmp)
-        meta = dict(task=task, **sizes, min_len=min_len, max_len=max_len, alphabet_size=alphabet_size, seed=seed,
-                    source="Borji 2023, Key-Value Transformer (arXiv 2305.19129), synthetic tasks")
+        meta = dict(settings(task, **sizes, min_len=min_len, max_len=max_len, alphabet_size=alphabet_size,
+                             seed=seed), source="Borji 2023, Key-Value Transformer (arXiv 2305.19129), synthetic tasks")
         write_atomic(os.path.join(tmp, "synthetic.json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
         install_dir(tmp, out)  # with --force, the old output stays whole until the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return os.path.join(out, "data-bin")
+
+
+def settings(task: str, **given) -> dict:
+    """The settings synthetic.json records for an output made by generate(task, **given)."""
+    return dict(DEFAULTS, **given, task=task)
 
 
 def build_parser() -> ArgumentParser:

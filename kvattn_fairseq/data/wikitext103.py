@@ -57,7 +57,7 @@ def binarize(b: Build, files: dict, workers: int) -> dict:
 def prepare(args) -> None:
     if args.bpe_size is not None:
         raise OneLineError("--bpe-size does not apply: WikiText-103 is prepared at the word level")
-    if Build.done(args.out, args.force):
+    if Build.done(args.out, args.force, options(args)):
         return
     sources = Sources([ZIP], args)
     with Build(args.out, build_key(args)) as b:

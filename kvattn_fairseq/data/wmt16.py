@@ -207,9 +207,9 @@ def prepare(args) -> None:
     if {src, tgt} != {"en", "de"}:
         raise OneLineError(f"WMT16 En-De has only English and German: got --source-lang {src} --target-lang {tgt} "
                            "(use en/de or de/en)")
-    if Build.done(args.out, args.force):
-        return
     vocab = args.bpe_size or (subword.TINY_VOCAB if args.tiny else VOCAB)
+    if Build.done(args.out, args.force, options(args, bpe_size=vocab)):
+        return
     evals = eval_remotes(src, tgt)
     sources = Sources(list(TRAIN.values()) + list(evals.values()), args)
     with Build(args.out, build_key(args, bpe_size=vocab)) as b:

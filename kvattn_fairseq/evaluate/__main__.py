@@ -5,9 +5,10 @@ import os
 import sys
 
 from ..papers import TABLES
+from ..util import proc
 from ..util.cli import ArgumentParser, run_main, split_passthrough
 from ..util.errors import OneLineError
-from . import classification, cnndm, lm, synthetic, wmt
+from . import classification, cnndm, lm, results, synthetic, wmt
 
 EVALUATORS = {"wmt": wmt, "cnndm": cnndm, "lm": lm, "synthetic": synthetic, "classify": classification}
 
@@ -103,11 +104,25 @@ def evaluate(a: argparse.Namespace) -> dict:
         raise OneLineError("--checkpoint and --average-last exclude each other")
     if os.path.isdir(a.out):
         raise OneLineError(f"--out {a.out} is a directory; give the results file's name")
+    if os.path.exists(a.out) and not _is_results_file(a.out):  # an overwrite replaces only this tool's results
+        raise OneLineError(f"--out {a.out} exists and is not a results file of this tool; choose another --out "
+                           "(nothing was written)")
     module = EVALUATORS[a.task]
-    result = module.run(a)
+    with proc.staged_logs():  # a failed rerun keeps the previous run's logs beside its results
+        result = module.run(a)
     print(f"{result['name']}: {module.summary_line(result)}")
     print(f"wrote {a.out}")
     return result
+
+
+def _is_results_file(path: str) -> bool:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return results.is_results(json.load(f))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,9 @@ One JSON object per evaluated checkpoint and task, schema ``kvattn_fairseq.evalu
     signature     the sacreBLEU signature (wmt), or a short description of the metric otherwise
     files         {"hypotheses": ..., "logs": [...]}, relative to the results file's directory
     versions      {"kvattn_fairseq", "fairseq", "torch", "sacrebleu" | "rouge_score", ...}
+    training      the record of the run that trained the checkpoint (TRAIN_RECORD beside it, written by
+                  `python -m kvattn_fairseq.paper_tables`: {"settings": {experiment, kind, tiny, arch, flags, data},
+                  "started", "finished"}), or null; a table marks the results of --tiny runs
 
 metrics per task:
     wmt        sacrebleu (detokenized, the main number), sacrebleu_signature, sacrebleu_detail {score (unrounded),
@@ -42,9 +45,11 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from ..papers import TABLES, default_table
 from ..util.errors import OneLineError
+from ..util import proc
 from ..util.io import write_atomic
 
 SCHEMA = "kvattn_fairseq.evaluate/1"
+TRAIN_RECORD = "kvattn-train.json"  # in a save directory: the settings its run was trained with
 TASKS = ("wmt", "cnndm", "lm", "synthetic", "classify")
 REQUIRED = ("schema", "task", "table", "name", "timestamp", "model", "checkpoint", "data", "settings", "sentences",
             "metrics", "main", "signature", "files", "versions")
@@ -65,6 +70,23 @@ def relative(path: Optional[str], results_path: str) -> Optional[str]:
         return os.path.relpath(os.path.abspath(path), base)
     except ValueError:  # another drive (Windows)
         return os.path.basename(path)
+
+
+def training_record(checkpoint: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The record of the run that trained `checkpoint` (TRAIN_RECORD in its directory), or None."""
+    if not checkpoint:
+        return None
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(checkpoint)), TRAIN_RECORD), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def is_tiny(result: Dict[str, Any]) -> bool:
+    """Whether a result comes from a --tiny run (a pipeline check, not a result)."""
+    return bool(((result.get("training") or {}).get("settings") or {}).get("tiny"))
 
 
 def versions(*extra: str) -> Dict[str, str]:
@@ -101,6 +123,7 @@ def make(task: str, *, name: str, model: Dict[str, Any], checkpoint: str, averag
         "files": {k: (relative(v, results_path) if isinstance(v, str) else [relative(p, results_path) for p in v])
                   for k, v in files.items()},
         "versions": versions(*extra_versions),
+        "training": training_record(checkpoint),
     }
     validate(result)
     return result
@@ -126,7 +149,9 @@ def validate(result: Any, where: str = "results") -> Dict[str, Any]:
 
 
 def save(result: Dict[str, Any], path: str) -> None:
+    """Write the results file; the logs of the run it reports (proc.staged_logs) are put in place just before it."""
     validate(result)
+    proc.install_staged_logs()
     write_atomic(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
 
 

@@ -53,14 +53,21 @@ def row_of(table: Table, r: Dict) -> Optional[Row]:
     return max(found, key=lambda row: len(row.options)) if found else None
 
 
+TINY = " (tiny)"  # a --tiny run's label: a check of the pipeline on fixtures, not a result
+
+
+def tiny(r: Optional[Dict]) -> str:
+    return TINY if ((((r or {}).get("training") or {}).get("settings")) or {}).get("tiny") else ""
+
+
 def label_runs(label: str, runs: List[Dict]) -> List[Tuple[str, Optional[Dict]]]:
-    """One line per run; runs sharing a row are told apart by their names."""
+    """One line per run; runs sharing a row are told apart by their names; a --tiny run says so."""
     if not runs:
         return [(label, None)]
     runs = sorted(runs, key=lambda r: (r["name"], r["_path"]))
     if len(runs) == 1:
-        return [(label, runs[0])]
-    return [(f"{label} [{r['name']}]", r) for r in runs]
+        return [(label + tiny(runs[0]), runs[0])]
+    return [(f"{label} [{r['name']}]{tiny(r)}", r) for r in runs]
 
 
 def rows_and_runs(table: Table, results: List[Dict]) -> List[Tuple[str, Optional[Row], Mapping[str, str],

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional
 
 from ..evaluate import results as R
 from ..papers import TABLES
-from ..papers.markdown import NOT_RUN
+from ..papers.markdown import NOT_RUN, TINY
 from ..util.cli import ArgumentParser, run_main
 from ..util.errors import OneLineError
 from ..util.io import write_atomic
@@ -68,6 +68,11 @@ def render(results: List[Dict], bench: Optional[Dict] = None) -> str:
              f"\"{NOT_RUN}\" marks a cell with no result)", ""]
     for table in TABLES.values():
         lines += [f"## {table.title}", ""] + table.draw(table, by_table[table.name], bench) + [""]
+        tiny = sorted(r["name"] for r in by_table[table.name] if R.is_tiny(r))
+        if tiny:
+            lines += [f"{TINY.strip()}: {len(tiny)} result(s) of this table come from `--tiny` runs (tiny models on "
+                      f"fixtures: a check of the pipeline, not a result): {', '.join(tiny[:10])}"
+                      f"{' ...' if len(tiny) > 10 else ''}", ""]
     return "\n".join(lines)
 
 

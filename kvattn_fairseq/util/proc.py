@@ -3,9 +3,17 @@ in-process twin for steps that are Python functions.
 
 Output is read as bytes and split on "\\n" only: fairseq prints hypotheses that may hold "\\r", U+2028 and other
 characters that text-mode pipes or str.splitlines() would treat as line ends.
+
+A log is written under a name of its own process (LOG.<pid>.partial) and renamed to LOG only when the command
+succeeds; a failed command's log is kept as failed_log(LOG), so a failed rerun never overwrites the log of an earlier
+success, and two processes never write one file.  Inside staged_logs() even successful logs wait until
+install_staged_logs() (called by the writer of the results they belong to, right before it writes them), so the
+logs and the results beside them always come from the same run.  On Linux the tool is killed when the process that
+started it dies, even by SIGKILL: no orphan keeps writing into a temporary directory.
 """
 import collections
 import contextlib
+import ctypes
 import os
 import re
 import shlex
@@ -32,6 +40,46 @@ def tool_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return env
 
 
+_STAGED: Optional[List[tuple]] = None  # (partial log, final name) pairs waiting in staged_logs()
+
+
+def failed_log(log: str) -> str:
+    """Where the log of a failed command goes: LOG.failed.EXT beside LOG."""
+    stem, ext = os.path.splitext(log)
+    return f"{stem}.failed{ext or '.log'}"
+
+
+@contextlib.contextmanager
+def staged_logs() -> Iterator[None]:
+    """Hold back the logs of successful commands until install_staged_logs() (or the end of the block); if the block
+    fails first, they are kept as failed logs and the previous ones stay."""
+    global _STAGED
+    outer, _STAGED = _STAGED, []
+    try:
+        yield
+    except BaseException:
+        for partial, final in _STAGED:
+            os.replace(partial, failed_log(final))
+        raise
+    else:
+        install_staged_logs()
+    finally:
+        _STAGED = outer
+
+
+def install_staged_logs() -> None:
+    while _STAGED:
+        partial, final = _STAGED.pop(0)
+        os.replace(partial, final)
+
+
+def _die_with_parent() -> None:
+    try:  # PR_SET_PDEATHSIG = 1: SIGKILL this child when its parent dies
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def last_error(lines: Sequence[str]) -> str:
     """The line that says what went wrong: the last exception or argparse error line, else the last line."""
     lines = [line.strip() for line in lines if line.strip()]
@@ -55,9 +103,11 @@ def run(cmd: Sequence, log: Optional[str] = None, *, label: Optional[str] = None
     label = label or os.path.basename(cmd[0])
     where = f"; full log: {log}" if log else ""
     out = None
+    partial = None
     if log:
         os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
-        out = open(log, "a" if append else "w", encoding="utf-8")
+        partial = None if append else f"{log}.{os.getpid()}.partial"
+        out = open(partial or log, "a" if append else "w", encoding="utf-8")
         out.write(("\n" if append and out.tell() else "") + f"$ {shell(cmd)}\n")
         out.flush()
     lines: collections.deque = collections.deque(maxlen=None if keep_output else 200)
@@ -65,7 +115,8 @@ def run(cmd: Sequence, log: Optional[str] = None, *, label: Optional[str] = None
     try:
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    env=tool_env() if env is None else env, cwd=cwd)
+                                    env=tool_env() if env is None else env, cwd=cwd,
+                                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         except OSError as e:
             raise StepFailed(f"{label}: cannot run {cmd[0]} ({e.strerror or e})") from None
         timer = None
@@ -92,10 +143,24 @@ def run(cmd: Sequence, log: Optional[str] = None, *, label: Optional[str] = None
         finally:
             if timer:
                 timer.cancel()
+    except BaseException:
+        if partial:
+            out.close()
+            os.replace(partial, failed_log(log))
+        raise
     finally:
         if out:
             out.close()
     output = "".join(lines)
+    failed = timed_out.is_set() or proc.returncode != 0
+    if partial and failed:
+        log = failed_log(log)
+        where = f"; full log: {log}"
+        os.replace(partial, log)
+    elif partial and _STAGED is not None:
+        _STAGED.append((partial, log))
+    elif partial:
+        os.replace(partial, log)
     if timed_out.is_set():
         raise StepFailed(f"{label} timed out after {timeout:g}s{where}")
     if proc.returncode != 0:
