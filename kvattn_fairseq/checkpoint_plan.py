@@ -167,9 +167,16 @@ def install() -> None:
 
     state_dict = Trainer.state_dict
 
+    def recorded(model_cfg):
+        try:
+            return plan_record(model_cfg)
+        except Exception as e:  # noqa: BLE001  (never let the record stop a save; say it is missing)
+            logger.warning(f"cannot record the attention plan of this model ({type(e).__name__}: {e})")
+            return None
+
     def trainer_state_dict(self):
         state = state_dict(self)
-        record = plan_record(self.cfg.model)
+        record = recorded(self.cfg.model)
         if record is not None:
             state[KEY] = record
         return state
@@ -179,7 +186,7 @@ def install() -> None:
     load_into = Trainer.load_checkpoint
 
     def trainer_load_checkpoint(self, filename, *args, **kwargs):
-        record = plan_record(self.cfg.model)
+        record = recorded(self.cfg.model)
         token = TRAINING_PLAN.set(record) if record is not None else None
         try:
             return load_into(self, filename, *args, **kwargs)
