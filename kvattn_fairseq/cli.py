@@ -24,6 +24,14 @@ def install_error_hook() -> None:
                 _is_size_error(exc_type, exc):
             print(f"{prog}: error: {exc}", file=sys.stderr)
             sys.exit(2)
+        if issubclass(exc_type, RuntimeError) and str(exc).startswith("Error(s) in loading state_dict for"):
+            # weights loaded into a model they were not trained for (e.g. 'load_other_plan' with other shapes):
+            # torch lists every mismatched tensor, dozens of lines; the first names the problem
+            details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+            more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+            print(f"{prog}: error: the checkpoint's weights do not fit the model being built: "
+                  f"{details[0] if details else exc}{more}", file=sys.stderr)
+            sys.exit(2)
         if _is_memory_error(exc_type, exc):
             print(f"{prog}: error: out of memory ({_allocation(exc)}): the model or the batch is too large for this "
                   f"machine; use smaller sizes (e.g. the attention kinds' --*-slots / --mgk-components, "

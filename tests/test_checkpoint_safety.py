@@ -264,6 +264,12 @@ def test_a_truncated_checkpoint_last_is_skipped_and_generate_refuses_another_pla
     assert proc.returncode == 2 and "--model-overrides" in proc.stderr and "S-" not in proc.stdout
     assert proc.stderr.strip().splitlines()[-1].startswith("fairseq-generate: error: --model-overrides")
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    # asked for on purpose: loaded, and weights that do not fit are one line, not torch's list of every tensor
+    proc = run_cli("fairseq-generate", reverse_bin, "--path", ckpt, "--cpu", "--user-dir", runs.USER_DIR,
+                   "--model-overrides", "{'decoder_attention_type': 'softmax', 'load_other_plan': True}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "on purpose" in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith(
+        "fairseq-generate: error: the checkpoint's weights do not fit the model being built:")
 
     last = save_dir / "checkpoint_last.pt"
     last.write_bytes(last.read_bytes()[:720_896 if last.stat().st_size > 720_896 else 2048])
