@@ -3,9 +3,8 @@ traceback with a plugin model: fairseq-eval-lm windows the model cannot score, -
 weights, fairseq-interactive with stdin closed, --fp16 without CUDA, size flags far too large, and the plugin's
 flag errors without fairseq's usage block.  The fairseq CLI runs are marked slow."""
 import argparse
-import re
+import os
 import subprocess
-import sys
 
 import pytest
 from fairseq import options
@@ -125,7 +124,7 @@ def test_generate_interactive_and_train_refuse_in_one_line(mt, tmp_path):
     closed = subprocess.run([f"{BIN_DIR}/fairseq-interactive", str(bin_dir), "--path", str(ckpt), "--cpu",
                              "--user-dir", USER_DIR, "--source-lang", "src", "--target-lang", "tgt"],
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
-                            preexec_fn=lambda: __import__("os").close(0))
+                            preexec_fn=lambda: os.close(0))
     assert closed.returncode == 2 and "no standard input" in closed.stderr.strip().splitlines()[-1], \
         closed.stderr[-3000:]
 
