@@ -86,7 +86,7 @@ def average(paths: Sequence[str]) -> Dict:
         plan = checkpoint_record(state)
         if reference_path is None:
             reference_path, reference_plan = path, plan
-        elif plan != reference_plan:
+        elif (difference(reference_plan, plan) if reference_plan and plan else plan != reference_plan):
             diff = difference(reference_plan, plan) if reference_plan and plan else \
                 f"{describe(reference_plan)} against {describe(plan)}"
             raise OneLineError(f"--inputs: {path} and {reference_path} were trained with different attention plans "

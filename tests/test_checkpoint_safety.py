@@ -285,3 +285,13 @@ def test_a_truncated_checkpoint_last_is_skipped_and_generate_refuses_another_pla
     assert other.returncode == 2 and "kvattn_fairseq.convert" in other.stderr, other.stderr[-3000:]
     assert "Traceback" not in other.stderr and "decoder attention memsizer*2 in the checkpoint, linear*2" in \
         other.stderr.strip().splitlines()[-1]
+
+
+def test_an_option_a_kind_gained_later_does_not_refuse_an_older_record(tmp_path):
+    path = save(tmp_path / "memsizer.pt", "--decoder-attention-type", "memsizer")
+    state = torch.load(path, weights_only=False)
+    del state["kvattn_plan"]["decoder"]["options"]["memsizer"]["memsizer_q_init_scale"]
+    torch.save(state, path)
+    checkpoint_utils.load_checkpoint_to_cpu(str(path), {"dropout": 0.0})
+    with pytest.raises(PlanMismatch):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path), {"memsizer_self_slots": 16})
