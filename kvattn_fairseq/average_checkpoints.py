@@ -10,8 +10,9 @@ ones.  Checkpoints are loaded with torch.load(weights_only=True) (the plugin all
 checkpoints hold, so nothing else in a file can run on load).  Floating-point parameters are summed in fp32 (fp64
 ones in fp64) and cast back to their dtype; other tensors (counters, version buffers) are taken from the last
 checkpoint.  Every non-model field (cfg, extra_state, optimizer history and state) is the last checkpoint's; the
-file names averaged are recorded under "kvattn_averaged_from".  All checkpoints must hold the same parameter names
-and shapes.  The output is written atomically.
+full paths of the files averaged are recorded under "kvattn_averaged_from".  All checkpoints must hold the same
+parameter names and shapes and the same attention plan (checkpoint_plan.py: softmax and linear weights have the
+same shapes, but their mean is neither model).  The output is written atomically, with an ordinary file's mode.
 """
 import argparse
 import collections
@@ -23,6 +24,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 import kvattn_fairseq  # noqa: F401  (allow-lists fairseq's checkpoint globals for weights_only loading)
+from kvattn_fairseq.checkpoint_plan import KEY, checkpoint_record, describe, difference
 from kvattn_fairseq.util.cli import ArgumentParser, run_main
 from kvattn_fairseq.util.errors import OneLineError
 from kvattn_fairseq.util.io import write_atomic
@@ -76,12 +78,21 @@ def average(paths: Sequence[str]) -> Dict:
     dtypes: Dict[str, torch.dtype] = {}
     shapes: Dict[str, torch.Size] = {}
     reference_path = None
+    reference_plan = None
     last = None
     for path in paths:
         state = load_checkpoint(path)
         model = state["model"]
+        plan = checkpoint_record(state)
         if reference_path is None:
-            reference_path = path
+            reference_path, reference_plan = path, plan
+        elif (difference(reference_plan, plan) if reference_plan and plan else plan != reference_plan):
+            diff = difference(reference_plan, plan) if reference_plan and plan else \
+                f"{describe(reference_plan)} against {describe(plan)}"
+            raise OneLineError(f"--inputs: {path} and {reference_path} were trained with different attention plans "
+                               f"({diff.replace('in the checkpoint', 'in the first').replace(' here', ' in this one')}"
+                               f"): checkpoints of different models cannot be averaged")
+        if reference_path == path:
             for key, value in model.items():
                 if not torch.is_tensor(value):
                     raise OneLineError(f"{path}: model entry {key} is not a tensor")
@@ -117,7 +128,9 @@ def average(paths: Sequence[str]) -> Dict:
             averaged[key] = value
     out = dict(last)
     out["model"] = averaged
-    out["kvattn_averaged_from"] = [os.path.basename(p) for p in paths]
+    out["kvattn_averaged_from"] = [os.path.abspath(p) for p in paths]
+    if reference_plan is not None:
+        out[KEY] = reference_plan
     return out
 
 

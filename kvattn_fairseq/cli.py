@@ -9,9 +9,9 @@ from .util.errors import OneLineError
 
 def install_error_hook() -> None:
     """Some errors surface deep inside fairseq: a bad attention setting (argument parsing, model build), an input
-    longer than the model admits (batching), an unsafe checkpoint (its loader), bad data for the plugin's task.
-    Print each as one line naming the fix, as argparse does, instead of a stack trace.  Other exceptions are
-    untouched."""
+    longer than the model admits (batching), an unsafe checkpoint (its loader), bad data for the plugin's task, the
+    allocator refusing a tensor far too large.  Print each as one line naming the fix, as argparse does, instead of
+    a stack trace.  Other exceptions are untouched."""
     previous = sys.excepthook
     if getattr(previous, "kvattn_hook", False):
         return
@@ -19,15 +19,41 @@ def install_error_hook() -> None:
     def hook(exc_type, exc, tb):
         from .compat import CheckpointRefused
 
+        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "kvattn_fairseq"
         if issubclass(exc_type, (AttentionConfigError, CheckpointRefused, OneLineError)) or \
                 _is_size_error(exc_type, exc):
-            prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "kvattn_fairseq"
             print(f"{prog}: error: {exc}", file=sys.stderr)
             sys.exit(2)
+        if issubclass(exc_type, RuntimeError) and str(exc).startswith("Error(s) in loading state_dict for"):
+            # weights loaded into a model they were not trained for (e.g. 'load_other_plan' with other shapes):
+            # torch lists every mismatched tensor, dozens of lines; the first names the problem
+            details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+            more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+            print(f"{prog}: error: the checkpoint's weights do not fit the model being built: "
+                  f"{details[0] if details else exc}{more}", file=sys.stderr)
+            sys.exit(2)
+        if _is_memory_error(exc_type, exc):
+            print(f"{prog}: error: out of memory ({_allocation(exc)}): the model or the batch is too large for this "
+                  f"machine; use smaller sizes (e.g. the attention kinds' --*-slots / --mgk-components, "
+                  f"--*-embed-dim) or fewer tokens per batch (--max-tokens, --batch-size)", file=sys.stderr)
+            sys.exit(1)
         previous(exc_type, exc, tb)
 
     hook.kvattn_hook = True
     sys.excepthook = hook
+
+
+def _is_memory_error(exc_type, exc) -> bool:
+    """The allocator refusing a tensor (CPU: a RuntimeError from DefaultCPUAllocator; CUDA: OutOfMemoryError)."""
+    return issubclass(exc_type, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        issubclass(exc_type, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def _allocation(exc) -> str:
+    import re
+
+    found = re.search(r"tried to allocate ([\d.]+ ?\w*)", str(exc))
+    return f"tried to allocate {found.group(1)}" if found else type(exc).__name__
 
 
 def _is_size_error(exc_type, exc) -> bool:

@@ -13,6 +13,13 @@ Two more that users hit:
 5. Distributed training on CPU (gloo): fairseq divides by torch.cuda.device_count() to pick a device, defaults to
    the NCCL backend, and hands CPU modules to DistributedDataParallel with device_ids; launched with torchrun,
    CPU workers now get device 0, gloo, and no device_ids.
+6. fairseq copies each saved checkpoint onto checkpoint_last.pt / checkpoint_best.pt in place, so an interrupt
+   during the copy leaves a truncated checkpoint that the next run dies on: every checkpoint write and copy is
+   atomic, and a resume gets past a damaged checkpoint_last.pt (checkpoint_files.py).
+7. Weights load into a model of another attention kind whenever the shapes match: checkpoints record their
+   attention plan and a load into another plan is refused (checkpoint_plan.py).
+8. fairseq-eval-lm silently skips blocks longer than the model's positions; refused instead, with other one-line
+   refusals where fairseq's tools would print a traceback (tool_refusals.py).
 """
 import argparse
 import functools
@@ -193,3 +200,8 @@ def apply() -> None:
     refuse_unsafe_checkpoints_clearly()
     distributed_on_cpu()
     bf16_without_tpu()
+    from . import checkpoint_files, checkpoint_plan, tool_refusals
+
+    checkpoint_files.install()
+    checkpoint_plan.install()
+    tool_refusals.install()

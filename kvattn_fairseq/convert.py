@@ -10,7 +10,8 @@ copied; each new attention starts from the softmax attention it replaces through
 OUT.pt is an ordinary checkpoint: fairseq-generate and fairseq-eval-lm load it with the plugin's --user-dir, and
 `fairseq-train --finetune-from-model OUT.pt` with the flags `--model-flags` prints (a finetune builds its model
 from its own command line, so the sizes must be given again).  Training state is reset (no optimizer state,
-update 0); extra_state["kvattn_conversion"] records the source and what each attention got.
+update 0); extra_state["kvattn_conversion"] records the source's full path and what each attention got, and
+kvattn_plan the new attention plan (checkpoint_plan.py).
 """
 import argparse
 import copy
@@ -23,6 +24,7 @@ from omegaconf import OmegaConf, open_dict
 
 from . import building
 from .modules.registry import POSITION_FLAGS, POSITIONS, AttentionConfigError, add_attention_args, position_dest
+from .util.io import write_atomic
 
 # fairseq model name -> the plugin model that replaces it
 TARGETS = {"transformer": "kvattn_transformer", "transformer_lm": "kvattn_lm",
@@ -222,7 +224,10 @@ def converted_checkpoint(source_state: dict, model, args, report, path: str) -> 
     with open_dict(cfg):
         cfg.model = args
     history = (source_state.get("optimizer_history") or [{}])[-1]
+    from .checkpoint_plan import KEY, plan_record
+
     return {
+        KEY: plan_record(args),
         "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         "args": None,
         "model": model.state_dict(),
@@ -231,7 +236,7 @@ def converted_checkpoint(source_state: dict, model, args, report, path: str) -> 
                                "lr_scheduler_state": {"best": None}, "num_updates": 0}],
         "last_optimizer_state": None,
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "version": 2},
-                        "kvattn_conversion": {"source": os.path.basename(path), "sites": [
+                        "kvattn_conversion": {"source": os.path.abspath(path), "sites": [
                             {"position": p, "layer": i, "from": a, "to": b,
                              "carried": list(c) if c is not None else None} for p, i, a, b, c in report]}},
     }
@@ -308,9 +313,8 @@ def convert_file(checkpoint: str, out: str, flags: argparse.Namespace, seed: int
     args = new_args(source_args, target, flags)
     model, report = convert(state, source_args, target, args, checkpoint, seed)
     train_flags = model_flags(args)
-    tmp = out + ".tmp"
-    torch.save(converted_checkpoint(state, model, args, report, checkpoint), tmp)
-    os.replace(tmp, out)  # never a half-written checkpoint under the final name
+    converted = converted_checkpoint(state, model, args, report, checkpoint)
+    write_atomic(out, lambda tmp: torch.save(converted, tmp))  # never a half-written checkpoint under the final name
     return {"sites": report, "kept": sum(1 for _ in attention_sites(model)) - len(report), "flags": train_flags}
 
 

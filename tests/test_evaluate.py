@@ -212,13 +212,21 @@ def _model(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_average_checkpoints_is_the_mean(wmt_ckpts, tmp_path, capsys):
     out = tmp_path / "avg.pt"
     code = avg.main(["--inputs", str(wmt_ckpts), "--num-epoch-checkpoints", "3", "--output", str(out)])
     assert code == 0, capsys.readouterr().err
     states = [_model(wmt_ckpts / f"checkpoint{e}.pt") for e in (2, 3, 4)]
     averaged = _model(out)
-    assert averaged["kvattn_averaged_from"] == ["checkpoint2.pt", "checkpoint3.pt", "checkpoint4.pt"]
+    assert averaged["kvattn_averaged_from"] == [str((wmt_ckpts / f"checkpoint{e}.pt").resolve()) for e in (2, 3, 4)]
+    assert (os.stat(out).st_mode & 0o777) == 0o666 & ~_umask()  # an ordinary file, not mkstemp's private 0600
+    assert averaged["kvattn_plan"] == states[-1]["kvattn_plan"]
     assert averaged["model"].keys() == states[-1]["model"].keys()
     n_float = 0
     for key, value in averaged["model"].items():

@@ -390,6 +390,7 @@ def test_fairseq_hydra_train_runs_a_tiny_config(tmp_path, reverse_data, tiny_run
     ckpt = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     assert (ckpt["cfg"]["model"]["_name"], ckpt["cfg"]["model"]["encoder_attention_type"]) == \
         ("kvattn_transformer_tiny", "kv")
+    assert ckpt["kvattn_plan"]["encoder"]["kinds"] == ["kv", "kv"]  # a hydra run records its plan too
     # and the checkpoint decodes with fairseq-generate, every sentence out
     gen = subprocess.run([os.path.join(BIN_DIR, "fairseq-generate"), str(reverse_data), "--path",
                           str(save / "checkpoint_last.pt"), "--user-dir", USER_DIR, "--beam", "2", "--cpu"],

@@ -92,7 +92,7 @@ def checkpoint_info(path: str) -> Tuple[Dict, Optional[List[str]]]:
     state = load_checkpoint(path, "--checkpoint", require_model=False)
     info = model_info(state, path)
     averaged = state.get("kvattn_averaged_from")
-    return info, list(averaged) if averaged else None
+    return info, [os.path.basename(p) for p in averaged] if averaged else None  # results name files, not paths
 
 
 def average_last(checkpoint_dir: str, n: int, by: str, output: Optional[str]) -> Tuple[str, List[str]]:

@@ -93,7 +93,18 @@ class AttentionPlan:
 
     def build(self, position: str, layer: int, **site) -> nn.Module:
         kind, where = self.site(position, layer, **site)
-        return ATTENTION_KINDS[kind].build(where)
+        try:
+            return ATTENTION_KINDS[kind].build(where)
+        except (MemoryError, RuntimeError) as e:
+            if not isinstance(e, MemoryError) and "allocate" not in str(e):
+                raise
+            # a size flag far too large (--memsizer-self-slots 1000000000): one line naming it, not a traceback
+            sizes = ", ".join(f"{o.flag} {where.options[o.dest]}" for o in ATTENTION_KINDS[kind].options
+                              if isinstance(where.options.get(o.dest), int) and not isinstance(
+                                  where.options.get(o.dest), bool))
+            raise AttentionConfigError(f"{POSITION_FLAGS[position]}: the {kind} attention of layer {layer} does not "
+                                       f"fit in memory ({sizes or 'its sizes'}, width {where.embed_dim}); use "
+                                       f"smaller sizes") from None
 
 
 def attention_plan(args, layers: Mapping[str, int]) -> AttentionPlan:

@@ -156,8 +156,13 @@ def choice(*allowed: str):
 
 def positive_float_list(text: str):
     """'1,3' -> (1.0, 3.0)"""
+    items = str(text).strip("()[] ").split(",")
+    if len(items) > 1 and not items[-1].strip():
+        items.pop()  # the trailing comma of a one-element tuple's repr, as a checkpoint's config may hold it
     try:
-        values = tuple(float(v) for v in str(text).strip("()[] ").split(",") if v.strip())
+        if any(not v.strip() for v in items):
+            raise ValueError("an empty entry")  # '1,,2': a missing number is a typo, not a default
+        values = tuple(float(v) for v in items)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
     if not values or any(not v > 0 or v == float("inf") for v in values):

@@ -22,8 +22,9 @@ def write_atomic(path: str, data: Union[str, bytes, Callable[[str], None]]) -> s
     """Write `path` through a temporary file in the same directory, then rename it into place (atomic on POSIX).
 
     `data` is text (written as UTF-8), bytes, or a function that writes the file whose path it is given (for
-    writers such as torch.save).  The directory is created if needed; on any failure the temporary file is removed
-    and an existing `path` is left as it was.  Returns `path`."""
+    writers such as torch.save).  The file is fsynced before the rename and the directory after it, so a power
+    loss too leaves the old or the new file.  The directory is created if needed; on any failure the temporary file
+    is removed and an existing `path` is left as it was.  Returns `path`."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
@@ -35,12 +36,36 @@ def write_atomic(path: str, data: Union[str, bytes, Callable[[str], None]]) -> s
         else:
             with os.fdopen(fd, "wb") as f:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(directory)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename in `directory` durable (POSIX); a file system that cannot fsync a directory is left as is."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def temp_dir_beside(out: str) -> str:

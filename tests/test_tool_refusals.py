@@ -1,0 +1,134 @@
+"""fairseq's own tools refuse in one line, before doing any work, where they would give silently wrong numbers or a
+traceback with a plugin model: fairseq-eval-lm windows the model cannot score, --print-alignment without attention
+weights, fairseq-interactive with stdin closed, --fp16 without CUDA, size flags far too large, and the plugin's
+flag errors without fairseq's usage block.  The fairseq CLI runs are marked slow."""
+import argparse
+import os
+import subprocess
+
+import pytest
+from fairseq import options
+
+from kvattn_fairseq import cli, tool_refusals
+from kvattn_fairseq.modules.registry import AttentionConfigError, positive_float_list
+from kvattn_fairseq.util.errors import OneLineError
+
+import fairseq_runs as runs
+from conftest import BIN_DIR, USER_DIR, build_model, run_cli
+
+
+def test_an_empty_entry_in_a_number_list_is_refused():
+    with pytest.raises(argparse.ArgumentTypeError, match="'1,,2'"):
+        positive_float_list("1,,2")
+    assert positive_float_list("1,2") == (1.0, 2.0)
+    assert positive_float_list(str((3.0,))) == (3.0,)  # a one-element tuple as a checkpoint's config holds it
+
+
+def test_a_plugin_flag_error_is_one_line_without_the_usage_block(capsys):
+    with pytest.raises(SystemExit) as e:
+        options.parse_args_and_arch(options.get_training_parser(),
+                                    ["data", "--user-dir", USER_DIR, "--arch", "kvattn_transformer_tiny",
+                                     "--mgk-inv-var-scales", "1,,2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "argument --mgk-inv-var-scales:" in err[0], err[:3]
+
+
+def test_fairseqs_own_flag_errors_keep_their_usage(capsys):
+    with pytest.raises(SystemExit):
+        options.parse_args_and_arch(options.get_training_parser(), ["data", "--user-dir", USER_DIR, "--max-epoch",
+                                                                    "x"])
+    assert capsys.readouterr().err.startswith("usage:")
+
+
+@pytest.mark.parametrize("flags", [("--decoder-attention-type", "memsizer", "--memsizer-self-slots", "1000000000"),
+                                   ("--encoder-attention-type", "memsizer", "--memsizer-encoder-slots",
+                                    "1000000000")])
+def test_a_size_flag_far_too_large_is_one_line_naming_it(flags):
+    with pytest.raises(AttentionConfigError, match=r"does not fit in memory \(.*1000000000") as e:
+        build_model("kvattn_transformer_tiny", *flags)
+    assert str(e.value).startswith(flags[0]) and "\n" not in str(e.value)
+
+
+def test_an_allocator_failure_at_run_time_is_one_line():
+    error = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                         "you tried to allocate 1024000000000 bytes. Error code 12 (Cannot allocate memory)")
+    assert cli._is_memory_error(RuntimeError, error)
+    assert cli._allocation(error) == "tried to allocate 1024000000000 bytes"
+    assert not cli._is_memory_error(RuntimeError, RuntimeError("shape mismatch"))
+
+
+def test_eval_lm_window_checks():
+    tool_refusals.check_context_window(64, 32)
+    with pytest.raises(OneLineError, match="--context-window 64 leaves nothing to score"):
+        tool_refusals.check_context_window(64, 64)
+    tool_refusals.check_blocks_fit([64, 64, 10], 64, 64, 0, "test")
+    with pytest.raises(OneLineError, match="--tokens-per-sample 65: 2 of the 3 blocks"):
+        tool_refusals.check_blocks_fit([65, 65, 10], 64, 65, 0, "test")
+    with pytest.raises(OneLineError, match="plus --context-window 8"):
+        tool_refusals.check_blocks_fit([60, 60], 64, 60, 8, "test")
+
+
+def test_fp16_without_cuda_is_refused():
+    cfg = argparse.Namespace(common=argparse.Namespace(fp16=True, memory_efficient_fp16=False, cpu=True))
+    with pytest.raises(OneLineError, match="^--fp16: .*--cpu was given.*--bf16"):
+        tool_refusals.check_fp16_device(cfg)
+    cfg.common.fp16 = False
+    tool_refusals.check_fp16_device(cfg)
+
+
+# --- the real CLI -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    work = tmp_path_factory.mktemp("refusals_lm")
+    bin_dir = runs.prepare_lm(work)
+    runs.train_lm(bin_dir, work / "ckpt", "memsizer_lm_tiny", "--max-update", "2", epochs=1)
+    return bin_dir, work / "ckpt" / "checkpoint_last.pt"
+
+
+def _refused(proc, tool, flag):
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith(f"{tool}: error: {flag}"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Perplexity" not in proc.stdout + proc.stderr
+    return last
+
+
+@pytest.mark.slow
+def test_eval_lm_refuses_windows_it_cannot_score(lm):
+    bin_dir, ckpt = lm
+    whole = runs.eval_lm(bin_dir, ckpt, "--tokens-per-sample", "64")["tokens"]
+    assert runs.eval_lm(bin_dir, ckpt, "--tokens-per-sample", "32", "--context-window", "16")["tokens"] == whole
+    base = ["fairseq-eval-lm", bin_dir, "--path", ckpt, "--cpu", "--user-dir", USER_DIR, "--gen-subset", "test"]
+    for tps in ("2000", "65"):
+        last = _refused(run_cli(*base, "--tokens-per-sample", tps, check=False), "fairseq-eval-lm",
+                        f"--tokens-per-sample {tps}:")
+        assert "64 positions" in last
+    _refused(run_cli(*base, "--tokens-per-sample", "64", "--context-window", "64", check=False), "fairseq-eval-lm",
+             "--context-window 64 leaves nothing to score")
+
+
+@pytest.fixture(scope="module")
+def mt(tmp_path_factory):
+    work = tmp_path_factory.mktemp("refusals_mt")
+    bin_dir = runs.prepare_reverse(work, train=200, valid=20, test=10)
+    runs.train_translation(bin_dir, work / "ckpt", "memsizer_tiny", "--max-update", "2", epochs=1)
+    return bin_dir, work / "ckpt" / "checkpoint_last.pt"
+
+
+@pytest.mark.slow
+def test_generate_interactive_and_train_refuse_in_one_line(mt, tmp_path):
+    bin_dir, ckpt = mt
+    proc = run_cli("fairseq-generate", bin_dir, "--path", ckpt, "--cpu", "--user-dir", USER_DIR, "--print-alignment",
+                   check=False)
+    assert "memsizer" in _refused(proc, "fairseq-generate", "--print-alignment:")
+
+    closed = subprocess.run([f"{BIN_DIR}/fairseq-interactive", str(bin_dir), "--path", str(ckpt), "--cpu",
+                             "--user-dir", USER_DIR, "--source-lang", "src", "--target-lang", "tgt"],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
+                            preexec_fn=lambda: os.close(0))
+    assert closed.returncode == 2 and "no standard input" in closed.stderr.strip().splitlines()[-1], \
+        closed.stderr[-3000:]
+
+    proc = run_cli("fairseq-train", bin_dir, "--arch", "memsizer_tiny", "--save-dir", tmp_path / "fp16", "--fp16",
+                   "--max-update", "1", *runs.TRAIN_FLAGS, check=False)
+    _refused(proc, "fairseq-train", "--fp16:")
+    assert not (tmp_path / "fp16").exists() or not list((tmp_path / "fp16").iterdir())
