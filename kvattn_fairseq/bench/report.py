@@ -35,6 +35,9 @@ def summarise(results: Dict, constant_kinds: List[str]) -> List[Dict]:
                 row["decode_growth"] = steps[last] / steps[first]
                 row["state_bytes_last"] = main["models"][kind]["state_bytes_per_hypothesis"].get(last)
                 row["state_bytes_first"] = main["models"][kind]["state_bytes_per_hypothesis"].get(first)
+                # a window's state fills up over its first W tokens, then stays: judge constancy past the middle
+                row["decode_t_mid"] = ts[len(ts) // 2]
+                row["state_bytes_mid"] = main["models"][kind]["state_bytes_per_hypothesis"].get(ts[len(ts) // 2])
         if kind in tr and VANILLA in tr:
             row["translate_tokens_ratio"] = tr[kind]["tokens_per_s"] / tr[VANILLA]["tokens_per_s"]
         if kind in train and VANILLA in train:
@@ -145,7 +148,8 @@ def plots(results: Dict, out_dir: str) -> List[str]:
 
 
 def targets(rows: List[Dict]) -> List[str]:
-    """Issue 7's targets, checked where this run measured what they name (informational: timings are never tests)."""
+    """The benchmark's targets for constant-state kinds (the README's benchmark section), checked where this run
+    measured what they name (informational: timings are never tests)."""
     out = []
     for r in rows:
         if r["constant_state"] and "decode_growth" in r:
@@ -156,10 +160,10 @@ def targets(rows: List[Dict]) -> List[str]:
             if r["decode_t_last"] >= 2048:
                 out.append(_check(f"{r['kind']}: >= 4x vanilla at t={r['decode_t_last']}",
                                   (r["decode_speedup_last"] or 0) >= 4, _fmt(r["decode_speedup_last"])))
-            if r.get("state_bytes_first") is not None:
-                out.append(_check(f"{r['kind']}: state bytes independent of t",
-                                  r["state_bytes_first"] == r["state_bytes_last"],
-                                  f"{r['state_bytes_first']:,.0f} -> {r['state_bytes_last']:,.0f}"))
+            if r.get("state_bytes_mid") is not None and r["decode_t_mid"] < r["decode_t_last"]:
+                out.append(_check(f"{r['kind']}: state bytes independent of t from t={r['decode_t_mid']} to "
+                                  f"t={r['decode_t_last']}", r["state_bytes_mid"] == r["state_bytes_last"],
+                                  f"{r['state_bytes_mid']:,.0f} -> {r['state_bytes_last']:,.0f}"))
         if r["kind"] == "memsizer":
             if "translate_tokens_ratio" in r:
                 out.append(_check("memsizer: translation >= 1.2x vanilla tokens/s at beam 4",
