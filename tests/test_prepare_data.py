@@ -243,7 +243,8 @@ def test_bad_raw_path_and_language_pair(tmp_path):
     out = tmp_path / "out"
     proc = prepare("wmt16", "--out", out, "--raw", tmp_path / "nowhere", check=False)
     assert_one_line_error(proc, "prepare-wmt16-en-de", "--raw", "no such directory")
-    proc = prepare("wmt16", "--out", out, "--raw", tmp_path, "-s", "fr", "-t", "en", check=False)
+    (tmp_path / "raw").mkdir()
+    proc = prepare("wmt16", "--out", out, "--raw", tmp_path / "raw", "-s", "fr", "-t", "en", check=False)
     assert_one_line_error(proc, "prepare-wmt16-en-de", "--source-lang fr")
     assert_nothing_complete(out)
 
