@@ -158,7 +158,7 @@ def test_parser_and_run_main_report_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         p.parse_args(["--n", "0"])
     assert e.value.code == 2 and capsys.readouterr().err == "tool: error: argument --n: expected a positive " \
-                                                             "integer, got '0'\n"
+                                                             "integer, got 0\n"
     with pytest.raises(SystemExit):
         p.parse_args(["--lr", "1"])
     assert "(flags for fairseq go after --)" in capsys.readouterr().err
