@@ -125,6 +125,28 @@ def test_average_records_full_paths_and_the_plan(tmp_path, capsys):
     assert (os.stat(out).st_mode & 0o777) == 0o666 & ~_umask()
 
 
+def test_average_writes_only_a_regular_file_that_is_no_input_and_replaces_one_only_with_force(tmp_path, capsys):
+    a, b = save(tmp_path / "a.pt"), save(tmp_path / "b.pt")
+    os.symlink("a.pt", tmp_path / "alink.pt")
+    (tmp_path / "avg.pt").write_text("an earlier average")
+
+    def refused(output, *more):
+        assert avg.main(["--inputs", str(a), str(b), "--output", str(output), *more]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        return err[0]
+
+    assert "--output /dev/null is a device, not a regular file" in refused("/dev/null")
+    assert "is a device" in refused("/dev/null", "--force")
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    assert "is the same file as --inputs" in refused(tmp_path / "alink.pt", "--force")  # a link to an input
+    assert "exists; remove it or pass --force" in refused(tmp_path / "avg.pt")
+    assert (tmp_path / "avg.pt").read_text() == "an earlier average"
+    assert avg.main(["--inputs", str(a), str(b), "--output", str(tmp_path / "avg.pt"), "--force"]) == 0
+    assert "kvattn_averaged_from" in torch.load(tmp_path / "avg.pt", weights_only=True)
+    assert torch.load(a, weights_only=True)["optimizer_history"]  # the input is whole
+
+
 # --- resuming past a damaged checkpoint_last.pt -------------------------------------------------------------------
 def _touch_later(path, seconds):
     st = os.stat(path)

@@ -3,6 +3,7 @@ carried over, what the converted checkpoint rebuilds to, constant-state decoding
 input refused in one line before anything is written.  The real CLI chain is in test_convert_chain.py."""
 import argparse
 import os
+import subprocess
 
 import pytest
 import torch
@@ -244,6 +245,8 @@ def _bad_inputs(tmp):
                 "optimizer_history": [{"criterion_name": "x", "optimizer_name": "y", "lr_scheduler_state": {},
                                        "num_updates": 0}]}, tmp / "lstm.pt")
     (tmp / "exists.pt").write_text("")
+    (tmp / "adir").mkdir()
+    os.symlink("teacher.pt", tmp / "vlink.pt")
 
 
 BAD = [
@@ -260,8 +263,21 @@ BAD = [
      "[16, 32] here but [32, 32]"),
     (["--checkpoint", "lm.pt", "--encoder-attention-type", "memsizer"],
      "--encoder-attention-type: a language model has only decoder self-attention"),
-    (["--checkpoint", "teacher.pt", "--out", "exists.pt"], "--out: exists.pt exists; remove it or pass --force"),
-    (["--checkpoint", "teacher.pt", "--out", "teacher.pt"], "--out: would overwrite --checkpoint"),
+    (["--checkpoint", "teacher.pt", "--out", "exists.pt"], "--out exists.pt exists; remove it or pass --force"),
+    (["--checkpoint", "teacher.pt", "--out", "teacher.pt"], "--out teacher.pt is the same file as --checkpoint"),
+    # writes through devices and links: the output is a regular file, and never the input under another name
+    (["--checkpoint", "teacher.pt", "--out", "/dev/null", "--force"], "--out /dev/null is a device, not a regular"),
+    (["--checkpoint", "vlink.pt", "--out", "teacher.pt", "--force"],
+     "--out teacher.pt is the same file as --checkpoint vlink.pt"),
+    (["--checkpoint", "teacher.pt", "--out", "vlink.pt", "--force"], "--out vlink.pt is the same file as --checkpoint"),
+    (["--checkpoint", "teacher.pt", "--out", "adir"], "--out adir is a directory, not a regular file"),
+    (["--checkpoint", "teacher.pt", "--seed", "99999999999999999999999"],
+     "argument --seed: expected an integer from 0 to 9223372036854775807"),
+    (["--model-flags", "lm.pt"], "--model-flags: lm.pt holds fairseq's own 'transformer_lm' model"),
+    (["--model-flags", "missing.pt"], "--model-flags: no such file: missing.pt"),
+    (["--model-flags", "teacher.pt", "--out", "x.pt"], "--model-flags: only prints the flags of a checkpoint and "
+                                                       "takes no other flag (got --out)"),
+    (["--model-flags", "teacher.pt", "--decoder-attention-type", "linear"], "(got --decoder-attention-type)"),
 ]
 
 
@@ -271,12 +287,34 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsy
     monkeypatch.chdir(tmp_path)
     _bad_inputs(tmp_path)
     save_checkpoint(tmp_path / "lm.pt", "transformer_lm", *LM_SIZE, task="language_modeling")
-    before = set(os.listdir(tmp_path))
-    if "--out" not in argv:
+    before = {n: os.lstat(tmp_path / n).st_mtime_ns for n in os.listdir(tmp_path)}
+    if "--out" not in argv and "--checkpoint" in argv:
         argv = argv + ["--out", "out.pt"]
-    with pytest.raises(SystemExit) as e:
-        convert.main(argv)
-    assert e.value.code == 2
+    assert _exit_code(convert.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert expected in err[-1], err[-1]
-    assert set(os.listdir(tmp_path)) == before  # nothing written (and nothing run: no pwned.txt)
+    assert len(err) == 1 and err[0].startswith("python -m kvattn_fairseq.convert: error: "), err[:3]  # no usage
+    assert expected in err[0], err[0]
+    after = {n: os.lstat(tmp_path / n).st_mtime_ns for n in os.listdir(tmp_path)}
+    assert after == before  # nothing written (and nothing run: no pwned.txt)
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+def _exit_code(main, argv):
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's own refusals
+        return e.code
+
+
+def test_a_killed_conversions_temporary_file_is_removed_by_the_next_one(tmp_path, capsys, mt_teacher):
+    src, _ = mt_teacher
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = tmp_path / f".out.pt.{dead.pid}-k1ll3d.tmp"  # what a SIGKILLed convert leaves
+    leftover.write_bytes(b"half a checkpoint")
+    # the user's files, and another output's temporary: not this conversion's to remove
+    kept = [tmp_path / ".out.pt.notes.tmp", tmp_path / "important.tmp", tmp_path / f".other.pt.{dead.pid}-x.tmp"]
+    for path in kept:
+        path.write_text("kept")
+    assert run(capsys, "--checkpoint", src, "--out", tmp_path / "out.pt")[0] == 0
+    assert not leftover.exists() and all(p.read_text() == "kept" for p in kept)
