@@ -79,6 +79,18 @@ def test_the_flag_made_for_it_loads_another_plan_on_purpose(tmp_path):
     assert state["cfg"]["model"].decoder_attention_type == "linear"
 
 
+@pytest.mark.parametrize("value", ["False", "True", 1, None])
+def test_only_a_real_boolean_loads_another_plan(tmp_path, value):
+    path = save(tmp_path / "softmax.pt")
+    with pytest.raises(PlanMismatch, match=f"^--model-overrides: 'load_other_plan' must be True or False .*"
+                                           f"not {re.escape(repr(value))}$"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path), {"decoder_attention_type": "linear",
+                                                             "load_other_plan": value})
+    with pytest.raises(PlanMismatch, match="--model-overrides: .* was trained with"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path), {"decoder_attention_type": "linear",
+                                                             "load_other_plan": False})
+
+
 def test_a_checkpoint_without_a_record_loads_as_before(tmp_path):
     path = save(tmp_path / "old.pt", record=False)
     checkpoint_utils.load_checkpoint_to_cpu(str(path), {"decoder_attention_type": "linear"})
