@@ -212,17 +212,32 @@ def test_attention_transfer_trains_only_the_new_attention_on_the_teachers_hidden
     assert losses[-1] < 0.5 * losses[0]
 
 
+def _trainer_cfg(tmp_path):
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from conftest import USER_DIR
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(tmp_path), "--user-dir", USER_DIR, "--task", "translation", "--arch", "kvattn_transformer", "--cpu",
+        "--criterion", "attention_transfer", "--teacher-checkpoint", "set below"])
+    return convert_namespace_to_omegaconf(args)
+
+
 def test_attention_transfer_refuses_a_teacher_that_does_not_fit(tmp_path, capsys, mt_teacher):
+    """Checked when fairseq-train builds its Trainer from the model and the criterion: before any checkpoint is
+    loaded or batch read (an error in the first step would leave crash.pt behind)."""
+    from fairseq.trainer import Trainer
+
     src, _ = mt_teacher
-    run(capsys, "--checkpoint", src, "--out", tmp_path / "out.pt")
-    model, _, _ = load(tmp_path / "out.pt")
+    cfg = _trainer_cfg(tmp_path)
     d = make_dictionary()
     task = argparse.Namespace(source_dictionary=d, target_dictionary=d)
-    net = sample(d)
-    batch = {"net_input": net, "target": net["prev_output_tokens"], "ntokens": 15}
+    run(capsys, "--checkpoint", src, "--out", tmp_path / "out.pt")
+    model, _, _ = load(tmp_path / "out.pt")
     with pytest.raises(AttentionConfigError, match="^--teacher-checkpoint: every attention of the model is of the "
                                                    "same kind"):
-        AttentionTransferCriterion(task, str(src))(model, batch)
+        Trainer(cfg, task, model, AttentionTransferCriterion(task, str(src)))
     with pytest.raises(AttentionConfigError, match="^--teacher-checkpoint: required"):
         AttentionTransferCriterion(task, "")
     other = tmp_path / "other.pt"
@@ -230,7 +245,9 @@ def test_attention_transfer_refuses_a_teacher_that_does_not_fit(tmp_path, capsys
     run(capsys, "--checkpoint", src, "--out", tmp_path / "ms.pt", "--decoder-attention-type", "memsizer")
     model, _, _ = load(tmp_path / "ms.pt")
     with pytest.raises(AttentionConfigError, match="^--teacher-checkpoint: .* sizes do not fit"):
-        AttentionTransferCriterion(task, str(other))(model, batch)
+        Trainer(cfg, task, model, AttentionTransferCriterion(task, str(other)))
+    crit = AttentionTransferCriterion(task, str(src))
+    assert Trainer(cfg, task, model, crit).criterion is crit  # the teacher it was converted from: accepted
 
 
 class Evil:
