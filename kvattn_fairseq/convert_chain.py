@@ -26,7 +26,8 @@ from typing import Dict, List, Optional, Sequence
 from .util import proc
 from .util.cli import ArgumentParser, run_main, split_passthrough
 from .util.errors import OneLineError
-from .util.io import add_made, check_replaceable, made_entries, mark, tracking_writes, write_atomic
+from .util.io import (add_made, check_output_dir, check_replaceable, made_entries, mark, tracking_writes,
+                      write_atomic)
 
 BIN = os.path.dirname(sys.executable)
 CHAIN = "chain.json"
@@ -124,8 +125,7 @@ def prepare_out(out: str, settings: Dict, force: bool) -> None:
 
     from .data.build import differences
 
-    if os.path.lexists(out) and not os.path.isdir(out):
-        raise OneLineError(f"--out {out} exists and is not a directory; give a directory for the chain's files")
+    check_output_dir(out, "--out")
     present = [e for e in MADE if os.path.lexists(os.path.join(out, e))]
     recorded = _recorded(out)
     changed = differences(recorded, settings) if recorded is not None else "no record of them" if present else ""

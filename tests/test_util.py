@@ -12,8 +12,8 @@ import pytest
 from kvattn_fairseq.util import proc
 from kvattn_fairseq.util.cli import ArgumentParser, positive_int, run_main, split_passthrough
 from kvattn_fairseq.util.errors import OneLineError, StepFailed
-from kvattn_fairseq.util.io import (MARKER, adopt_writes, check_output_file, check_replaceable, install_dir, made_entries,
-                                   mark, remove_made, temp_dir_beside, tracking_writes, write_atomic)
+from kvattn_fairseq.util.io import (MARKER, adopt_writes, check_output_file, check_replaceable, install_dir,
+                                   made_entries, mark, remove_made, temp_dir_beside, tracking_writes, write_atomic)
 from kvattn_fairseq.util.lock import LOCK, work_lock
 
 

@@ -32,7 +32,8 @@ from ..util.cli import ArgumentParser, run_main, split_passthrough
 from ..util.errors import OneLineError, StepFailed
 from ..evaluate.results import TRAIN_RECORD
 from ..checkpoint_files import written_by_fairseq_train
-from ..util.io import adopt_writes, check_replaceable, mark, remove_made, tracking_writes, write_atomic
+from ..util.io import (adopt_writes, check_output_dir, check_replaceable, mark, remove_made, tracking_writes,
+                       write_atomic)
 from ..util.lock import work_lock
 from . import report, train as recipes
 
@@ -244,9 +245,7 @@ def run(args) -> str:
     if args.bench:
         report.load_bench(args.bench)  # a bad file is refused before any work
     work = os.path.abspath(args.work)
-    if os.path.lexists(work) and not os.path.isdir(work):
-        raise OneLineError(f"--work {args.work} exists and is not a directory; give a directory (it is created if "
-                           f"needed)")
+    check_output_dir(work, "--work")
     for row in rows:  # every command is checked, by fairseq-train's own parser, before anything runs
         command = recipes.build_command(row.recipe, os.path.join(work, "data", table.data_of(row), "data-bin"),
                                         os.path.join(work, "runs", table.name, row.name), row.kind, args.tiny,

@@ -97,6 +97,12 @@ def check_output_file(path: str, flag: str, inputs: Sequence[Tuple[str, Optional
         raise OneLineError(f"{flag} {path} exists; remove it or pass --force")
 
 
+def check_output_dir(path: str, flag: str) -> None:
+    """An output directory (created if needed) must not be anything else, e.g. a file of the user's."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise OneLineError(f"{flag} {path} exists and is not a directory; give a directory (it is created if needed)")
+
+
 def write_atomic(path: str, data: Union[str, bytes, Callable[[str], None]]) -> str:
     """Write `path` through a temporary file in the same directory, then rename it into place (atomic on POSIX).
 
