@@ -184,6 +184,9 @@ def trained_row(tmp_path, monkeypatch):
     (data / "data-bin").mkdir(parents=True)
     for name in ("dict.src.txt", "dict.tgt.txt", "train.src-tgt.src.bin"):
         (data / "data-bin" / name).write_text("")
+    from kvattn_fairseq.data import synthetic
+
+    (data / "synthetic.json").write_text(json.dumps(synthetic.settings("copy", **tables.TINY_SYNTHETIC)))
     table = TABLES["kv_synthetic"]
     row = next(r for r in table.rows if r.name == "copy-kv")
     save = Path(tables.train(row, table, str(data), str(work), True, [], []))
