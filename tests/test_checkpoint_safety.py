@@ -140,6 +140,8 @@ def test_average_records_full_paths_and_the_plan(tmp_path, capsys):
 def test_average_writes_only_a_regular_file_that_is_no_input_and_replaces_one_only_with_force(tmp_path, capsys):
     a, b = save(tmp_path / "a.pt"), save(tmp_path / "b.pt")
     os.symlink("a.pt", tmp_path / "alink.pt")
+    # the device through a link: code that wrongly writes replaces the link, never the machine's /dev/null
+    os.symlink(os.devnull, tmp_path / "null.pt")
     (tmp_path / "avg.pt").write_text("an earlier average")
 
     def refused(output, *more):
@@ -148,9 +150,9 @@ def test_average_writes_only_a_regular_file_that_is_no_input_and_replaces_one_on
         assert len(err) == 1, err
         return err[0]
 
-    assert "--output /dev/null is a device, not a regular file" in refused("/dev/null")
-    assert "is a device" in refused("/dev/null", "--force")
-    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    assert f"--output {tmp_path / 'null.pt'} is a device, not a regular file" in refused(tmp_path / "null.pt")
+    assert "is a device" in refused(tmp_path / "null.pt", "--force")
+    assert os.readlink(tmp_path / "null.pt") == os.devnull
     assert "is the same file as --inputs" in refused(tmp_path / "alink.pt", "--force")  # a link to an input
     assert "exists; remove it or pass --force" in refused(tmp_path / "avg.pt")
     assert (tmp_path / "avg.pt").read_text() == "an earlier average"

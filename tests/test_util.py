@@ -113,14 +113,13 @@ def test_outputs_are_regular_files_never_an_input_and_temporaries_of_dead_writer
     (tmp_path / "in.pt").write_text("input")
     os.symlink("in.pt", tmp_path / "link.pt")
     os.mkfifo(tmp_path / "pipe")
-    os.symlink("/dev/null", tmp_path / "null")
-    for path, kind in (("/dev/null", "a device"), (tmp_path / "null", "a device"), (tmp_path / "pipe", "a pipe"),
-                       (tmp_path, "a directory")):
+    os.symlink(os.devnull, tmp_path / "null")  # a link: code that wrongly writes replaces it, not /dev/null
+    for path, kind in ((tmp_path / "null", "a device"), (tmp_path / "pipe", "a pipe"), (tmp_path, "a directory")):
         with pytest.raises(OneLineError, match=f"^--out {path} is {kind}, not a regular file"):
             check_output_file(str(path), "--out")
         with pytest.raises(OneLineError, match="not a regular file: refusing to replace it"):
             write_atomic(str(path), "x")
-    assert not os.path.isfile("/dev/null") and stat.S_ISFIFO(os.stat(tmp_path / "pipe").st_mode)
+    assert os.readlink(tmp_path / "null") == os.devnull and stat.S_ISFIFO(os.stat(tmp_path / "pipe").st_mode)
     with pytest.raises(OneLineError, match="is the same file as --in"):
         check_output_file(str(tmp_path / "link.pt"), "--out", [("--in", str(tmp_path / "in.pt"))])
     with pytest.raises(OneLineError, match="exists; remove it or pass --force"):
