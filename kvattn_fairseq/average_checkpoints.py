@@ -12,7 +12,9 @@ ones in fp64) and cast back to their dtype; other tensors (counters, version buf
 checkpoint.  Every non-model field (cfg, extra_state, optimizer history and state) is the last checkpoint's; the
 full paths of the files averaged are recorded under "kvattn_averaged_from".  All checkpoints must hold the same
 parameter names and shapes and the same attention plan (checkpoint_plan.py: softmax and linear weights have the
-same shapes, but their mean is neither model).  The output is written atomically, with an ordinary file's mode.
+same shapes, but their mean is neither model).  The output is written atomically, with an ordinary file's mode; it
+must be a regular file or absent, never one of the inputs (links resolved), and an existing one is replaced only
+with --force.
 """
 import argparse
 import collections
@@ -27,7 +29,7 @@ import kvattn_fairseq  # noqa: F401  (allow-lists fairseq's checkpoint globals f
 from kvattn_fairseq.checkpoint_plan import KEY, checkpoint_record, describe, difference
 from kvattn_fairseq.util.cli import ArgumentParser, run_main
 from kvattn_fairseq.util.errors import OneLineError
-from kvattn_fairseq.util.io import write_atomic
+from kvattn_fairseq.util.io import check_output_file, write_atomic
 
 EPOCH_RE = re.compile(r"^checkpoint(\d+)\.pt$")
 UPDATE_RE = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
@@ -169,12 +171,12 @@ def main(argv=None) -> int:
                        help="average the last N update checkpoints")
     p.add_argument("--upper-bound", type=int, metavar="K",
                    help="only checkpoints of epoch (or update) <= K")
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
     a = p.parse_args(argv)
 
     def body() -> int:
         paths = resolve_inputs(a.inputs, a.num_epoch_checkpoints, a.num_update_checkpoints, a.upper_bound)
-        if os.path.abspath(a.output) in {os.path.abspath(x) for x in paths}:
-            raise OneLineError(f"--output {a.output} is one of the inputs; choose another file")
+        check_output_file(a.output, "--output", [("--inputs", x) for x in paths], force=a.force)
         save_atomic(average(paths), a.output)
         print(f"averaged {len(paths)} checkpoints ({', '.join(os.path.basename(x) for x in paths)}) into "
               f"{a.output}")

@@ -4,9 +4,11 @@ fairseq saves `checkpoint_E_U.pt` through a temporary name, but then *copies* it
 `checkpoint_best.pt` in place: a kill or Ctrl-C during that copy leaves a truncated checkpoint_last.pt, and the
 next run of the same command dies on it ("failed finding central directory") although the intact checkpoint it was
 copied from sits beside it.  Here every checkpoint write and copy goes through a temporary file in the same
-directory that is fsynced and renamed into place (util.io.write_atomic), and a resume whose checkpoint_last.pt is
-unreadable, missing or older than a numbered checkpoint continues from the newest readable checkpoint in --save-dir,
-saying so in one line (or refuses, naming the file, when none is readable).
+directory that is fsynced and renamed into place (util.io.write_atomic).  A resume uses an intact checkpoint_last.pt
+as fairseq does; when it is unreadable or missing, the run continues from the readable checkpoint in --save-dir
+that holds the most updates, saying so in one line (or refuses, naming the file, when none is readable).  The
+choice is made from what the files hold, never from their modification times (a copy of the directory resets
+those).
 """
 import copy
 import logging
@@ -49,43 +51,71 @@ def unreadable(path: str) -> Optional[str]:
         return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
+# what fairseq-train writes into --save-dir: checkpoints (a suffix for sharded and model-parallel ones), crash.pt,
+# and the temporaries of fairseq's and this module's writes
+SAVED = re.compile(r"^checkpoint(\d+|_\d+_\d+|_last|_best|\.best_.+)(-shard\d+|-model_part-\d+)?\.pt$")
+TEMPORARY = (re.compile(r"^\.checkpoint.*\.pt\..*\.tmp$"), re.compile(r"^checkpoint.*\.pt\.tmp$"))
+
+
+def written_by_fairseq_train(name: str) -> bool:
+    """Whether `name` is one fairseq-train gives a file in its --save-dir (a user's checkpoint_teacher.pt is not)."""
+    return bool(SAVED.match(name)) or name == "crash.pt" or any(t.match(name) for t in TEMPORARY)
+
+
 def numbered_checkpoints(save_dir: str, suffix: str = "") -> List[str]:
-    """checkpoint<E>.pt and checkpoint_<E>_<U>.pt in `save_dir`, newest (by modification time) first."""
+    """checkpoint<E>.pt and checkpoint_<E>_<U>.pt in `save_dir`, sorted by name."""
     pattern = re.compile(r"^checkpoint(\d+|_\d+_\d+)" + re.escape(suffix) + r"\.pt$")
     try:
         names = [n for n in os.listdir(save_dir) if pattern.match(n)]
     except FileNotFoundError:
         return []
-    paths = [os.path.join(save_dir, n) for n in names]
-    return sorted(paths, key=lambda p: os.stat(p).st_mtime_ns, reverse=True)
+    return [os.path.join(save_dir, n) for n in sorted(names)]
+
+
+def updates_held(path: str) -> Tuple[Optional[int], Optional[str]]:
+    """(the number of updates the checkpoint holds, None) or (None, why it cannot be read)."""
+    why = unreadable(path)
+    if why is not None:
+        return None, why
+    import torch
+
+    try:
+        try:  # memory-mapped: the weights are not read, only the training state
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        history = state.get("optimizer_history") or [{}]
+        return int(history[-1].get("num_updates", 0) or 0), None
+    except Exception as e:  # noqa: BLE001
+        return None, (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def resume_choice(save_dir: str, suffix: str = "") -> Tuple[Optional[str], str]:
     """(the checkpoint to resume from instead of checkpoint_last.pt, why) or (None, "") when fairseq's own choice
-    stands (checkpoint_last.pt is whole and newest, or nothing was saved yet).  Raises OneLineError naming
-    checkpoint_last.pt when it is unreadable and nothing else is readable."""
+    stands (checkpoint_last.pt is intact, or nothing was saved yet).  The replacement is the readable checkpoint
+    holding the most updates.  Raises OneLineError naming checkpoint_last.pt when it is unreadable and nothing else
+    is readable."""
     last = os.path.join(save_dir, f"checkpoint_last{suffix}.pt")
+    last_exists = os.path.lexists(last)
+    if last_exists and unreadable(last) is None:
+        return None, ""
     numbered = numbered_checkpoints(save_dir, suffix)
-    last_exists = os.path.exists(last)
     if not last_exists and not numbered:
         return None, ""
     why_last = unreadable(last) if last_exists else "missing"
-    last_time = os.stat(last).st_mtime_ns if last_exists else -1
-    newer = [p for p in numbered if os.stat(p).st_mtime_ns > last_time]
-    if why_last is None and not newer:
-        return None, ""
-    skipped = []
-    for path in newer if why_last is None else numbered:
-        why = unreadable(path)
+    readable, skipped = [], []
+    for path in numbered:
+        updates, why = updates_held(path)
         if why is None:
-            if why_last is None:
-                reason = f"{os.path.basename(last)} is older than {os.path.basename(path)} (a save was interrupted)"
-            else:
-                reason = f"{os.path.basename(last)} is {why_last if why_last == 'missing' else 'unreadable: ' + why_last}"
-            return path, reason
-        skipped.append(f"{os.path.basename(path)} ({why})")
-    if why_last is None:
-        return None, ""
+            readable.append((updates, path))
+        else:
+            skipped.append(f"{os.path.basename(path)} ({why})")
+    if readable:
+        updates, path = max(readable)
+        where = "missing" if why_last == "missing" else f"unreadable: {why_last}"
+        return path, f"{os.path.basename(last)} is {where}; {os.path.basename(path)} holds the most updates ({updates})"
     if not last_exists:
         return None, ""  # nothing readable at all and no checkpoint_last: fairseq starts afresh, as it would
     others = f"; also unreadable: {', '.join(skipped)}" if skipped else ""
@@ -100,7 +130,7 @@ def remove_stale_temporaries(save_dir: str) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        if re.match(r"^\.checkpoint.*\.pt\..*\.tmp$", name) or re.match(r"^checkpoint.*\.pt\.tmp$", name):
+        if any(t.match(name) for t in TEMPORARY):
             try:
                 os.unlink(os.path.join(save_dir, name))
             except FileNotFoundError:
@@ -147,7 +177,8 @@ def install() -> None:
             remove_stale_temporaries(cfg.save_dir)
             path, why = resume_choice(cfg.save_dir, suffix)
             if path is not None:
-                logger.warning(f"{why}; resuming from {path}, the newest readable checkpoint in {cfg.save_dir}")
+                logger.warning(f"{why}: resuming from {path}, the readable checkpoint in {cfg.save_dir} with the "
+                               f"most updates")
                 from omegaconf import open_dict
 
                 cfg = copy.deepcopy(cfg)

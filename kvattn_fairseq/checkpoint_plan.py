@@ -150,7 +150,10 @@ def install() -> None:
         allowed = False
         if arg_overrides and OVERRIDE_FLAG in arg_overrides:
             arg_overrides = dict(arg_overrides)
-            allowed = bool(arg_overrides.pop(OVERRIDE_FLAG))
+            allowed = arg_overrides.pop(OVERRIDE_FLAG)
+            if not isinstance(allowed, bool):  # 'False' (a string) is true to Python: never read it as a yes
+                raise PlanMismatch(f"--model-overrides: '{OVERRIDE_FLAG}' must be True or False (Python booleans, "
+                                   f"unquoted), not {allowed!r}")
         state = load(path, arg_overrides, *args, **kwargs)
         if isinstance(state, dict):
             training = TRAINING_PLAN.get()

@@ -201,7 +201,9 @@ def apply() -> None:
     distributed_on_cpu()
     bf16_without_tpu()
     from . import checkpoint_files, checkpoint_plan, tool_refusals
+    from .criterions import attention_transfer
 
     checkpoint_files.install()
     checkpoint_plan.install()
     tool_refusals.install()
+    attention_transfer.install()

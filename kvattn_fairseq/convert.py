@@ -250,12 +250,12 @@ def _flag_value(value) -> str:
 
 
 def model_flags(args: argparse.Namespace) -> List[str]:
-    """fairseq-train flags that make `args`' model: --arch and each model setting that the architecture would not
-    give by itself, found by parsing the flags back until nothing differs (defaults may follow other flags, e.g.
-    --decoder-output-dim follows --decoder-embed-dim)."""
+    """fairseq-train flags that make `args`' model (one of the plugin's): --arch and each model setting that the
+    architecture would not give by itself, found by parsing the flags back until nothing differs (defaults may
+    follow other flags, e.g. --decoder-output-dim follows --decoder-embed-dim)."""
     from fairseq.models import ARCH_MODEL_REGISTRY
 
-    arch = args.arch
+    arch = getattr(args, "arch", None) or getattr(args, "_name", None)
     parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
     ARCH_MODEL_REGISTRY[arch].add_args(parser)
     actions = [a for a in parser._actions if a.option_strings and a.dest not in ("help", "arch")]
@@ -285,16 +285,31 @@ def _shell(flags: List[str]) -> str:
 
 
 # --- command line --------------------------------------------------------------------------------------------------
+SEED_MAX = 2 ** 63 - 1  # torch.manual_seed takes 64 bits
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {SEED_MAX}, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kvattn_fairseq.convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .util.cli import ArgumentParser
+
+    p = ArgumentParser(prog="python -m kvattn_fairseq.convert", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", metavar="IN.pt", help="a trained fairseq transformer / transformer_lm, or a "
                                                             "kvattn_transformer / kvattn_lm")
     what.add_argument("--model-flags", metavar="CKPT", help="print the fairseq-train flags that rebuild the model "
                                                             "of a plugin checkpoint (e.g. a converted one), and exit")
     p.add_argument("--out", metavar="OUT.pt", help="where to write the converted checkpoint")
-    p.add_argument("--seed", type=int, default=1, help="seed of the initialisation of what is not carried over")
+    p.add_argument("--seed", type=seed, default=1, help="seed of the initialisation of what is not carried over")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     add_attention_args(p, POSITIONS)
     return p
@@ -303,10 +318,9 @@ def parser() -> argparse.ArgumentParser:
 def convert_file(checkpoint: str, out: str, flags: argparse.Namespace, seed: int = 1, force: bool = False) -> Dict:
     """Convert `checkpoint` into `out` with the position and kind flags in `flags`; checks everything before
     writing, and writes atomically.  Returns the report: what each attention got, and the fairseq-train flags."""
-    if os.path.abspath(out) == os.path.abspath(checkpoint):
-        raise ConversionError("--out: would overwrite --checkpoint; write the converted model elsewhere")
-    if os.path.exists(out) and not force:
-        raise ConversionError(f"--out: {out} exists; remove it or pass --force")
+    from .util.io import check_output_file
+
+    check_output_file(out, "--out", [("--checkpoint", checkpoint)], force=force)
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise ConversionError(f"--out: no such directory: {os.path.dirname(out)}")
     state, source_args, target = load_source(checkpoint)
@@ -318,28 +332,58 @@ def convert_file(checkpoint: str, out: str, flags: argparse.Namespace, seed: int
     return {"sites": report, "kept": sum(1 for _ in attention_sites(model)) - len(report), "flags": train_flags}
 
 
+def plugin_model_flags(path: str) -> List[str]:
+    """--model-flags: the fairseq-train flags of the plugin model in `path`."""
+    from fairseq.models import ARCH_MODEL_NAME_REGISTRY
+
+    _, args, _ = load_source(path, "--model-flags")
+    arch = getattr(args, "arch", None) or getattr(args, "_name", None)
+    model = ARCH_MODEL_NAME_REGISTRY.get(arch, arch)
+    if model not in ("kvattn_transformer", "kvattn_lm"):
+        raise ConversionError(f"--model-flags: {path} holds fairseq's own {model!r} model, whose flags are its own "
+                              f"config; --model-flags reads the plugin's checkpoints (convert it first: --checkpoint "
+                              f"{path} --out OUT.pt)")
+    return model_flags(args)
+
+
+def _given(p: argparse.ArgumentParser, a: argparse.Namespace, *besides: str) -> List[str]:
+    """The flags given other values than their defaults, except `besides` (destinations)."""
+    return [action.option_strings[-1] for action in p._actions
+            if action.option_strings and action.dest not in ("help", *besides)
+            and getattr(a, action.dest, None) != action.default]
+
+
 def main(argv=None) -> int:
     import kvattn_fairseq  # noqa: F401  (kinds, models, checkpoint safety)
+    from .util.cli import run_main
+    from .util.errors import OneLineError
 
     p = parser()
     a = p.parse_args(argv)
-    try:
-        if a.model_flags:
-            _, args, _ = load_source(a.model_flags)
-            print(_shell(model_flags(args)))
-            return 0
-        if not a.out:
-            raise ConversionError("--out: required with --checkpoint")
-        done = convert_file(a.checkpoint, a.out, a, a.seed, a.force)
-    except (ConversionError, AttentionConfigError) as e:
-        p.error(str(e))
-    for position, layer, before, after, carried in done["sites"]:
-        what = ", ".join(carried) if carried else "own initialisation (no mapping from " + before + ")"
-        print(f"{position} layer {layer}: {before} -> {after}: {what}")
-    print(f"kept {done['kept']} attention modules and every other weight of {a.checkpoint}")
-    print(f"wrote {a.out}; finetune it with: fairseq-train DATA --user-dir {kvattn_fairseq.USER_DIR} "
-          f"--finetune-from-model {a.out} {_shell(done['flags'])} ...")
-    return 0
+
+    def body() -> int:
+        try:
+            if a.model_flags:
+                others = _given(p, a, "model_flags")
+                if others:
+                    raise ConversionError(f"--model-flags: only prints the flags of a checkpoint and takes no other "
+                                          f"flag (got {', '.join(others)}); to convert, use --checkpoint")
+                print(_shell(plugin_model_flags(a.model_flags)))
+                return 0
+            if not a.out:
+                raise ConversionError("--out: required with --checkpoint")
+            done = convert_file(a.checkpoint, a.out, a, a.seed, a.force)
+        except (ConversionError, AttentionConfigError) as e:
+            raise OneLineError(str(e)) from None
+        for position, layer, before, after, carried in done["sites"]:
+            what = ", ".join(carried) if carried else "own initialisation (no mapping from " + before + ")"
+            print(f"{position} layer {layer}: {before} -> {after}: {what}")
+        print(f"kept {done['kept']} attention modules and every other weight of {a.checkpoint}")
+        print(f"wrote {a.out}; finetune it with: fairseq-train DATA --user-dir {kvattn_fairseq.USER_DIR} "
+              f"--finetune-from-model {a.out} {_shell(done['flags'])} ...")
+        return 0
+
+    return run_main(p.prog, body)
 
 
 if __name__ == "__main__":

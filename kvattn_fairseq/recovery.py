@@ -274,6 +274,8 @@ def main(argv=None) -> int:
         p.error("--teacher-updates: expected a positive number")
     if not 0 < a.budget <= 1 or not 0 < a.transfer_share < 1:
         p.error("--budget must be in (0, 1] and --transfer-share in (0, 1)")
+    if os.path.lexists(a.out) and not os.path.isdir(a.out):
+        p.error(f"--out {a.out} exists and is not a directory; give a directory (it is created if needed)")
     import platform
 
     import torch

@@ -9,7 +9,8 @@
 #            --decoder-attention-type 'memsizer*5,softmax' --cross-attention-type 'memsizer*5,softmax' \
 #            --transfer-updates 500 --finetune-updates 5000 -- --max-tokens 4096 --fp16
 #
-# The result is DIR/finetune/checkpoint_last.pt; DIR/chain.json records every command.  A rerun resumes.
+# The result is DIR/finetune/checkpoint_last.pt; DIR/chain.json records the settings and every command.  A rerun
+# with the same settings resumes; one with other settings is refused, or redone with --force.
 # See `scripts/convert.sh --help` (python -m kvattn_fairseq.convert_chain) for the details.
 # The Python used is $PYTHON, else the checkout's .venv, else python3.
 set -euo pipefail

@@ -28,13 +28,13 @@ TINY = ["--encoder-layers", "1", "--decoder-layers", "2", "--encoder-embed-dim",
         "--decoder-attention-heads", "2"]
 
 
-def save(path, *flags, arch="kvattn_transformer", record=True):
+def save(path, *flags, arch="kvattn_transformer", record=True, updates=7):
     """A checkpoint as fairseq-train writes it: config (model args as a Namespace), weights, and the plan record."""
     model = build_model(arch, *TINY, *flags, dictionary=make_dictionary())
     args = building.parse_model_args(arch, *TINY, *flags)
     state = {"cfg": {"model": args, "task": {"_name": "translation"}}, "args": None, "model": model.state_dict(),
              "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
-                                    "lr_scheduler_state": {"best": 1.0}, "num_updates": 7}],
+                                    "lr_scheduler_state": {"best": 1.0}, "num_updates": updates}],
              "extra_state": {"train_iterator": {"epoch": 1}}, "last_optimizer_state": None}
     if record:
         state["kvattn_plan"] = checkpoint_plan.plan_record(args)
@@ -77,6 +77,18 @@ def test_the_flag_made_for_it_loads_another_plan_on_purpose(tmp_path):
     state = checkpoint_utils.load_checkpoint_to_cpu(str(path), {"decoder_attention_type": "linear",
                                                                  "load_other_plan": True})
     assert state["cfg"]["model"].decoder_attention_type == "linear"
+
+
+@pytest.mark.parametrize("value", ["False", "True", 1, None])
+def test_only_a_real_boolean_loads_another_plan(tmp_path, value):
+    path = save(tmp_path / "softmax.pt")
+    with pytest.raises(PlanMismatch, match=f"^--model-overrides: 'load_other_plan' must be True or False .*"
+                                           f"not {re.escape(repr(value))}$"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path), {"decoder_attention_type": "linear",
+                                                             "load_other_plan": value})
+    with pytest.raises(PlanMismatch, match="--model-overrides: .* was trained with"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path), {"decoder_attention_type": "linear",
+                                                             "load_other_plan": False})
 
 
 def test_a_checkpoint_without_a_record_loads_as_before(tmp_path):
@@ -125,6 +137,30 @@ def test_average_records_full_paths_and_the_plan(tmp_path, capsys):
     assert (os.stat(out).st_mode & 0o777) == 0o666 & ~_umask()
 
 
+def test_average_writes_only_a_regular_file_that_is_no_input_and_replaces_one_only_with_force(tmp_path, capsys):
+    a, b = save(tmp_path / "a.pt"), save(tmp_path / "b.pt")
+    os.symlink("a.pt", tmp_path / "alink.pt")
+    # the device through a link: code that wrongly writes replaces the link, never the machine's /dev/null
+    os.symlink(os.devnull, tmp_path / "null.pt")
+    (tmp_path / "avg.pt").write_text("an earlier average")
+
+    def refused(output, *more):
+        assert avg.main(["--inputs", str(a), str(b), "--output", str(output), *more]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        return err[0]
+
+    assert f"--output {tmp_path / 'null.pt'} is a device, not a regular file" in refused(tmp_path / "null.pt")
+    assert "is a device" in refused(tmp_path / "null.pt", "--force")
+    assert os.readlink(tmp_path / "null.pt") == os.devnull
+    assert "is the same file as --inputs" in refused(tmp_path / "alink.pt", "--force")  # a link to an input
+    assert "exists; remove it or pass --force" in refused(tmp_path / "avg.pt")
+    assert (tmp_path / "avg.pt").read_text() == "an earlier average"
+    assert avg.main(["--inputs", str(a), str(b), "--output", str(tmp_path / "avg.pt"), "--force"]) == 0
+    assert "kvattn_averaged_from" in torch.load(tmp_path / "avg.pt", weights_only=True)
+    assert torch.load(a, weights_only=True)["optimizer_history"]  # the input is whole
+
+
 # --- resuming past a damaged checkpoint_last.pt -------------------------------------------------------------------
 def _touch_later(path, seconds):
     st = os.stat(path)
@@ -133,21 +169,32 @@ def _touch_later(path, seconds):
 
 def test_resume_choice(tmp_path):
     assert checkpoint_files.resume_choice(str(tmp_path)) == (None, "")  # nothing saved yet: fairseq starts afresh
-    good = save(tmp_path / "checkpoint_1_5.pt")
+    good = save(tmp_path / "checkpoint_1_5.pt", updates=5)
     last = tmp_path / "checkpoint_last.pt"
     shutil.copyfile(good, last)
-    _touch_later(last, 1)
-    assert checkpoint_files.resume_choice(str(tmp_path)) == (None, "")  # whole and newest: fairseq's own choice
+    assert checkpoint_files.resume_choice(str(tmp_path)) == (None, "")  # whole: fairseq's own choice
     last.write_bytes(good.read_bytes()[:4096])  # truncated as a kill during fairseq's copy leaves it
     path, why = checkpoint_files.resume_choice(str(tmp_path))
     assert path == str(good) and "checkpoint_last.pt is unreadable" in why
     last.unlink()
     assert checkpoint_files.resume_choice(str(tmp_path))[0] == str(good)  # killed before the copy began
-    shutil.copyfile(good, last)
-    newer = save(tmp_path / "checkpoint_1_10.pt")
-    _touch_later(newer, 5)
+
+
+def test_resume_decides_by_what_the_checkpoints_hold_never_by_their_times(tmp_path):
+    """A copied save directory (cp -r resets the times, in any order): an intact checkpoint_last.pt is used as fairseq
+    uses it, however old it looks; a damaged one gives way to the readable checkpoint with the most updates."""
+    last = save(tmp_path / "checkpoint_last.pt", updates=42)
+    held = save(tmp_path / "checkpoint_4_39.pt", updates=39)
+    early = save(tmp_path / "checkpoint1.pt", updates=10)
+    (tmp_path / "checkpoint_5_50.pt").write_bytes(held.read_bytes()[:4096])  # a later save, cut short
+    for age, path in enumerate([early, tmp_path / "checkpoint_5_50.pt", held, last]):  # last looks the oldest
+        os.utime(path, (1e9 - age * 1000, 1e9 - age * 1000))
+    assert checkpoint_files.resume_choice(str(tmp_path)) == (None, "")
+    last.write_bytes(b"PK\x03\x04" + b"\0" * 100)
     path, why = checkpoint_files.resume_choice(str(tmp_path))
-    assert path == str(newer) and "older than checkpoint_1_10.pt" in why
+    assert path == str(held) and "checkpoint_4_39.pt holds the most updates (39)" in why
+    os.utime(early, (2e9, 2e9))  # the newest by far: still not the one with the most updates
+    assert checkpoint_files.resume_choice(str(tmp_path))[0] == str(held)
 
 
 def test_no_readable_checkpoint_is_refused_naming_it(tmp_path):
@@ -241,7 +288,8 @@ def test_a_run_killed_during_the_checkpoint_copy_resumes(reverse_bin, tmp_path):
                              timeout=900)
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-3000:]
-    assert re.search(r"resuming from .*checkpoint_1_4\.pt, the newest readable checkpoint", log), log[-3000:]
+    assert re.search(r"resuming from .*checkpoint_1_4\.pt, the readable checkpoint .* with the most updates", log), \
+        log[-3000:]
     assert re.search(r"Loaded checkpoint .*checkpoint_1_4\.pt \(epoch 1 @ 4 updates\)", log), log[-3000:]
     assert "num_updates 8" in log or "@ 8 updates" in log
     assert checkpoint_files.unreadable(str(last)) is None

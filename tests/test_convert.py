@@ -3,6 +3,7 @@ carried over, what the converted checkpoint rebuilds to, constant-state decoding
 input refused in one line before anything is written.  The real CLI chain is in test_convert_chain.py."""
 import argparse
 import os
+import subprocess
 
 import pytest
 import torch
@@ -211,17 +212,32 @@ def test_attention_transfer_trains_only_the_new_attention_on_the_teachers_hidden
     assert losses[-1] < 0.5 * losses[0]
 
 
+def _trainer_cfg(tmp_path):
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from conftest import USER_DIR
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(tmp_path), "--user-dir", USER_DIR, "--task", "translation", "--arch", "kvattn_transformer", "--cpu",
+        "--criterion", "attention_transfer", "--teacher-checkpoint", "set below"])
+    return convert_namespace_to_omegaconf(args)
+
+
 def test_attention_transfer_refuses_a_teacher_that_does_not_fit(tmp_path, capsys, mt_teacher):
+    """Checked when fairseq-train builds its Trainer from the model and the criterion: before any checkpoint is
+    loaded or batch read (an error in the first step would leave crash.pt behind)."""
+    from fairseq.trainer import Trainer
+
     src, _ = mt_teacher
-    run(capsys, "--checkpoint", src, "--out", tmp_path / "out.pt")
-    model, _, _ = load(tmp_path / "out.pt")
+    cfg = _trainer_cfg(tmp_path)
     d = make_dictionary()
     task = argparse.Namespace(source_dictionary=d, target_dictionary=d)
-    net = sample(d)
-    batch = {"net_input": net, "target": net["prev_output_tokens"], "ntokens": 15}
+    run(capsys, "--checkpoint", src, "--out", tmp_path / "out.pt")
+    model, _, _ = load(tmp_path / "out.pt")
     with pytest.raises(AttentionConfigError, match="^--teacher-checkpoint: every attention of the model is of the "
                                                    "same kind"):
-        AttentionTransferCriterion(task, str(src))(model, batch)
+        Trainer(cfg, task, model, AttentionTransferCriterion(task, str(src)))
     with pytest.raises(AttentionConfigError, match="^--teacher-checkpoint: required"):
         AttentionTransferCriterion(task, "")
     other = tmp_path / "other.pt"
@@ -229,7 +245,9 @@ def test_attention_transfer_refuses_a_teacher_that_does_not_fit(tmp_path, capsys
     run(capsys, "--checkpoint", src, "--out", tmp_path / "ms.pt", "--decoder-attention-type", "memsizer")
     model, _, _ = load(tmp_path / "ms.pt")
     with pytest.raises(AttentionConfigError, match="^--teacher-checkpoint: .* sizes do not fit"):
-        AttentionTransferCriterion(task, str(other))(model, batch)
+        Trainer(cfg, task, model, AttentionTransferCriterion(task, str(other)))
+    crit = AttentionTransferCriterion(task, str(src))
+    assert Trainer(cfg, task, model, crit).criterion is crit  # the teacher it was converted from: accepted
 
 
 class Evil:
@@ -244,6 +262,10 @@ def _bad_inputs(tmp):
                 "optimizer_history": [{"criterion_name": "x", "optimizer_name": "y", "lr_scheduler_state": {},
                                        "num_updates": 0}]}, tmp / "lstm.pt")
     (tmp / "exists.pt").write_text("")
+    (tmp / "adir").mkdir()
+    os.symlink("teacher.pt", tmp / "vlink.pt")
+    # the device through a link: code that wrongly writes replaces the link, never the machine's /dev/null
+    os.symlink(os.devnull, tmp / "null.pt")
 
 
 BAD = [
@@ -260,8 +282,21 @@ BAD = [
      "[16, 32] here but [32, 32]"),
     (["--checkpoint", "lm.pt", "--encoder-attention-type", "memsizer"],
      "--encoder-attention-type: a language model has only decoder self-attention"),
-    (["--checkpoint", "teacher.pt", "--out", "exists.pt"], "--out: exists.pt exists; remove it or pass --force"),
-    (["--checkpoint", "teacher.pt", "--out", "teacher.pt"], "--out: would overwrite --checkpoint"),
+    (["--checkpoint", "teacher.pt", "--out", "exists.pt"], "--out exists.pt exists; remove it or pass --force"),
+    (["--checkpoint", "teacher.pt", "--out", "teacher.pt"], "--out teacher.pt is the same file as --checkpoint"),
+    # writes through devices and links: the output is a regular file, and never the input under another name
+    (["--checkpoint", "teacher.pt", "--out", "null.pt", "--force"], "--out null.pt is a device, not a regular"),
+    (["--checkpoint", "vlink.pt", "--out", "teacher.pt", "--force"],
+     "--out teacher.pt is the same file as --checkpoint vlink.pt"),
+    (["--checkpoint", "teacher.pt", "--out", "vlink.pt", "--force"], "--out vlink.pt is the same file as --checkpoint"),
+    (["--checkpoint", "teacher.pt", "--out", "adir"], "--out adir is a directory, not a regular file"),
+    (["--checkpoint", "teacher.pt", "--seed", "99999999999999999999999"],
+     "argument --seed: expected an integer from 0 to 9223372036854775807"),
+    (["--model-flags", "lm.pt"], "--model-flags: lm.pt holds fairseq's own 'transformer_lm' model"),
+    (["--model-flags", "missing.pt"], "--model-flags: no such file: missing.pt"),
+    (["--model-flags", "teacher.pt", "--out", "x.pt"], "--model-flags: only prints the flags of a checkpoint and "
+                                                       "takes no other flag (got --out)"),
+    (["--model-flags", "teacher.pt", "--decoder-attention-type", "linear"], "(got --decoder-attention-type)"),
 ]
 
 
@@ -271,12 +306,34 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsy
     monkeypatch.chdir(tmp_path)
     _bad_inputs(tmp_path)
     save_checkpoint(tmp_path / "lm.pt", "transformer_lm", *LM_SIZE, task="language_modeling")
-    before = set(os.listdir(tmp_path))
-    if "--out" not in argv:
+    before = {n: os.lstat(tmp_path / n).st_mtime_ns for n in os.listdir(tmp_path)}
+    if "--out" not in argv and "--checkpoint" in argv:
         argv = argv + ["--out", "out.pt"]
-    with pytest.raises(SystemExit) as e:
-        convert.main(argv)
-    assert e.value.code == 2
+    assert _exit_code(convert.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert expected in err[-1], err[-1]
-    assert set(os.listdir(tmp_path)) == before  # nothing written (and nothing run: no pwned.txt)
+    assert len(err) == 1 and err[0].startswith("python -m kvattn_fairseq.convert: error: "), err[:3]  # no usage
+    assert expected in err[0], err[0]
+    after = {n: os.lstat(tmp_path / n).st_mtime_ns for n in os.listdir(tmp_path)}
+    assert after == before  # nothing written (and nothing run: no pwned.txt)
+    assert os.readlink("null.pt") == os.devnull
+
+
+def _exit_code(main, argv):
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's own refusals
+        return e.code
+
+
+def test_a_killed_conversions_temporary_file_is_removed_by_the_next_one(tmp_path, capsys, mt_teacher):
+    src, _ = mt_teacher
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = tmp_path / f".out.pt.{dead.pid}-k1ll3d.tmp"  # what a SIGKILLed convert leaves
+    leftover.write_bytes(b"half a checkpoint")
+    # the user's files, and another output's temporary: not this conversion's to remove
+    kept = [tmp_path / ".out.pt.notes.tmp", tmp_path / "important.tmp", tmp_path / f".other.pt.{dead.pid}-x.tmp"]
+    for path in kept:
+        path.write_text("kept")
+    assert run(capsys, "--checkpoint", src, "--out", tmp_path / "out.pt")[0] == 0
+    assert not leftover.exists() and all(p.read_text() == "kept" for p in kept)

@@ -60,3 +60,54 @@ def test_convert_sh_refuses_bad_input_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith(f"error: --checkpoint: no such file: {tmp_path}/missing.pt")
     assert not (tmp_path / "out").exists()
+
+
+# --- reruns: the same settings resume, other settings are refused or (--force) redone ------------------------------
+def _chain(*argv):
+    from kvattn_fairseq import convert_chain
+
+    try:
+        return convert_chain.main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+
+
+def _plan(path):
+    return torch.load(path, weights_only=True)["kvattn_plan"]["decoder"]["kinds"]
+
+
+def test_a_rerun_with_other_settings_is_refused_or_redone_with_force(tmp_path, capsys):
+    from test_convert import MT_SIZE, save_checkpoint
+
+    teacher, data, out = tmp_path / "teacher.pt", tmp_path / "data", tmp_path / "ch"
+    save_checkpoint(teacher, "transformer", *MT_SIZE)
+    data.mkdir()
+    base = ["--checkpoint", teacher, "--data", data, "--out", out, "--transfer-updates", "0", "--finetune-updates",
+            "0"]
+    assert _chain(*base, "--decoder-attention-type", "memsizer*1,softmax") == 0
+    assert _plan(out / "converted.pt") == ["memsizer", "softmax"]
+    capsys.readouterr()
+    other = ["--decoder-attention-type", "linear*2", "--cross-attention-type", "linear"]
+    assert _chain(*base, *other) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "was made with other settings (convert_flags: " in err[0] and "--force" in err[0], err
+    assert _plan(out / "converted.pt") == ["memsizer", "softmax"]  # the earlier model, untouched
+    (out / "notes.txt").write_text("the user's")  # beside the chain's files: kept
+    assert _chain(*base, *other, "--force") == 0
+    assert _plan(out / "converted.pt") == ["linear", "linear"] and (out / "notes.txt").read_text() == "the user's"
+    chain = json.loads((out / "chain.json").read_text())
+    assert chain["settings"]["convert_flags"][-2:] == ["--cross-attention-type", "linear"]
+    assert "skipped" not in chain["commands"][0]
+    assert _chain(*base, *other) == 0  # the same settings again: nothing redone
+    assert json.loads((out / "chain.json").read_text())["commands"][0]["skipped"] == "already done"
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    from test_convert import MT_SIZE, save_checkpoint
+
+    save_checkpoint(tmp_path / "teacher.pt", "transformer", *MT_SIZE)
+    (tmp_path / "ch").write_text("the user's")
+    assert _chain("--checkpoint", tmp_path / "teacher.pt", "--data", tmp_path, "--out", tmp_path / "ch") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "--out" in err[0] and "is not a directory" in err[0], err
+    assert (tmp_path / "ch").read_text() == "the user's"

@@ -217,3 +217,25 @@ def test_beam_search_batched_equals_one_by_one(name):
             for hyp_b, hyp_a in zip(batched[i], alone[0]):
                 assert hyp_b["tokens"].tolist() == hyp_a["tokens"].tolist()
                 torch.testing.assert_close(hyp_b["score"], hyp_a["score"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bsz", [4, 3])
+def test_a_beam_search_leaves_later_training_forwards_unchanged(bsz):
+    """fairseq sets the beam size when it builds a search (fairseq-train --eval-bleu builds one for validation
+    before training starts): it may change only incremental decoding, never a later plain forward.  fairseq's own
+    softmax cross-attention would keep every beam-th sentence's encoder output from then on (or fail to reshape a
+    batch the beam does not divide)."""
+    d = make_dictionary()
+    gen = torch.Generator().manual_seed(3)
+    model = build_model("kvattn_transformer_tiny", "--decoder-attention-type", "memsizer",
+                        "--cross-attention-type", "softmax", "--dropout", "0", dictionary=d)
+    src, src_lengths = _src_batch(d, [5, 7, 4, 6][:bsz], gen)
+    net = {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": _targets(d, bsz, 6, gen)}
+    model.train()
+    before = model(**net)[0].detach()
+    model.eval()
+    with torch.no_grad():
+        SequenceGenerator([model], d, beam_size=4, max_len_b=10).generate([model], {"net_input": {
+            "src_tokens": src, "src_lengths": src_lengths}})
+    model.train()
+    assert torch.equal(model(**net)[0].detach(), before)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from kvattn_fairseq.util.errors import OneLineError
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = [sys.executable, "-m", "kvattn_fairseq.paper_tables"]
@@ -156,3 +158,85 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, args, expected, capsys)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"{tables.PROG}: error: ") and expected in lines[0], lines
     assert not (tmp_path / "w").exists()
+
+
+# --- --force: nothing removed before everything is checked, and only what the tool made ------------------------------
+FAKE_TRAIN = """import os, sys
+save = sys.argv[sys.argv.index("--save-dir") + 1]
+for name in ("checkpoint_1_4.pt", "checkpoint_best.pt", "checkpoint_last.pt"):
+    with open(os.path.join(save, name), "w") as f:
+        f.write("trained by " + " ".join(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def trained_row(tmp_path, monkeypatch):
+    """A row of kv_synthetic trained by the runner's own train step, with a stand-in for fairseq-train that writes
+    what it writes into --save-dir (checkpoints), so that the runner's bookkeeping is the real one."""
+    from kvattn_fairseq.papers import TABLES
+    from kvattn_fairseq.run import tables, train as recipes
+
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    monkeypatch.setattr(recipes, "fairseq_train_exe", lambda: [sys.executable, str(fake)])
+    work = tmp_path / "w"
+    data = work / "data" / "synthetic-copy"
+    (data / "data-bin").mkdir(parents=True)
+    for name in ("dict.src.txt", "dict.tgt.txt", "train.src-tgt.src.bin"):
+        (data / "data-bin" / name).write_text("")
+    from kvattn_fairseq.data import synthetic
+
+    (data / "synthetic.json").write_text(json.dumps(synthetic.settings("copy", **tables.TINY_SYNTHETIC)))
+    table = TABLES["kv_synthetic"]
+    row = next(r for r in table.rows if r.name == "copy-kv")
+    save = Path(tables.train(row, table, str(data), str(work), True, [], []))
+    assert sorted(os.listdir(save)) == sorted([".kvattn-made.json", "kvattn-train.json", "checkpoint_1_4.pt",
+                                               "checkpoint_best.pt", "checkpoint_last.pt"])
+    return work, table, row, data, save
+
+
+def _contents(root: Path):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_force_with_a_bad_plan_removes_nothing(trained_row, capsys):
+    from kvattn_fairseq.run import tables
+
+    work, _, _, _, save = trained_row
+    (work / "results" / "kv_synthetic").mkdir(parents=True)
+    (work / "results" / "kv_synthetic" / "copy-kv.json").write_text("{}")
+    (work / "tables.md").write_text("the table")
+    before = _contents(work)
+    assert tables.main(["kv_synthetic", "--work", str(work), "--tiny", "--rows", "copy-kv", "--force", "--",
+                        "--decoder-attention-type", "memsizer*3"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "train copy-kv: --decoder-attention-type: the plan 'memsizer*3' gives 3 layers" in \
+        lines[0], lines
+    assert _contents(work) == before  # checkpoints, results and table as they were
+
+
+def test_force_removes_only_the_files_the_tool_made(trained_row, capsys):
+    from kvattn_fairseq.run import tables
+
+    work, table, row, data, save = trained_row
+    (save / "checkpoint_my_teacher.pt").write_text("the user's")
+    (save / "important.tmp").write_text("the user's")
+    before = _contents(save)
+    with pytest.raises(OneLineError) as e:
+        tables.train(row, table, str(data), str(work), True, ["--max-update", "5"], [], force=True)
+    assert "holds files this tool did not make (checkpoint_my_teacher.pt, important.tmp)" in str(e.value)
+    assert "\n" not in str(e.value) and _contents(save) == before
+    for name in ("checkpoint_my_teacher.pt", "important.tmp"):
+        (save / name).unlink()
+    tables.train(row, table, str(data), str(work), True, ["--max-update", "5"], [], force=True)  # redone
+    assert "--max-update 5" in (save / "checkpoint_last.pt").read_text()
+
+
+def test_a_work_that_is_a_file_is_one_line(tmp_path, capsys):
+    from kvattn_fairseq.run import tables
+
+    (tmp_path / "notes").write_text("the user's")
+    assert tables.main(["kv_synthetic", "--work", str(tmp_path / "notes"), "--tiny", "--rows", "copy-kv"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--work" in lines[0] and "is not a directory" in lines[0], lines
+    assert (tmp_path / "notes").read_text() == "the user's"

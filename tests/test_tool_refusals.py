@@ -49,6 +49,28 @@ def test_a_size_flag_far_too_large_is_one_line_naming_it(flags):
     assert str(e.value).startswith(flags[0]) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("flags,expected", [
+    (("--decoder-attention-type", "mgk", "--mgk-pi", "em", "--mgk-pi-positions", "1000000000"),
+     "argument --mgk-pi-positions: expected at most 1048576"),
+    (("--decoder-attention-type", "mgk", "--mgk-inv-var-scales", "1e30"),
+     "argument --mgk-inv-var-scales: expected scales of at most 1000"),
+    (("--decoder-attention-type", "mgk", "--mgk-inv-var-scales", "1,nan"), "argument --mgk-inv-var-scales: expected"),
+    (("--decoder-attention-type", "memsizer*100000000",),
+     "--decoder-attention-type: the plan 'memsizer*100000000' gives 100000000 layers but the model has 2"),
+    (("--decoder-attention-type", "memsizer*99999999999",),
+     "--decoder-attention-type: the plan 'memsizer*99999999999' gives 99999999999 layers but the model has 2"),
+])
+def test_sizes_that_would_reach_the_allocator_are_one_line_at_parsing(capsys, flags, expected):
+    """Refused while fairseq parses its arguments, before anything is allocated: a plan's layer count is checked
+    before the plan is expanded, a table size and a scale have upper limits."""
+    with pytest.raises((SystemExit, AttentionConfigError)) as e:
+        options.parse_args_and_arch(options.get_training_parser(),
+                                    ["data", "--user-dir", USER_DIR, "--arch", "kvattn_transformer_tiny", *flags])
+    message = str(e.value) if e.type is AttentionConfigError else capsys.readouterr().err.strip()
+    assert expected in message and "\n" not in message, message
+    assert e.type is AttentionConfigError or e.value.code == 2
+
+
 def test_an_allocator_failure_at_run_time_is_one_line():
     error = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
                          "you tried to allocate 1024000000000 bytes. Error code 12 (Cannot allocate memory)")

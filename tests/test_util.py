@@ -12,7 +12,8 @@ import pytest
 from kvattn_fairseq.util import proc
 from kvattn_fairseq.util.cli import ArgumentParser, positive_int, run_main, split_passthrough
 from kvattn_fairseq.util.errors import OneLineError, StepFailed
-from kvattn_fairseq.util.io import MARKER, check_replaceable, install_dir, remove_made, temp_dir_beside, write_atomic
+from kvattn_fairseq.util.io import (MARKER, adopt_writes, check_output_file, check_replaceable, install_dir,
+                                   made_entries, mark, remove_made, temp_dir_beside, tracking_writes, write_atomic)
 from kvattn_fairseq.util.lock import LOCK, work_lock
 
 
@@ -65,9 +66,11 @@ def test_overwrites_remove_only_what_the_tool_made(tmp_path):
     mine = tmp_path / "run"
     mine.mkdir()
     (mine / "checkpoint_last.pt").write_text("x")
-    from kvattn_fairseq.util.io import mark
-
-    mark(str(mine), ["checkpoint*"])
+    (mine / "checkpoint_my_teacher.pt").write_text("the user's")
+    mark(str(mine), ["checkpoint*", "checkpoint_last.pt"])  # names, never patterns
+    with pytest.raises(OneLineError, match=r"did not make \(checkpoint_my_teacher.pt\)"):
+        remove_made(str(mine))
+    (mine / "checkpoint_my_teacher.pt").unlink()
     remove_made(str(mine))
     assert not mine.exists()
     raw = tmp_path / "raw"
@@ -77,6 +80,61 @@ def test_overwrites_remove_only_what_the_tool_made(tmp_path):
             check_replaceable(str(o), inputs=[("--raw", str(raw))])
     with pytest.raises(OneLineError, match="overlap"):
         check_replaceable(str(tmp_path), inputs=[("--raw", str(raw))])
+
+
+def _dead_pid():
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    return dead.pid
+
+
+def test_the_marker_records_the_files_a_tool_run_made_even_a_killed_one(tmp_path):
+    from kvattn_fairseq.checkpoint_files import written_by_fairseq_train as fairseq_names
+
+    run = tmp_path / "run"
+    run.mkdir()
+    mark(str(run), ["kvattn-train.json"])
+    (run / "checkpoint_best.pt").write_text("the user's, named like fairseq's")
+    (run / "important.tmp").write_text("the user's")
+    with tracking_writes(str(run), fairseq_names):
+        for name in ("checkpoint1.pt", "checkpoint_last.pt", "notes.txt"):  # notes.txt: not a name fairseq writes
+            (run / name).write_text("made")
+    assert made_entries(str(run)) == {"kvattn-train.json", "checkpoint1.pt", "checkpoint_last.pt"}
+    killed = tracking_writes(str(run), fairseq_names)
+    killed.__enter__()  # and never left: the runner was killed with its tool
+    (run / "checkpoint2.pt").write_text("made")
+    write_atomic(str(run / "checkpoint_best.pt"), "made: replaced by the run")
+    adopt_writes(str(run), fairseq_names)  # the next run of the runner
+    assert made_entries(str(run)) == {"kvattn-train.json", "checkpoint1.pt", "checkpoint_last.pt", "checkpoint2.pt",
+                                      "checkpoint_best.pt"}
+
+
+def test_outputs_are_regular_files_never_an_input_and_temporaries_of_dead_writers_go(tmp_path):
+    (tmp_path / "in.pt").write_text("input")
+    os.symlink("in.pt", tmp_path / "link.pt")
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink(os.devnull, tmp_path / "null")  # a link: code that wrongly writes replaces it, not /dev/null
+    for path, kind in ((tmp_path / "null", "a device"), (tmp_path / "pipe", "a pipe"), (tmp_path, "a directory")):
+        with pytest.raises(OneLineError, match=f"^--out {path} is {kind}, not a regular file"):
+            check_output_file(str(path), "--out")
+        with pytest.raises(OneLineError, match="not a regular file: refusing to replace it"):
+            write_atomic(str(path), "x")
+    assert os.readlink(tmp_path / "null") == os.devnull and stat.S_ISFIFO(os.stat(tmp_path / "pipe").st_mode)
+    with pytest.raises(OneLineError, match="is the same file as --in"):
+        check_output_file(str(tmp_path / "link.pt"), "--out", [("--in", str(tmp_path / "in.pt"))])
+    with pytest.raises(OneLineError, match="exists; remove it or pass --force"):
+        check_output_file(str(tmp_path / "in.pt"), "--out", force=False)
+    check_output_file(str(tmp_path / "in.pt"), "--out", force=True)
+
+    pid = _dead_pid()
+    stale = [tmp_path / f".r.json.{pid}-abc.tmp", tmp_path / f".data.tmp-{pid}-xyz", tmp_path / f".data.old-{pid}-q"]
+    kept = [tmp_path / ".r.json.mine.tmp", tmp_path / ".data.tmp-abc", tmp_path / f".other.tmp-{pid}-xyz"]
+    for path in stale + kept:
+        path.mkdir() if "data" in path.name or "other" in path.name else path.write_text("x")
+    write_atomic(str(tmp_path / "r.json"), "{}")
+    built = temp_dir_beside(str(tmp_path / "data"))
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert f".data.tmp-{os.getpid()}-" in built
 
 
 def test_one_run_per_work_directory_and_a_dead_runs_lock_is_taken_over(tmp_path):

@@ -63,13 +63,15 @@ class AttentionTransferCriterion(FairseqCriterion):
         self.captured: Dict[Tuple[str, int], Tuple[torch.Tensor, torch.Tensor]] = {}
         self.hooked = lambda: None  # a weak reference to the model: a submodule would be saved with the criterion
 
-    # --- set-up on the first batch (the model is not known before) ----------------------------------------------
-    def _attach(self, model: nn.Module) -> None:
+    # --- checked when fairseq-train builds its Trainer, set up on the first batch ------------------------------------
+    def check_student(self, model: nn.Module) -> List[Tuple[str, int, str, nn.Module, nn.Module]]:
+        """The sites to train ((position, layer, prefix, module, teacher) where the kinds differ); one line naming
+        --teacher-checkpoint when it is not the checkpoint the model was converted from.  Needs only the model's
+        structure: fairseq-train calls it (install) before it loads any weight or reads any batch."""
         from ..convert import attention_sites
 
-        sites = list(attention_sites(model))
         new = []
-        for position, layer, prefix, module in sites:
+        for position, layer, prefix, module in attention_sites(model):
             teacher = self.teachers.get((position, layer))
             if teacher is None:
                 raise AttentionConfigError(f"--teacher-checkpoint: {self.teacher_path} has no {position} attention "
@@ -79,19 +81,23 @@ class AttentionTransferCriterion(FairseqCriterion):
         if not new:
             raise AttentionConfigError(f"--teacher-checkpoint: every attention of the model is of the same kind as "
                                        f"in {self.teacher_path}; there is nothing to transfer")
-        trained = {prefix for _, _, prefix, _, _ in new}
-        mismatched = []
+        trained = tuple(prefix + "." for _, _, prefix, _, _ in new)
         for name, p in model.named_parameters():
-            if any(name.startswith(t + ".") for t in trained):
-                p.requires_grad_(True)
-                continue
-            p.requires_grad_(False)
             ref = self.teacher_weights.get(name)
-            if ref is None or ref.shape != p.shape:
+            if not name.startswith(trained) and (ref is None or ref.shape != p.shape):
                 raise AttentionConfigError(f"--teacher-checkpoint: {name} is {list(p.shape)} in the model but "
                                            f"{None if ref is None else list(ref.shape)} in {self.teacher_path}; "
                                            f"sizes do not fit")
-            if not torch.equal(ref.to(p.device, p.dtype), p.detach()):
+        return new
+
+    def _attach(self, model: nn.Module) -> None:
+        new = self.check_student(model)
+        trained = tuple(prefix + "." for _, _, prefix, _, _ in new)
+        mismatched = []
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(trained))
+            ref = self.teacher_weights[name] if not name.startswith(trained) else None
+            if ref is not None and not torch.equal(ref.to(p.device, p.dtype), p.detach()):
                 mismatched.append(name)
         self.teacher_weights = None
         if mismatched:
@@ -155,3 +161,26 @@ class AttentionTransferCriterion(FairseqCriterion):
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
         return True
+
+
+def install() -> None:
+    """fairseq-train builds its Trainer right after the criterion, from the model it built before (and before it
+    loads a checkpoint or reads a batch): the teacher is checked against that model there, so that a wrong
+    --teacher-checkpoint is one line before training starts, not an error inside the first step (which fairseq
+    answers with crash.pt)."""
+    import functools
+
+    from fairseq.trainer import Trainer
+
+    init = Trainer.__init__
+    if getattr(init, "kvattn_checks_teacher", False):
+        return
+
+    @functools.wraps(init)
+    def checked(self, cfg, task, model, criterion, *args, **kwargs):
+        if isinstance(criterion, AttentionTransferCriterion):
+            criterion.check_student(model)
+        init(self, cfg, task, model, criterion, *args, **kwargs)
+
+    checked.kvattn_checks_teacher = True
+    Trainer.__init__ = checked

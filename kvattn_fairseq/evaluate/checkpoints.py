@@ -98,10 +98,12 @@ def checkpoint_info(path: str) -> Tuple[Dict, Optional[List[str]]]:
 def average_last(checkpoint_dir: str, n: int, by: str, output: Optional[str]) -> Tuple[str, List[str]]:
     """Average the last `n` epoch/update checkpoints of `checkpoint_dir` (kvattn_fairseq.average_checkpoints)."""
     from .. import average_checkpoints as avg
+    from ..util.io import check_output_file
 
     require_dir(checkpoint_dir, "--checkpoint-dir")
     paths = avg.last_checkpoints(checkpoint_dir, n, by)
     output = output or os.path.join(checkpoint_dir, f"checkpoint.avg{n}.pt")
+    check_output_file(output, "--average-output", [("--checkpoint-dir", p) for p in paths])
     avg.save_atomic(avg.average(paths), output)
     return output, [os.path.basename(p) for p in paths]
 

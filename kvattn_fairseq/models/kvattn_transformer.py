@@ -2,6 +2,7 @@
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerModel, base_architecture
 
+from ..modules.base import KVAttentionBase
 from ..modules.registry import POSITIONS, add_attention_args, apply_attention_defaults
 from .layers import (BUILDING_PLAN, KVAttnTransformerDecoder, KVAttnTransformerEncoder, as_namespace,
                      check_attention_args, plan_for)
@@ -29,8 +30,15 @@ class KVAttnTransformerModel(TransformerModel):
 
     def set_beam_size(self, beam_size: int) -> None:
         """fairseq's SequenceGenerator calls this on models that define it (in fairseq itself only BART does): the
-        decoder's attention modules then keep the cross-attention memory once per sentence, not per hypothesis."""
-        self.decoder.set_beam_size(beam_size)
+        plugin's attention modules then keep the cross-attention memory once per sentence, not per hypothesis.
+
+        Only they get it: they use it in incremental decoding alone, whereas fairseq's MultiheadAttention applies
+        it to every later forward, training included (the setting outlives the search; fairseq-train --eval-bleu
+        builds its search before training starts), and would keep only every beam-th sentence's encoder output.
+        Its softmax cross-attention therefore keeps one memory per hypothesis, as in fairseq's own transformer."""
+        for module in self.decoder.modules():
+            if isinstance(module, KVAttentionBase):
+                module.set_beam_size(beam_size)
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):

@@ -6,6 +6,7 @@ per-component keys before accumulating, so its state is linear attention's.  Few
 `--mgk-head-dim` the heads keep their width when their number drops (the paper's MGK-4 vs softmax-8, d_head 16).
 `--mgk-pi em` is the paper's ablation design B (docs/papers/mgk.md, "EM-updated mixture weights").
 """
+import argparse
 from typing import Any, Dict, Optional
 
 import torch
@@ -17,11 +18,15 @@ from ..ops import mgk as ops
 from ..ops import softmax_kv
 from .headwise_linear import HeadwiseLinearAttention
 from .projected import ProjectedAttention
-from .registry import (AttentionConfigError, AttentionSite, KindOption, choice, positive_float_list, positive_int,
-                       register_attention_kind)
+from .registry import (AttentionConfigError, AttentionSite, KindOption, bounded_int, choice, positive_float_list,
+                       positive_int, register_attention_kind)
 
 PI_MODES = ("softmax", "clamp", "uniform", "position", "em")
 PI_MIN = 1e-6  # the official code clamps pi to [0, 1]; log(0) would be -inf
+# Larger inverse-variance scales make each query pick its nearest key outright and scale the scores' gradients by
+# s: training ends in NaN (1e30 did), so they are refused; the paper's and the official code's values are 1 to 3.
+INV_VAR_MAX = 1000.0
+PI_POSITIONS_MAX = 1 << 20  # a table entry per key position: far more than any model's --max-*-positions
 TABLE_MODES = ("position", "em")  # pi indexed by the key's absolute position
 
 
@@ -216,6 +221,14 @@ class MLKAttention(HeadwiseLinearAttention):
         return lops.causal_parallel_features(lops.feature_map(q), fk, v, pad, state)
 
 
+def inv_var_scales(text: str):
+    values = positive_float_list(text)
+    if any(v > INV_VAR_MAX for v in values):
+        raise argparse.ArgumentTypeError(f"expected scales of at most {INV_VAR_MAX:g} (larger ones make the scores "
+                                         f"overflow in training), got {text!r}")
+    return values
+
+
 MGK_OPTIONS = {
     "components": KindOption("--mgk-components", 2, positive_int,
                              "mixture components M per key (mgk, smgk, mlk)"),
@@ -224,15 +237,18 @@ MGK_OPTIONS = {
                      "code), uniform (fixed), position (learned per key position: the official LM code; mgk/smgk), "
                      "em (per key position, set by the EM rule in training, frozen at inference: the paper's "
                      "design B; mgk/smgk self-attention with --mgk-estep soft)"),
-    "inv_var": KindOption("--mgk-inv-var-scales", "1", positive_float_list,
+    "inv_var": KindOption("--mgk-inv-var-scales", "1", inv_var_scales,
                           "inverse-variance scale s_r per component, sigma_r^2 = sqrt(d_head)/s_r: one value for all, "
                           "or M values ('1,3' is the official LM code)"),
     "estep": KindOption("--mgk-estep", "soft", choice("soft", "hard"),
                         "soft: log-sum-exp over components; hard: max over components (pi unused)"),
     "head_dim": KindOption("--mgk-head-dim", None, positive_int,
                            "width of each head (default: embed dim / heads); keeps d_head when the heads are fewer"),
-    "pi_positions": KindOption("--mgk-pi-positions", 1024, positive_int,
-                               "size of the per-position mixture-weight table of --mgk-pi position and em"),
+    "pi_positions": KindOption("--mgk-pi-positions", 1024,
+                               bounded_int(PI_POSITIONS_MAX, "one table entry per key position, for every head and "
+                                                             "component"),
+                               "size of the per-position mixture-weight table of --mgk-pi position and em (at most "
+                               f"{PI_POSITIONS_MAX})"),
 }
 
 

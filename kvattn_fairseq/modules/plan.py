@@ -39,7 +39,7 @@ def parse_plan(position: str, text: str, layers: int) -> Tuple[Tuple[str, ...], 
     items = [item.strip() for item in value.split(",")]
     if len(items) == 1 and "*" not in items[0]:
         return (check_kind(position, items[0]),) * layers, True
-    kinds: List[str] = []
+    runs: List[Tuple[str, int]] = []
     for item in items:
         name, star, count = item.partition("*")
         name = name.strip()
@@ -52,11 +52,12 @@ def parse_plan(position: str, text: str, layers: int) -> Tuple[Tuple[str, ...], 
         if not name or n < 1:
             raise AttentionConfigError(f"{flag}: cannot read {item!r} in the plan {value!r}; write KIND or KIND*N "
                                        f"(N >= 1) per comma-separated entry, e.g. memsizer*5,softmax")
-        kinds += [check_kind(position, name)] * n
-    if len(kinds) != layers:
-        raise AttentionConfigError(f"{flag}: the plan {value!r} gives {len(kinds)} layers but the model has {layers} "
+        runs.append((check_kind(position, name), n))
+    total = sum(n for _, n in runs)  # counted before anything is expanded: memsizer*99999999999 is one line
+    if total != layers:
+        raise AttentionConfigError(f"{flag}: the plan {value!r} gives {total} layers but the model has {layers} "
                                    f"({LAYER_FLAGS[position]}); give one kind for every layer, or {layers} in all")
-    return tuple(kinds), False
+    return tuple(kind for kind, n in runs for _ in range(n)), False
 
 
 @dataclass(frozen=True)

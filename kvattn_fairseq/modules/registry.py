@@ -144,6 +144,19 @@ def positive_float(text: str) -> float:
     return value
 
 
+def bounded_int(limit: int, why: str):
+    """argparse type: an integer from 1 to `limit`; `why` says what the limit protects (sizes that reach the
+    allocator are refused while parsing, not by the kernel's out-of-memory killer)."""
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"expected at most {limit} ({why}), got {value}")
+        return value
+
+    parse.__name__ = "bounded_int"
+    return parse
+
+
 def choice(*allowed: str):
     def parse(text: str) -> str:
         if text not in allowed:

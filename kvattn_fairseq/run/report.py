@@ -18,7 +18,7 @@ from ..papers import TABLES
 from ..papers.markdown import NOT_RUN, TINY
 from ..util.cli import ArgumentParser, run_main
 from ..util.errors import OneLineError
-from ..util.io import write_atomic
+from ..util.io import check_output_file, write_atomic
 
 
 def find_results(root: str, warn: Optional[Callable[[str], None]] = None) -> List[Dict]:
@@ -99,6 +99,7 @@ def main(argv=None, prog: str = "make_tables.py") -> int:
 
     def body() -> int:
         if a.out:
+            check_output_file(a.out, "--out")
             n = write_tables(a.results_dir, a.out, a.bench, warn)
             print(f"wrote {a.out} ({n} results)")
         else:

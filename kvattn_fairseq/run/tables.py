@@ -31,14 +31,14 @@ from ..util import proc
 from ..util.cli import ArgumentParser, run_main, split_passthrough
 from ..util.errors import OneLineError, StepFailed
 from ..evaluate.results import TRAIN_RECORD
-from ..util.io import check_replaceable, mark, remove_made, write_atomic
+from ..checkpoint_files import written_by_fairseq_train
+from ..util.io import (adopt_writes, check_output_dir, check_replaceable, mark, remove_made, tracking_writes,
+                       write_atomic)
 from ..util.lock import work_lock
 from . import report, train as recipes
 
 PROG = "python -m kvattn_fairseq.paper_tables"
 TINY_SYNTHETIC = dict(train=300, valid=30, test=30, min_len=8, max_len=8)
-# what fairseq-train writes in a run's directory: the only entries --force may remove there
-RUN_ENTRIES = ("checkpoint*", ".checkpoint*", "*.tmp", TRAIN_RECORD)
 
 
 def log(msg: str) -> None:
@@ -89,8 +89,8 @@ def refuse_or_redo(what: str, changed: str, force: bool, redo: str) -> None:
 
 def prepare(key: str, work: str, raw: Optional[str], tiny: bool, force: bool = False, check_only: bool = False) -> str:
     """The prepared data directory for a dataset key (wmt16, cnndm, wikitext103, synthetic-<task>[-len<L>]: sequences
-    of length L instead of the default).  With check_only, only refuse (without --force) an output made with other
-    settings, and do nothing else."""
+    of length L instead of the default).  With check_only, only refuse an output made with other settings (without
+    --force) or one --force may not replace, and do nothing else."""
     from ..data.build import differences
 
     out = os.path.join(work, "data", key)
@@ -106,9 +106,12 @@ def prepare(key: str, work: str, raw: Optional[str], tiny: bool, force: bool = F
             with open(recorded, encoding="utf-8") as f:
                 before = {k: v for k, v in json.load(f).items() if k != "source"}
             changed = differences(before, synthetic.settings(task, **sizes))
-            if not changed or check_only and force:
+            if not changed:
                 if not check_only:
                     log(f"data {key}: already prepared, skipped")
+                return out
+            if check_only and force:
+                check_replaceable(out, "--force")
                 return out
             refuse_or_redo(f"data {key} ({out})", changed, force, "prepare it again")
             check_replaceable(out, "--force")
@@ -134,6 +137,7 @@ def prepare(key: str, work: str, raw: Optional[str], tiny: bool, force: bool = F
             if not force:
                 raise OneLineError(f"data {key}: {e}") from None
             if check_only:
+                check_replaceable(out, "--force")
                 return out
             log(f"data {key}: {e}; --force: preparing it again")
             argv.append("--force")
@@ -163,8 +167,8 @@ def read_json(path: str) -> Optional[dict]:
 
 def train(row: Row, table: Table, data_dir: str, work: str, tiny: bool, extra: Sequence[str],
           drop: Sequence[str], force: bool = False, check_only: bool = False) -> str:
-    """Train a row (fairseq-train); with check_only, only refuse (without --force) a run made with other
-    settings."""
+    """Train a row (fairseq-train); with check_only, only refuse a run made with other settings (without --force)
+    or one --force may not remove (files the tool did not make in it)."""
     from ..data.build import differences
 
     save = os.path.join(work, "runs", table.name, row.name)
@@ -172,6 +176,8 @@ def train(row: Row, table: Table, data_dir: str, work: str, tiny: bool, extra: S
     arch, flags, _ = recipes.train_args(row.recipe, row.kind, tiny, [*row.flags, *extra], drop)
     settings = {"experiment": row.recipe, "kind": row.kind, "tiny": tiny, "arch": arch, "flags": flags,
                 "data": os.path.relpath(data_bin, work)}
+    if os.path.isdir(save):
+        adopt_writes(save, written_by_fairseq_train)  # what a killed run of this tool left is the tool's too
     record = read_json(os.path.join(save, TRAIN_RECORD))
     if record is not None:
         changed = differences(record.get("settings"), settings)
@@ -180,6 +186,8 @@ def train(row: Row, table: Table, data_dir: str, work: str, tiny: bool, extra: S
     if changed and not (check_only and force):
         refuse_or_redo(f"train {row.name} ({save})", changed, force,
                        "train it again from scratch (its checkpoints are removed)")
+    if changed:
+        check_replaceable(save, "--force", what="--work")  # files the user put there stop it here
     if check_only:
         return save
     if changed:
@@ -192,7 +200,7 @@ def train(row: Row, table: Table, data_dir: str, work: str, tiny: bool, extra: S
     command = recipes.build_command(row.recipe, data_bin, save, row.kind, tiny, [*row.flags, *extra], drop)
     if record is None:  # a new run: the directory is the tool's, and says what it is trained with
         os.makedirs(save, exist_ok=True)
-        mark(save, RUN_ENTRIES)
+        mark(save, [TRAIN_RECORD])
         record = {"settings": settings, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "finished": None}
         write_atomic(os.path.join(save, TRAIN_RECORD), json.dumps(record, indent=2) + "\n")
@@ -201,8 +209,9 @@ def train(row: Row, table: Table, data_dir: str, work: str, tiny: bool, extra: S
         log(f"{label}: # {note}")
     log(f"{label}: {command.shell()}")
     start = time.time()
-    proc.run(command.argv, os.path.join(work, "logs", f"train-{table.name}-{row.name}.log"), label=label,
-             append=True, keep_output=False)
+    with tracking_writes(save, written_by_fairseq_train):  # the marker names each file fairseq-train makes
+        proc.run(command.argv, os.path.join(work, "logs", f"train-{table.name}-{row.name}.log"), label=label,
+                 append=True, keep_output=False)
     log(f"{label}: done in {time.time() - start:.0f}s")
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_atomic(os.path.join(save, TRAIN_RECORD), json.dumps(record, indent=2) + "\n")
@@ -235,12 +244,18 @@ def run(args) -> str:
         raise OneLineError(f"--raw: {args.raw} is not a directory")
     if args.bench:
         report.load_bench(args.bench)  # a bad file is refused before any work
-    for row in rows:  # every command is checked before anything runs
-        recipes.train_args(row.recipe, kind=row.kind, tiny=args.tiny, extra=[*row.flags, *args.extra],
-                           drop=args.drop)
+    work = os.path.abspath(args.work)
+    check_output_dir(work, "--work")
+    for row in rows:  # every command is checked, by fairseq-train's own parser, before anything runs
+        command = recipes.build_command(row.recipe, os.path.join(work, "data", table.data_of(row), "data-bin"),
+                                        os.path.join(work, "runs", table.name, row.name), row.kind, args.tiny,
+                                        [*row.flags, *args.extra], args.drop)
+        try:
+            command.check()
+        except OneLineError as e:
+            raise OneLineError(f"train {row.name}: {e}") from None
     if args.tiny:  # tiny models gain nothing from intra-op threads, and lose a lot to them on a busy CPU
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-    work = os.path.abspath(args.work)
     with work_lock(work, "--work", note=log):
         return run_locked(args, table, rows, work)
 
@@ -250,10 +265,11 @@ def run_locked(args, table: Table, rows: List[Row], work: str) -> str:
 
     log(f"table {table.name}: {len(rows)} row(s) ({', '.join(r.name for r in rows)}) in {work}")
     log(f"plugin: {kvattn_fairseq.USER_DIR}")
-    if not args.force:  # a step made with other settings is refused before any step runs
-        for row in rows:
-            data_dir = prepare(table.data_of(row), work, args.raw, args.tiny, check_only=True)
-            train(row, table, data_dir, work, args.tiny, args.extra, args.drop, check_only=True)
+    # before any step runs or anything is removed: a step made with other settings is refused (without --force),
+    # and one --force would redo must hold only what the tool made
+    for row in rows:
+        data_dir = prepare(table.data_of(row), work, args.raw, args.tiny, args.force, check_only=True)
+        train(row, table, data_dir, work, args.tiny, args.extra, args.drop, args.force, check_only=True)
     data_dirs: Dict[str, str] = {}
     for i, row in enumerate(rows, 1):
         log(f"row {i}/{len(rows)}: {row.name}")

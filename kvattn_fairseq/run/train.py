@@ -27,7 +27,7 @@ fairseq always does.
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 from ..papers import RECIPES, Recipe
@@ -169,9 +169,38 @@ def attention_layout(arch: str) -> List[str]:
 class Command:
     argv: List[str]        # the full fairseq-train command line
     notes: List[str]       # what --kind / --tiny chose, one line each
+    args: List[str] = field(default_factory=list)  # argv after the program
 
     def shell(self) -> str:
         return proc.shell(self.argv)
+
+    def check(self) -> None:
+        """Parse the arguments with fairseq-train's own parser, in this process: a flag fairseq-train would refuse
+        (a bad attention plan included: the architecture checks it at parsing) is one line now, before any step
+        runs or anything is removed."""
+        import contextlib
+        import io
+        import logging
+
+        from fairseq import options
+
+        from ..modules.registry import AttentionConfigError
+
+        err = io.StringIO()
+        quiet = logging.getLogger("fairseq.utils")  # "--user-dir ... has already been imported" (it has: here)
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                options.parse_args_and_arch(options.get_training_parser(), input_args=list(self.args))
+        except SystemExit:
+            lines = [line for line in err.getvalue().splitlines() if line.strip()]
+            message = lines[-1].split("error: ", 1)[-1] if lines else "bad arguments"
+            raise OneLineError(f"fairseq-train would refuse the command: {message}") from None
+        except AttentionConfigError as e:
+            raise OneLineError(str(e)) from None
+        finally:
+            quiet.setLevel(level)
 
 
 def recipe(name: str) -> Recipe:
@@ -223,9 +252,9 @@ def build_command(name: str, data_bin: str, save_dir: str, kind: Optional[str] =
 
     exp = recipe(name)
     arch, flags, notes = train_args(name, kind, tiny, extra, drop)
-    argv = [*fairseq_train_exe(), data_bin, "--user-dir", kvattn_fairseq.USER_DIR, "--task", exp.task,
-            "--arch", arch, "--save-dir", save_dir, *flags]
-    return Command(argv, notes)
+    args = [data_bin, "--user-dir", kvattn_fairseq.USER_DIR, "--task", exp.task, "--arch", arch, "--save-dir",
+            save_dir, *flags]
+    return Command([*fairseq_train_exe(), *args], notes, args)
 
 
 def check_data(name: str, data_bin: str, extra: Sequence[str] = ()) -> None:

@@ -1,21 +1,106 @@
 """Writing files and directories so that a reader, a crash or an interrupt never sees half of one, and replacing
 only what the tool itself made.
 
-Every output directory the tool installs carries a marker file, MARKER, listing the names (shell patterns) of the
-entries the tool made there.  `--force` and every other overwrite go through check_replaceable first: a directory
-without the marker, or holding anything the marker does not name (a file the user put there), is refused with one
-line naming those files, and so is an output that holds or lies inside one of the command's inputs (`--raw`).
+Every output directory the tool installs carries a marker file, MARKER, listing the names of the entries the tool
+made there (exact names, never patterns: a file the user put beside them is never taken for the tool's).  `--force`
+and every other overwrite go through check_replaceable first: a directory without the marker, or holding anything
+the marker does not name, is refused with one line naming those files, and so is an output that holds or lies
+inside one of the command's inputs (`--raw`).  An output file must be absent or a regular file (never a device, a
+directory or a link to one) and never the same file as an input, links resolved (check_output_file).
+
+Temporary files and directories carry the writing process's id in their names, so a later write to the same output
+removes what a killed writer left (only a dead process's, only under those names).
 """
-import fnmatch
+import contextlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from .errors import OneLineError
 
 MARKER = ".kvattn-made.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def _remove_leftovers(directory: str, pattern: str) -> None:
+    """Remove entries of `directory` whose names match `pattern` (group 1: a process id) left by dead processes."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    regex = re.compile(pattern)
+    for name in names:
+        m = regex.match(name)
+        if not m or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+def _kind(path: str) -> str:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a broken link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: links resolved, hard links and bind mounts included."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_file(path: str, flag: str, inputs: Sequence[Tuple[str, Optional[str]]] = (),
+                      force: Optional[bool] = None) -> None:
+    """Refuse, in one line and before any work, an output file that is not absent or a regular file (a device such
+    as /dev/null, a directory, a pipe, a broken link), that is one of `inputs` ((flag, path) pairs; links
+    resolved), or (when `force` is False) that exists."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise OneLineError(f"{flag} {path} is {_kind(path)}, not a regular file; give the name of a file to write")
+    for name, other in inputs:
+        if other and same_file(path, other):
+            raise OneLineError(f"{flag} {path} is the same file as {name} {other}: the output would replace the "
+                               f"input; write it elsewhere")
+    if force is False and os.path.lexists(path):
+        raise OneLineError(f"{flag} {path} exists; remove it or pass --force")
+
+
+def check_output_dir(path: str, flag: str) -> None:
+    """An output directory (created if needed) must not be anything else, e.g. a file of the user's."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise OneLineError(f"{flag} {path} exists and is not a directory; give a directory (it is created if needed)")
 
 
 def write_atomic(path: str, data: Union[str, bytes, Callable[[str], None]]) -> str:
@@ -25,9 +110,13 @@ def write_atomic(path: str, data: Union[str, bytes, Callable[[str], None]]) -> s
     writers such as torch.save).  The file is fsynced before the rename and the directory after it, so a power
     loss too leaves the old or the new file.  The directory is created if needed; on any failure the temporary file
     is removed and an existing `path` is left as it was.  Returns `path`."""
+    if os.path.lexists(path) and not os.path.isfile(path):  # os.replace would put a file in place of a device
+        raise OneLineError(f"{path} is {_kind(path)}, not a regular file: refusing to replace it")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    base = os.path.basename(path)
+    _remove_leftovers(directory, rf"^\.{re.escape(base)}\.(\d+)-\w+\.tmp$")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.{os.getpid()}-", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; the result is an ordinary file
         if callable(data):
@@ -73,7 +162,9 @@ def temp_dir_beside(out: str) -> str:
     permissions an ordinary directory gets."""
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    base = os.path.basename(os.path.abspath(out))
+    _remove_leftovers(parent, rf"^\.{re.escape(base)}\.(?:tmp|old)-(\d+)-\w+$")  # a killed build's, or swap's
+    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-{os.getpid()}-", dir=parent)
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
 
@@ -84,23 +175,78 @@ def _umask() -> int:
     return mask
 
 
+def _read_marker(directory: str) -> Optional[dict]:
+    try:
+        with open(os.path.join(directory, MARKER), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("entries"), list) else None
+
+
+def made_entries(directory: str) -> Set[str]:
+    """The names the marker of `directory` lists (none when it has no readable marker)."""
+    data = _read_marker(directory)
+    return {str(e) for e in data["entries"]} if data else set()
+
+
+def _write_marker(directory: str, entries: Iterable[str], **extra) -> None:
+    record = {"made_by": "kvattn_fairseq", "entries": sorted(set(entries) - {MARKER}), **extra}
+    write_atomic(os.path.join(directory, MARKER), json.dumps(record, indent=2) + "\n")
+
+
 def mark(directory: str, entries: Optional[Iterable[str]] = None) -> None:
-    """Record in `directory` that the tool made it: `entries` (shell patterns; default: what is there now) are the
+    """Record in `directory` that the tool made it: `entries` (exact names; default: what is there now) are the
     tool's, and only those may be replaced or removed later."""
-    names = sorted(set(os.listdir(directory) if entries is None else entries) - {MARKER})
-    write_atomic(os.path.join(directory, MARKER),
-                 json.dumps({"made_by": "kvattn_fairseq", "entries": names}, indent=2) + "\n")
+    _write_marker(directory, os.listdir(directory) if entries is None else entries)
+
+
+def add_made(directory: str, names: Iterable[str]) -> None:
+    data = _read_marker(directory) or {}
+    _write_marker(directory, made_entries(directory) | set(names),
+                  **{k: v for k, v in data.items() if k not in ("made_by", "entries")})
+
+
+def _inodes(directory: str) -> Dict[str, List[int]]:
+    found = {}
+    for name in os.listdir(directory):
+        try:
+            st = os.lstat(os.path.join(directory, name))
+        except OSError:
+            continue
+        found[name] = [st.st_dev, st.st_ino]
+    return found
+
+
+def adopt_writes(directory: str, accept: Callable[[str], bool]) -> None:
+    """After a tool run into `directory` (see tracking_writes), also after one that was killed: add to the marker the
+    entries that run created or replaced and whose names `accept` (the names the tool writes)."""
+    data = _read_marker(directory)
+    if not data or "before_run" not in data:
+        return
+    before = data.pop("before_run")
+    made = {n for n, ino in _inodes(directory).items() if before.get(n) != ino and accept(n)}
+    _write_marker(directory, made_entries(directory) | made)
+
+
+@contextlib.contextmanager
+def tracking_writes(directory: str, accept: Callable[[str], bool]) -> Iterator[None]:
+    """Around a tool (e.g. fairseq-train) writing into a directory of ours: what it creates or replaces under the
+    names `accept` is recorded as made, what was there before it started is not.  The state before is kept in the
+    marker first, so that a run killed with this process is adopted by the next one (adopt_writes)."""
+    adopt_writes(directory, accept)
+    data = _read_marker(directory) or {"entries": []}
+    _write_marker(directory, data["entries"], before_run=_inodes(directory))
+    try:
+        yield
+    finally:
+        adopt_writes(directory, accept)
 
 
 def foreign_entries(directory: str) -> List[str]:
     """The entries of `directory` the tool did not make: every one when it carries no (readable) marker."""
-    try:
-        with open(os.path.join(directory, MARKER), encoding="utf-8") as f:
-            patterns = [str(p) for p in json.load(f)["entries"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        patterns = []
-    return sorted(e for e in os.listdir(directory)
-                  if e != MARKER and not any(fnmatch.fnmatchcase(e, p) for p in patterns))
+    made = made_entries(directory)
+    return sorted(e for e in os.listdir(directory) if e != MARKER and e not in made)
 
 
 def _within(path: str, directory: str) -> bool:
@@ -146,7 +292,7 @@ def install_dir(built: str, out: str, flag: str = "--force") -> None:
         mark(built)
     if os.path.lexists(out):
         parent = os.path.dirname(os.path.abspath(out))
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.old-{os.getpid()}-", dir=parent)
         os.rename(out, os.path.join(old, "x"))
         os.rename(built, out)
         shutil.rmtree(old, ignore_errors=True)
