@@ -24,6 +24,9 @@ setup(
     extras_require={
         "test": ["pytest>=7", "hypothesis", "matplotlib"],
         "bench": ["matplotlib"],
+        # the GPU kernels: flash-linear-attention's Triton kernels (triton itself comes with a CUDA build of torch);
+        # imported only when a CUDA device is used
+        "gpu": ["fla-core==0.6.0", "einops"],
     },
     entry_points={"console_scripts": ["kvattn-fairseq=kvattn_fairseq.cli:main"]},
 )

@@ -7,7 +7,7 @@
 #   scripts/gpu-check.sh OUT --dry-run     a CPU, the checkout's .venv, tiny sizes (part of the test suite)
 #
 # Defaults: --wheelhouse .cache/wheelhouse-py312 (made by scripts/wheelhouse.sh, copied with the checkout),
-# --venv .cache/gpu-venv, every kind, --minutes 9 (the whole run; the benchmark gets what set-up and tests left,
+# --venv .cache/gpu-venv, --kinds $GPU_KINDS (the fused softmax and the constant-state kinds), --minutes 9 (the whole run; the benchmark gets what set-up and tests left,
 # and records the settings it could not start as skipped).  PYTHON: the node's Python with torch (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,7 @@ usage() {
 [ $# -ge 1 ] && [ "${1#-}" = "$1" ] || usage
 OUT=$1; shift
 WHEELHOUSE=.cache/wheelhouse-py312 VENV=.cache/gpu-venv KINDS="" MINUTES=9 DRY=0
+GPU_KINDS=softmax,memsizer,linear,window,window_memsizer,window_linear
 while [ $# -gt 0 ]; do
   case $1 in
     --wheelhouse) WHEELHOUSE=${2:?--wheelhouse needs a directory}; shift 2 ;;
@@ -110,14 +111,14 @@ else
   fi
   phase setup $(( $(left) > 300 ? 300 : $(left) )) \
     env PYTHON="$NODE_PY" scripts/setup_env.sh --offline "$WHEELHOUSE" "$VENV" || exit 1
-  PY="$VENV/bin/python" DEVICE=cuda MODE=gpu
+  PY="$VENV/bin/python" DEVICE=cuda MODE=gpu KINDS=${KINDS:-$GPU_KINDS}
 fi
 
 # pytest's own exit code is recorded; a failing test does not stop the benchmark
 limit=$(( $(left) - 150 )); [ $limit -gt 240 ] && limit=240
 if [ $limit -ge 30 ]; then
   phase cuda-tests $limit "$PY" -m pytest -m cuda -q -p no:cacheprovider -o addopts="-ra" \
-    --junitxml "$OUT/cuda-tests.xml" tests/test_cuda.py tests/test_numerics.py
+    --junitxml "$OUT/cuda-tests.xml" tests/test_kernels.py tests/test_cuda.py tests/test_numerics.py
 else
   say "cuda-tests: skipped, $(left)s left"
 fi

@@ -11,6 +11,8 @@
 # already has a torch (kept, e.g. a CUDA build), then scripts/wheelhouse.sh fills .cache/wheelhouse-cpXY.
 # Offline: VENV is created with --system-site-packages from $PYTHON (default python3), so it sees that Python's
 # torch (when $PYTHON is itself a venv, its site-packages are added too); torch is never installed or upgraded.
+# Nothing is resolved by pip (scripts/offline_install.py: the wheels the stack lacks, --no-deps, then every
+# requirement of what was installed checked), so a machine whose own packages miss its torch's declared pins works.
 # fairseq is built once per (Python, torch) without build isolation and without CUDA_HOME, and cached in
 # .cache/wheels/.
 set -euo pipefail
@@ -27,6 +29,8 @@ else
 fi
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+TRITON_VERSION=${TRITON_VERSION:-3.6.0}  # the GPU node's (torch 2.11's); only carried for a CPU torch
+EXTRAS=${KVATTN_EXTRAS:-test,gpu}  # the plugin's extras whose packages the wheelhouse carries
 WHEELS=${KVATTN_WHEEL_CACHE:-.cache/wheels}  # compiled fairseq wheels, one per (Python, torch)
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -70,7 +74,11 @@ if [ $OFFLINE = 0 ]; then
   if [ ! -f "$WHEELHOUSE/manifest.json" ] || [ setup.py -nt "$WHEELHOUSE/manifest.json" ] \
       || [ scripts/wheelhouse.py -nt "$WHEELHOUSE/manifest.json" ]; then
     say "downloading the wheelhouse $WHEELHOUSE"
-    PYTHON="$PY" scripts/wheelhouse.sh "$WHEELHOUSE"
+    # A CPU build of torch brings no triton: carry it, so that the tests run the plugin's Triton kernels in
+    # Triton's interpreter (the plugin itself never imports triton without a GPU).
+    triton=()
+    "$PY" -c 'import sys, torch; sys.exit(1 if torch.version.cuda else 0)' && triton=(--triton "$TRITON_VERSION")
+    PYTHON="$PY" scripts/wheelhouse.sh "$WHEELHOUSE" "${triton[@]}"
   fi
 fi
 
@@ -79,13 +87,17 @@ offline_pip() {
   env $(compgen -e | grep '^PIP_' | sed 's/^/-u /') PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 \
       PIP_DISABLE_PIP_VERSION_CHECK=1 "$PY" -m pip "$@"
 }
-# Pin whatever torch is there so nothing below can swap it for another build.
-CONSTRAINTS=$(mktemp); trap 'rm -f "$CONSTRAINTS"' EXIT
-"$PY" -c 'import torch; print("torch==" + torch.__version__)' > "$CONSTRAINTS"
-FIND=(--no-index --find-links "$WHEELHOUSE" -c "$CONSTRAINTS")
-
-say "build tools from $WHEELHOUSE (present ones are kept)"
-offline_pip install -q "${FIND[@]}" "setuptools>=64" wheel "cython>=3" "numpy>=2,<3" ninja
+# pip never resolves here: the wheelhouse was resolved where it was made, and a resolver would also have to accept
+# this machine's torch, which it refuses when the machine's packages do not meet torch's declared requirements (a
+# GPU node's torch pins its CUDA packages, sympy, setuptools, ...), although that torch imports and runs.
+# offline_install.py picks the wheels the stack needs (what the machine lacks, or has at a version the stack does not
+# accept), pip installs them with --no-deps, and offline_install.py checks every requirement of what was installed.
+say "installing the stack from $WHEELHOUSE (no resolver: --no-deps, then checked)"
+plan=$("$PY" scripts/offline_install.py plan "$WHEELHOUSE") || exit 1
+if [ -n "$plan" ]; then
+  mapfile -t wheels <<< "$plan"
+  offline_pip install -q --no-deps "${wheels[@]}"
+fi
 
 sdist=$(ls "$WHEELHOUSE"/fairseq_fixed-*.tar.gz 2>/dev/null | head -1)
 [ -n "$sdist" ] || die "$WHEELHOUSE has no fairseq_fixed-*.tar.gz; remake it with scripts/wheelhouse.sh"
@@ -103,33 +115,13 @@ if ! "$PY" -c 'import fairseq' 2>/dev/null; then
   else
     say "using cached fairseq wheel from $cache"
   fi
-  offline_pip install -q "${FIND[@]}" --find-links "$cache" "fairseq-fixed==$version"
+  offline_pip install -q --no-deps "$(ls "$cache"/fairseq_fixed-"$version"-*.whl | head -1)"
 fi
 
-say "installing kvattn_fairseq (editable) and its tools from $WHEELHOUSE"
-offline_pip install -q "${FIND[@]}" --no-build-isolation --use-pep517 -e ".[test]"
-if [ $OFFLINE = 0 ]; then
-  offline_pip check
-else
-  # The venv also sees the machine's own packages, whose conflicts among themselves are not this set-up's to fix:
-  # only a broken requirement of a package of the plugin's stack (the wheelhouse's, fairseq, torch, the plugin)
-  # fails the set-up; the others are shown.
-  offline_pip check > "$VENV/pip-check.txt" 2>&1 || true
-  "$PY" - "$WHEELHOUSE/manifest.json" "$VENV/pip-check.txt" <<'PYEOF' || exit 1
-import json, re, sys
-canon = lambda n: re.sub(r"[-_.]+", "-", n).lower()
-ours = {canon(n) for n in json.load(open(sys.argv[1]))["resolved"]} | {"fairseq-fixed", "kvattn-fairseq", "torch"}
-bad = []
-for line in open(sys.argv[2]):
-    if line.strip() and not line.startswith("No broken"):
-        if canon(line.split()[0]) in ours:
-            bad.append(line.strip())
-        else:
-            print("note, the machine's own packages:", line.strip())
-if bad:
-    sys.exit("setup: pip check: " + "; ".join(bad))
-print("pip check: no broken requirements in the plugin's stack")
-PYEOF
-fi
-"$PY" -c 'import fairseq, kvattn_fairseq' || die "$VENV: import fairseq, kvattn_fairseq failed"
+say "installing kvattn_fairseq (editable)"
+offline_pip install -q --no-deps --no-build-isolation --use-pep517 -e .
+"$PY" scripts/offline_install.py check "$WHEELHOUSE" --extras "$EXTRAS" || exit 1
+"$PY" -c 'import logging; logging.disable(logging.CRITICAL)
+import torch, fairseq, kvattn_fairseq, sacrebleu, rouge_score, sentencepiece, hydra, matplotlib' \
+  || die "$VENV: importing the stack failed (the line above says which package)"
 say "ready: $VENV"

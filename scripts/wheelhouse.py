@@ -19,15 +19,13 @@ import tarfile
 import tempfile
 import time
 
-# before anything imports pip's vendored packages, which load the stdlib distutils that setuptools' own would replace
-import setuptools  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 # the target's own: never downloaded (torch's CUDA build brings these)
 TORCH_STACK = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64")
-EXTRA_BUILD = ["ninja"]
+EXTRA_BUILD = ["ninja", "setuptools>=64", "wheel"]  # ninja: parallel compiles; >=64: editable installs
 
 
 def fail(msg: str):
@@ -136,6 +134,10 @@ def sha256(path: str) -> str:
 
 
 def main(argv=None) -> int:
+    # before anything imports pip's vendored packages, which load the stdlib distutils that setuptools' own would
+    # replace.  Not at the top: offline_install.py imports this module, and a setuptools >= 71 once imported puts
+    # its vendored packages' metadata on sys.path, where they would pass for installed ones.
+    import setuptools  # noqa: F401
     p = argparse.ArgumentParser(prog="scripts/wheelhouse.sh", description=__doc__)
     p.add_argument("out")
     p.add_argument("--python", default="%d.%d" % sys.version_info[:2], help="target Python, e.g. 3.12")
@@ -144,7 +146,11 @@ def main(argv=None) -> int:
                                    "packages that require torch are resolved against it")
     p.add_argument("--have", help="the target's `python -m pip list --format=freeze`: those packages are kept at "
                                   "their versions and not downloaded")
+    p.add_argument("--triton", help="also carry triton==VERSION, for a machine whose torch does not bring it (a CPU "
+                                    "build): the plugin's Triton kernels then run in Triton's interpreter for tests")
     a = p.parse_args(argv)
+    if a.triton and not re.fullmatch(r"\d+(\.\d+)*", a.triton):
+        fail(f"--triton: expected a version like 3.6.0, got {a.triton!r}")
     if not re.fullmatch(r"3\.\d+", a.python):
         fail(f"--python: expected a version like 3.12, got {a.python!r}")
     if a.have and not os.path.isfile(a.have):
@@ -241,6 +247,10 @@ def main(argv=None) -> int:
             if canon(name) not in have:
                 shutil.move(os.path.join(wheels_dir, f), stage)
                 kept += 1
+        if a.triton:
+            print(f"[wheelhouse] triton=={a.triton} (for Triton's interpreter on a CPU)", flush=True)
+            pip(py, "download", "-q", "--no-deps", "--only-binary=:all:", *target, "-d", stage, f"triton=={a.triton}")
+            resolved.append(("triton", a.triton))
         print(f"[wheelhouse] {kept} wheels kept ({len(os.listdir(local))} built here), {len(resolved) - kept} left "
               f"out (the target has them)", flush=True)
 
@@ -250,7 +260,7 @@ def main(argv=None) -> int:
             "python": a.python, "platforms": list(a.platform or PLATFORMS),
             "requirements": [r for rs in wanted.values() for r in rs],
             "fairseq": {"requirement": fairseq_pin, "sdist": os.path.basename(sdist)},
-            "torch": torch_version,
+            "torch": torch_version, "triton": a.triton,
             "left_out": {"torch stack": TORCH_STACK.pattern, "the target has": sorted(have)},
             "resolved": {n: v for n, v in resolved},
             "files": [{"name": f, "bytes": os.path.getsize(os.path.join(stage, f)),

@@ -81,3 +81,35 @@ def test_kinds_takes_plans(capsys):
     with pytest.raises(SystemExit):
         main(["--mode", "smoke", "--kinds", "memsizer*5,softmax"])
     assert "--kinds: 'memsizer*5,softmax' fits none of mode smoke's models (2, 1, 1 layers)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "window", "window_memsizer", "memsizer"])
+def test_grown_state_is_exactly_what_decoding_holds(kind):
+    """The benchmark's shortcut to the state after t tokens has the shapes a real decode of t tokens leaves: a
+    window's cache stays at W - 1 positions, softmax's grows to t, a memory's does not grow."""
+    d = make_dictionary(50)
+    size = Size(2, 16, 32, 2, 50)
+    model = build_lm(kind, size, d, 128, torch.device("cpu"))
+    tokens = torch.randint(d.nspecial, len(d), (3, 80), generator=torch.Generator().manual_seed(0))
+    for t in (2, 5, 70):  # the window's default W is 64
+        real = {}
+        with torch.no_grad():
+            for n in range(1, t + 1):
+                model.decoder(tokens[:, :n], incremental_state=real)
+            grown = decode.grown_state(model, tokens, t)
+        shapes = lambda state: sorted((name, tuple(v.shape)) for buf in state.values() for name, v in buf.items()  # noqa: E731
+                                      if torch.is_tensor(v))
+        assert shapes(grown) == shapes(real), (kind, t)
+
+
+def test_gpu_mode_skips_a_plan_where_it_does_not_fit(tmp_path, capsys):
+    """gpu-dry's LM has 2 layers, its translation and training models 1: a 2-layer plan runs in decoding only."""
+    out = tmp_path / "bench"
+    assert main(["--mode", "gpu-dry", "--parts", "decode,translate,train", "--out", str(out), "--device", "cpu",
+                 "--kinds", "memsizer*2"]) == 0
+    log = capsys.readouterr().out
+    assert "[translate] memsizer*2: skipped, the plan does not fit this part's 1-layer model" in log
+    assert "[train] memsizer*2: skipped" in log
+    results = json.loads((out / "results.json").read_text())
+    assert all("memsizer*2" in c["models"] for c in results["decode"]["configs"])
+    assert all("memsizer*2" not in per for per in results["translate"]["by_dtype"].values())

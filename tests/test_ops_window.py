@@ -1,6 +1,6 @@
 """Sliding-window attention: the blocked training path and the dense decoding path agree with the definition
 (forward and gradients), continue an earlier call's keys, reduce to full attention for a wide window, and the
-module keeps a constant fp32 state of W - 1 keys and values."""
+module keeps a constant fp32 ring of the W most recent keys and values, prompts included."""
 import itertools
 
 import pytest
@@ -107,9 +107,29 @@ def test_decoding_state_is_constant_fp32_and_steps_equal_the_full_pass(make):
             sizes.append(sum(v.numel() for v in buf.values()))
             assert all(v.dtype == torch.float32 for v in buf.values() if v.is_floating_point())
     torch.testing.assert_close(torch.cat(outs), full, **TOL)
-    assert sizes[10:] == [sizes[10]] * 20  # constant once the window is full
-    keys = [v for name, v in buf.items() if name.endswith("prev_key")]
-    assert [t.size(2) for t in keys] == [4]  # W - 1 keys kept
+    assert sizes == [sizes[0]] * 30  # constant from the first token: the ring's slots
+    keys = [v for name, v in buf.items() if name.endswith("ring_key")]
+    assert [t.size(2) for t in keys] == [5]  # W slots: the new token and the W - 1 before it
+
+
+@pytest.mark.parametrize("prompt", [1, 3, 8])
+def test_a_padded_prompt_then_steps_equal_the_full_pass(prompt):
+    """fairseq-interactive / an LM prompt: several tokens in one incremental call (left-padded rows among them),
+    then single steps; the ring takes over exactly where the prompt ends."""
+    torch.manual_seed(0)
+    m = WindowAttention(16, 4, "decoder", window=5).eval()
+    x = rand(14, 3, 16, seed=6)
+    pad = torch.zeros(3, 14, dtype=torch.bool)
+    pad[1, :2] = True
+    with torch.no_grad():
+        full, _ = m(x, x, x, key_padding_mask=pad)
+        state = {}
+        outs = [m(x[:prompt], x[:prompt], x[:prompt], key_padding_mask=pad[:, :prompt], incremental_state=state)[0]]
+        for t in range(prompt, 14):
+            outs.append(m(x[t:t + 1], x[t:t + 1], x[t:t + 1], key_padding_mask=pad[:, t:t + 1],
+                          incremental_state=state)[0])
+    real = ~pad.t()
+    torch.testing.assert_close(torch.cat(outs)[real], full[real], **TOL)
 
 
 def test_training_path_scores_grow_linearly_in_t(monkeypatch):

@@ -11,7 +11,7 @@ from ..building import make_dictionary
 from ..modules.registry import ATTENTION_KINDS
 from . import decode, gpu, gpu_report, report, train, translate
 from .common import (VANILLA, Size, build_lm, build_translation, constant_state, decoder_kinds, fits, machine,
-                     split_kinds)
+                     skipped, split_kinds)
 from .floor import FLOOR
 
 MODES = {
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
             decode.decode_lm(build_lm(VANILLA, cfg["lm"], d, length + 8, device), d, device, batch, beam, length,
                              cfg["probes"])
             for kind in models:
-                if _skipped(kind, cfg["lm"], f"decode batch={batch} beam={beam}"):
+                if skipped(kind, cfg["lm"], f"decode batch={batch} beam={beam}", log):
                     continue
                 torch.manual_seed(0)
                 model = build_lm(kind, cfg["lm"], d, length + 8, device)
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         results["translate"] = {"size": cfg["mt"].__dict__, "beam": 4, "src_len": 30, "out_len": 30,
                                 "sentences": cfg["mt_sentences"], "batch": cfg["mt_batch"], "models": {}}
         for kind in models:
-            if _skipped(kind, cfg["mt"], "translate"):
+            if skipped(kind, cfg["mt"], "translate", log):
                 continue
             torch.manual_seed(0)
             model = build_translation(kind, cfg["mt"], d, device)
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     if "train" in parts:
         results["train"] = {"size": cfg["train"].__dict__, "batch": 1, "models": {}}
         for kind in models:
-            if _skipped(kind, cfg["train"], "train"):
+            if skipped(kind, cfg["train"], "train", log):
                 continue
             per_t = results["train"]["models"].setdefault(kind, {})
             for tlen in cfg["train_T"]:
@@ -192,13 +192,6 @@ def finish(results, kinds, out: str, save) -> int:
     log(f"wrote {os.path.join(out, 'results.json')}, summary.md and {len(results.get('plots', []))} plots in "
         f"{results['seconds']:.0f}s")
     return 0
-
-
-def _skipped(kind: str, size: Size, part: str) -> bool:
-    why = None if kind in (VANILLA, FLOOR) else fits(kind, size)
-    if why:
-        log(f"[{part}] {kind}: skipped, the plan does not fit this part's {size.layers}-layer model")
-    return bool(why)
 
 
 def _int_keys(d):

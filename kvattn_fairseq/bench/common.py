@@ -88,6 +88,14 @@ def fits(kind: str, size: Size) -> Optional[str]:
     return None
 
 
+def skipped(kind: str, size: Size, part: str, log) -> bool:
+    """True (with a line in the log) when `kind` is a plan for another number of layers than this part's model."""
+    why = None if kind in (VANILLA, FLOOR) else fits(kind, size)
+    if why:
+        log(f"[{part}] {kind}: skipped, the plan does not fit this part's {size.layers}-layer model")
+    return bool(why)
+
+
 def build_lm(kind: str, size: Size, dictionary, max_positions: int, device: torch.device):
     """fairseq's transformer_lm (vanilla, and with its attention removed: the floor) or kvattn_lm with `kind`."""
     if kind in (VANILLA, FLOOR):

@@ -3,8 +3,8 @@
 short-range precision a fixed-size memory lacks, and the memory carries everything older.  docs/papers/sliding-window.md
 states the definitions and the parameters.
 
-Decoding state: the W - 1 most recent keys and values (fp32), so a new token sees W positions; constant in the
-output length, like the memory kinds' state.
+Decoding state: a ring of the W most recent keys and values (fp32; ops/window.py), so a new token sees W positions;
+constant in the output length, like the memory kinds' state.
 """
 from typing import Dict, List, Optional
 
@@ -31,20 +31,20 @@ class WindowAttention(ProjectedAttention):
 
     def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
         q, k, v = (self.heads(p, x) for p in (self.q_proj, self.k_proj, self.v_proj))
-        key_pad = pad
-        if state is not None:
-            new_pad = pad if pad is not None else torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-            if "prev_key" in state:
-                k = torch.cat([state["prev_key"], k.float()], dim=2)
-                v = torch.cat([state["prev_value"], v.float()], dim=2)
-                new_pad = torch.cat([state["prev_key_padding_mask"], new_pad], dim=1)
-            key_pad = new_pad
-            start = max(0, k.size(2) - (self.window - 1))  # the next token adds itself
-            state["prev_key"] = k[:, :, start:].float()
-            state["prev_value"] = v[:, :, start:].float()
-            state["prev_key_padding_mask"] = key_pad[:, start:]
-        out = ops.attention(q, k, v, self.window, self.causal, key_pad, self.scaling, self.dropout_p, self.training)
+        if state is None:
+            out = ops.attention(q, k, v, self.window, self.causal, pad, self.scaling, self.dropout_p,
+                                self.training)
+            return self.output(out, x.dtype)
+        ring = {name: state[f"ring_{name}"] for name in RING} if "ring_key" in state else None
+        if x.size(1) == 1:
+            out, ring = ops.ring_step(q, k, v, ring, self.window, self.scaling, None if pad is None else pad[:, 0])
+        else:
+            out, ring = ops.ring_prefill(q, k, v, ring, self.window, self.scaling, pad)
+        state.update({f"ring_{name}": ring[name] for name in RING})
         return self.output(out, x.dtype)
+
+
+RING = ("key", "value", "valid", "count")
 
 
 class WindowMemoryAttention(KVAttentionBase):

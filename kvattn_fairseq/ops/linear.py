@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import kernels
 from .linear_scan import DEFAULT_CHUNK, acc_dtype, causal_dot_product, dot_product_step
 
 EPS = 1e-6
@@ -46,13 +47,25 @@ def read_features(fq: Tensor, mem: Tensor, out_dtype) -> Tensor:
 def causal_parallel_features(fq: Tensor, fk: Tensor, v: Tensor, pad: Optional[Tensor] = None,
                              state: Optional[Tensor] = None, chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, Tensor]:
     """phi(q), phi(k) [B, T, dk], v [B, T, dv] -> (out [B, T, dv], state [B, dk, dv + 1]), fp32."""
+    if kernels.fla_ok(fk) and fk.dtype != torch.float64:
+        from ..kernels.chunked import causal_linear
+
+        return causal_linear(fq, fk if pad is None else fk.masked_fill(pad.unsqueeze(-1), 0.0), v, state)
     fk, va = _values_with_ones(fk, v, pad)
     num_den, state = causal_dot_product(fq, fk, va, state, chunk)
     return _normalise(num_den), state
 
 
+def _fused_step(q, k, v, state, pad, feature: bool):
+    from ..kernels.step import dot_product_step as fused
+
+    return fused(q, k, v, state, feature=feature, augment=True, keep=None if pad is None else (~pad).float())
+
+
 def causal_step_features(fq: Tensor, fk: Tensor, v: Tensor, state: Optional[Tensor] = None,
                          pad: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    if kernels.triton_ok(fk) and fk.dtype != torch.float64:
+        return _fused_step(fq, fk, v, state, pad, feature=False)
     fk, va = _values_with_ones(fk, v, pad)
     num_den, state = dot_product_step(fq, fk, va, state)
     return _normalise(num_den), state
@@ -73,6 +86,8 @@ def causal_parallel(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = Non
 
 def causal_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = None,
                 pad: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    if kernels.triton_ok(k) and k.dtype != torch.float64:
+        return _fused_step(q, k, v, state, pad, feature=True)  # elu + 1 inside the kernel
     return causal_step_features(feature_map(q), feature_map(k), v, state, pad)
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import kernels
+
 DEFAULT_CHUNK = 64
 
 
@@ -22,6 +24,10 @@ def acc_dtype(t: Tensor) -> torch.dtype:
 def causal_dot_product(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = None,
                        chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, Tensor]:
     """Returns (out [N, T, dv], final state S_T [N, dk, dv]), both in the accumulation dtype."""
+    if kernels.fla_ok(k) and k.dtype != torch.float64:
+        from ..kernels.chunked import causal_dot_product as fused
+
+        return fused(q, k, v, state)
     n, tlen, dk = k.shape
     dv = v.shape[-1]
     acc = acc_dtype(k)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import kernels
 from .linear_scan import DEFAULT_CHUNK, acc_dtype as _acc_dtype, causal_dot_product, dot_product_step
 
 State = Tuple[Tensor, Tensor]  # (S [B, k, d] fp32 unscaled running sum, count [B] int64)
@@ -57,10 +58,16 @@ def causal_step(p: Tensor, a: Tensor, u: Tensor, state: Optional[State] = None,
                 pad: Optional[Tensor] = None) -> Tuple[Tensor, State]:
     """One token: p [B, k], a [B, k], u [B, d], pad [B] -> out [B, d], new state."""
     s, count = state if state is not None else (None, None)
-    if pad is not None:
-        a = a.masked_fill(pad.unsqueeze(-1), 0.0)
     step = torch.ones_like(a[:, 0], dtype=torch.long) if pad is None else (~pad).long()
     count = step if count is None else count + step
+    if kernels.triton_ok(a) and a.dtype != torch.float64:
+        from ..kernels.step import dot_product_step as fused
+
+        out, s = fused(p, a, u, s, keep=None if pad is None else step.float(),
+                       scale=count.clamp(min=1).float().rsqrt())
+        return out.to(u.dtype), (s, count)
+    if pad is not None:
+        a = a.masked_fill(pad.unsqueeze(-1), 0.0)
     out, s = dot_product_step(p, a, u, s)
     out = out * count.clamp(min=1).to(out.dtype).rsqrt().unsqueeze(1)
     return out.to(u.dtype), (s, count)

@@ -11,14 +11,21 @@ Shapes: q [B, H, Tq, d], k and v [B, H, Tk, d]; the queries are the last Tq of t
 earlier call precede them: decoding and prefill).  Scores, softmax and the weighted sum run in fp32.
 
 Two implementations agree with the definition (`reference`): `attention` picks a dense product for a few queries
-(decoding) and otherwise the blocked path, which cuts the positions into blocks of W and lets each block of queries
-see only its own block and its neighbours: O(T * W) time and memory, never a T x T matrix.
+and otherwise the blocked path, which cuts the positions into blocks of W and lets each block of queries see only
+its own block and its neighbours: O(T * W) time and memory, never a T x T matrix.  On a GPU the blocks go through
+torch's fused scaled-dot-product attention (one kernel, backward included) instead of the unfused product.
+
+Decoding keeps a ring of the W most recent keys and values (`Ring`): the new token's key and value overwrite the
+oldest slot (position t goes to slot t mod W) and the query reads all W slots.  Softmax attention does not care in
+which order its keys come, so the ring is never rotated: a step writes one slot and reads W, whatever t is.
 """
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .. import kernels
 
 FEW_QUERIES = 8
 
@@ -80,8 +87,92 @@ def _blocked(q, k, v, window, causal, key_pad, scale, dropout_p, training):
     local = torch.arange(c, device=q.device)
     span = torch.arange(kb.size(3), device=q.device) - sides[0] * c
     allowed = _band(local, span, window, causal).view(1, 1, 1, c, -1) & valid_b.view(bsz, 1, n, 1, -1)
-    out = _attend(qb, kb, vb, allowed, scale, dropout_p, training)
+    if kernels.sdpa_ok(q):
+        out = _fused_blocks(qb, kb, vb, allowed, sides[0] * c, scale, dropout_p, training)
+    else:
+        out = _attend(qb, kb, vb, allowed, scale, dropout_p, training)
     return out.flatten(2, 3)[:, :, tk - tq:tk]
+
+
+def _fused_blocks(qb: Tensor, kb: Tensor, vb: Tensor, allowed: Tensor, offset: int, scale: float, dropout_p: float,
+                  training: bool) -> Tensor:
+    """The blocked product through F.scaled_dot_product_attention: blocks become the batch ([B * n, H, c, d]) so
+    that one boolean mask per block broadcasts over the heads.  A row with no visible key (a padded query whose
+    whole window is padding) would come out NaN from the fused softmax: it sees its own slot instead, and is zeroed
+    afterwards, as the reference gives it zeros."""
+    bsz, heads, n, c, d = qb.shape
+    span = kb.size(3)
+    empty = ~allowed.any(dim=-1, keepdim=True)                          # [B, 1, n, c, 1]
+    diagonal = torch.arange(span, device=qb.device).view(1, span) == \
+        (torch.arange(c, device=qb.device) + offset).view(c, 1)
+    mask = (allowed | (empty & diagonal)).expand(bsz, 1, n, c, span)
+
+    def blocks(t: Tensor) -> Tensor:
+        return t.transpose(1, 2).reshape(bsz * n, heads, t.size(3), d)
+
+    out = F.scaled_dot_product_attention(blocks(qb), blocks(kb.to(qb.dtype)), blocks(vb.to(qb.dtype)),
+                                         attn_mask=mask.transpose(1, 2).reshape(bsz * n, 1, c, span),
+                                         dropout_p=dropout_p if training else 0.0, scale=scale)
+    out = out.view(bsz, n, heads, c, d).transpose(1, 2)
+    return out.masked_fill(empty.view(bsz, 1, n, c, 1), 0.0)
+
+
+Ring = Dict[str, Tensor]  # key, value [B, H, W, d] fp32; valid [B, W] (slot holds a real token); count [B] long
+
+
+def ring_step(q: Tensor, k: Tensor, v: Tensor, ring: Optional[Ring], window: int, scale: float,
+              pad: Optional[Tensor] = None) -> (Tensor, Ring):
+    """One decoding step: q, k, v [B, H, 1, d], pad [B] (True: the new token is padding) -> (out [B, H, 1, d] in
+    q's dtype, the new ring).  The rings are new tensors: fairseq's search may still reorder or drop the old."""
+    bsz, heads, _, d = k.shape
+    if ring is None:
+        ring = ring_empty(bsz, heads, window, d, k.device)
+    if kernels.triton_ok(q) and q.dtype != torch.float64:
+        from ..kernels.window_step import ring_step as fused
+
+        return fused(q, k, v, ring, scale, pad)
+    slot = (ring["count"] % window).view(bsz, 1, 1, 1)
+    key = ring["key"].scatter(2, slot.expand(bsz, heads, 1, d), k.float())
+    value = ring["value"].scatter(2, slot.expand(bsz, heads, 1, d), v.float())
+    real = torch.ones(bsz, 1, dtype=torch.bool, device=k.device) if pad is None else ~pad.view(bsz, 1)
+    valid = ring["valid"].scatter(1, slot.view(bsz, 1), real)
+    out = _attend(q, key, value, valid.view(bsz, 1, 1, window), scale, 0.0, False)
+    return out.to(q.dtype), {"key": key, "value": value, "valid": valid, "count": ring["count"] + 1}
+
+
+def ring_empty(bsz: int, heads: int, window: int, d: int, device) -> Ring:
+    return {"key": torch.zeros(bsz, heads, window, d, device=device),
+            "value": torch.zeros(bsz, heads, window, d, device=device),
+            "valid": torch.zeros(bsz, window, dtype=torch.bool, device=device),
+            "count": torch.zeros(bsz, dtype=torch.long, device=device)}
+
+
+def ring_prefill(q: Tensor, k: Tensor, v: Tensor, ring: Optional[Ring], window: int, scale: float,
+                 pad: Optional[Tensor] = None) -> (Tensor, Ring):
+    """Several tokens at once (a prompt): the ring's keys in the order of their positions, then the new ones,
+    through `attention`; the ring then holds the last W of them.  q, k, v [B, H, T, d], pad [B, T]."""
+    bsz, heads, tlen, d = k.shape
+    if ring is None:
+        ring = ring_empty(bsz, heads, window, d, k.device)
+    count = ring["count"]
+    # positions of the W slots' latest writes, oldest first; a position below 0 was never written
+    pos = count.view(bsz, 1) - window + torch.arange(window, device=k.device).view(1, window)
+    order = pos % window
+    gather = order.view(bsz, 1, window, 1).expand(bsz, heads, window, d)
+    keys = torch.cat([ring["key"].gather(2, gather), k.float()], dim=2)
+    values = torch.cat([ring["value"].gather(2, gather), v.float()], dim=2)
+    new_pad = torch.zeros(bsz, tlen, dtype=torch.bool, device=k.device) if pad is None else pad
+    key_pad = torch.cat([~(ring["valid"].gather(1, order) & (pos >= 0)), new_pad], dim=1)
+    out = attention(q, keys, values, window, True, key_pad, scale)
+    # the last W positions go to their slots
+    last = torch.cat([pos, count.view(bsz, 1) + torch.arange(tlen, device=k.device).view(1, tlen)], dim=1)[:, -window:]
+    slots = (last % window).view(bsz, 1, window, 1).expand(bsz, heads, window, d)
+    fresh = ring_empty(bsz, heads, window, d, k.device)
+    ring = {"key": fresh["key"].scatter(2, slots, keys[:, :, -window:]),
+            "value": fresh["value"].scatter(2, slots, values[:, :, -window:]),
+            "valid": fresh["valid"].scatter(1, last % window, ~key_pad[:, -window:] & (last >= 0)),
+            "count": count + tlen}
+    return out, ring
 
 
 def reference(q: Tensor, k: Tensor, v: Tensor, window: int, causal: bool, key_pad: Optional[Tensor] = None,

@@ -1,0 +1,84 @@
+"""One decoding step of the linear kinds in one kernel launch (Triton), instead of the half-dozen launches of the
+PyTorch form (casts, the rank-1 update, the read, the normalisation):
+
+    S' = S + keep * phi(k) v^T          (fp32, a new tensor: fairseq's search keeps or drops the old one)
+    out = phi(q)^T S'                   [* scale]                        memsizer: scale = count^-1/2
+    out = phi(q)^T S' / phi(q)^T z'     (z' = z + keep * phi(k) kept as S's last column)      linear attention
+
+phi is elu + 1 (`feature`) or the identity (features computed by the caller).  The reference is
+ops/linear_scan.dot_product_step and its callers; tests/test_kernels.py checks them against each other.
+"""
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+EPS = 1e-6  # ops/linear.py's clamp of the denominator
+
+
+@triton.jit
+def _elu1(x):
+    return tl.where(x > 0, x + 1.0, tl.exp(tl.minimum(x, 0.0)))
+
+
+@triton.jit
+def _step_kernel(q_ptr, k_ptr, v_ptr, s_ptr, s_out_ptr, out_ptr, keep_ptr, scale_ptr, DK, DV, COLS,
+                 BK: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr, AUGMENT: tl.constexpr,
+                 HAS_STATE: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_SCALE: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    vb = tl.program_id(1)
+    ok = tl.arange(0, BK)
+    mk = ok < DK
+    ov = vb * BV + tl.arange(0, BV)
+    mv = ov < DV
+    q = tl.load(q_ptr + n * DK + ok, mask=mk, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + n * DK + ok, mask=mk, other=0.0).to(tl.float32)
+    if FEATURE:
+        q = tl.where(mk, _elu1(q), 0.0)
+        k = tl.where(mk, _elu1(k), 0.0)
+    if HAS_KEEP:
+        k = k * tl.load(keep_ptr + n)
+    v = tl.load(v_ptr + n * DV + ov, mask=mv, other=0.0).to(tl.float32)
+    tile = n * DK * COLS + ok[:, None] * COLS + ov[None, :]
+    m2 = mk[:, None] & mv[None, :]
+    s = k[:, None] * v[None, :]
+    if HAS_STATE:
+        s += tl.load(s_ptr + tile, mask=m2, other=0.0)
+    tl.store(s_out_ptr + tile, s, mask=m2)
+    num = tl.sum(q[:, None] * s, axis=0)
+    if AUGMENT:
+        z = k
+        if HAS_STATE:
+            z += tl.load(s_ptr + n * DK * COLS + ok * COLS + DV, mask=mk, other=0.0)
+        if vb == 0:
+            tl.store(s_out_ptr + n * DK * COLS + ok * COLS + DV, z, mask=mk)
+        num = num / tl.maximum(tl.sum(q * z, axis=0), 1e-6)
+    if HAS_SCALE:
+        num = num * tl.load(scale_ptr + n)
+    tl.store(out_ptr + n * DV + ov, num, mask=mv)
+
+
+def dot_product_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = None, *, feature: bool = False,
+                     augment: bool = False, keep: Optional[Tensor] = None,
+                     scale: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """q, k [N, dk], v [N, dv], state [N, dk, dv (+1 with `augment`)] fp32 or None; keep, scale [N] fp32 or None
+    -> (out [N, dv] fp32, new state fp32)."""
+    n, dk = k.shape
+    dv = v.shape[-1]
+    cols = dv + 1 if augment else dv
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if state is not None:
+        state = state.to(torch.float32).contiguous()
+    new = torch.empty(n, dk, cols, device=k.device, dtype=torch.float32)
+    out = torch.empty(n, dv, device=k.device, dtype=torch.float32)
+    bv = min(triton.next_power_of_2(dv), 128)
+    dummy = out  # never read: its flag is off
+    _step_kernel[(n, triton.cdiv(dv, bv))](
+        q, k, v, state if state is not None else dummy, new, out,
+        keep.to(torch.float32).contiguous() if keep is not None else dummy,
+        scale.to(torch.float32).contiguous() if scale is not None else dummy,
+        dk, dv, cols, BK=triton.next_power_of_2(dk), BV=bv, FEATURE=feature, AUGMENT=augment,
+        HAS_STATE=state is not None, HAS_KEEP=keep is not None, HAS_SCALE=scale is not None)
+    return out, new

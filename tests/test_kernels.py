@@ -1,0 +1,260 @@
+"""The GPU paths (kvattn_fairseq/kernels) compute what the PyTorch ops compute.
+
+- The plugin's own Triton kernels (a linear kind's decoding step, the window's ring step) run here on a CUDA device
+  and, without one, in Triton's interpreter on the CPU (KVATTN_KERNELS=interpret): against the PyTorch step, and
+  inside whole models whose incremental decoding must equal their full forward pass and survive beam reordering.
+- flash-linear-attention's chunked kernels do not run in the interpreter: on a CUDA device they are compared with the
+  PyTorch chunked path; on the CPU the glue around them (layouts, padding of narrow keys, the linear kind's
+  denominator, the state's layout, gradients) runs with fla's own PyTorch definition standing in for the kernel.
+- torch's fused attention (the window's blocks, the softmax kind's full-sequence forward) is CUDA-only in use;
+  here it is forced on the CPU, where torch has the same function, against the unfused path.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
+
+from kvattn_fairseq import kernels  # noqa: E402
+from kvattn_fairseq.modules.softmax_attention import SoftmaxAttention  # noqa: E402
+from kvattn_fairseq.ops import linear as lops  # noqa: E402
+from kvattn_fairseq.ops import linear_scan  # noqa: E402
+from kvattn_fairseq.ops import memsizer as mops  # noqa: E402
+from kvattn_fairseq.ops import window as wops  # noqa: E402
+
+import test_decoder_parity as parity  # noqa: E402
+
+triton = pytest.importorskip("triton", reason="the gpu extra (triton) is not installed")
+CUDA = torch.cuda.is_available()
+DEVICES = ["cuda"] if CUDA else ["cpu"]
+DEVICE = DEVICES[0]
+pytestmark = [pytest.mark.cuda] if CUDA else []  # scripts/gpu-check.sh selects `-m cuda`
+TOL = dict(atol=2e-5, rtol=2e-5)
+# fla's kernels multiply fp32 in TF32 on a GPU (10-bit mantissa); the PyTorch reference does not
+FLA_TOL = dict(atol=5e-3, rtol=5e-3) if CUDA else dict(atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture
+def fused(monkeypatch):
+    """The plugin's Triton kernels for every tensor: compiled on a GPU, interpreted on the CPU."""
+    monkeypatch.setenv("KVATTN_KERNELS", "auto" if CUDA else "interpret")
+
+
+def torch_only(monkeypatch):
+    monkeypatch.setenv("KVATTN_KERNELS", "torch")
+
+
+def rand(*shape, seed=0, device="cpu"):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def test_modes_are_read_at_each_call_and_checked(monkeypatch):
+    t = torch.zeros(1)
+    monkeypatch.setenv("KVATTN_KERNELS", "torch")
+    assert not kernels.triton_ok(t) and not kernels.fla_ok(t) and not kernels.sdpa_ok(t)
+    monkeypatch.setenv("KVATTN_KERNELS", "auto")
+    assert not kernels.triton_ok(t)  # a CPU tensor: the PyTorch ops
+    monkeypatch.setenv("KVATTN_KERNELS", "interpret")
+    assert kernels.triton_ok(t) and not kernels.fla_ok(t)
+    monkeypatch.setenv("KVATTN_KERNELS", "fast")
+    with pytest.raises(ValueError, match="KVATTN_KERNELS: expected one of auto, torch, interpret, got 'fast'"):
+        kernels.mode()
+
+
+# --- the decoding steps --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_step_kernel_equals_the_pytorch_step(device, dtype, monkeypatch):
+    n, dk, dv = 6, 16, 24
+    q, k, v = (rand(n, d, seed=i, device=device).to(dtype) for i, d in enumerate((dk, dk, dv)))
+    pad = torch.tensor([False, True, False, False, True, False], device=device)
+    state = rand(n, dk, dv + 1, seed=5, device=device).abs()
+    for s, p in ((None, None), (state, None), (state, pad)):
+        torch_only(monkeypatch)
+        want = lops.causal_step(q, k, v, s, p)
+        want_features = lops.causal_step_features(lops.feature_map(q), lops.feature_map(k), v, s, p)
+        monkeypatch.setenv("KVATTN_KERNELS", "auto" if CUDA else "interpret")
+        got = lops.causal_step(q, k, v, s, p)
+        got_features = lops.causal_step_features(lops.feature_map(q), lops.feature_map(k), v, s, p)
+        for a, b in zip(got + got_features, want + want_features):
+            assert a.dtype == b.dtype == torch.float32
+            torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_memsizer_step_kernel_equals_the_pytorch_step(device, monkeypatch):
+    n, slots, d = 5, 4, 40
+    p = torch.softmax(rand(n, slots, seed=1, device=device), -1)
+    a, u = rand(n, slots, seed=2, device=device), rand(n, d, seed=3, device=device).half()
+    pad = torch.tensor([False, True, False, True, False], device=device)
+    state = None
+    for step in range(4):
+        torch_only(monkeypatch)
+        want, want_state = mops.causal_step(p, a, u, state, pad if step % 2 else None)
+        monkeypatch.setenv("KVATTN_KERNELS", "auto" if CUDA else "interpret")
+        got, state = mops.causal_step(p, a, u, state, pad if step % 2 else None)
+        assert got.dtype == want.dtype == torch.float16
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(state[0], want_state[0], **TOL)
+        assert torch.equal(state[1], want_state[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("window", [4, 5])
+def test_ring_step_kernel_equals_the_pytorch_ring(device, window, monkeypatch):
+    from kvattn_fairseq.kernels.window_step import ring_step as fused_ring
+
+    bsz, heads, d = 3, 2, 6
+    ring = fused = None
+    for t in range(13):
+        q, k, v = (rand(bsz, heads, 1, d, seed=10 * t + i, device=device) for i in range(3))
+        pad = torch.tensor([t < 3, False, t % 4 == 0], device=device)  # a left-padded row, a row with holes
+        torch_only(monkeypatch)
+        want, ring = wops.ring_step(q, k, v, ring, window, 0.5, pad)
+        fused = fused or wops.ring_empty(bsz, heads, window, d, device)
+        got, fused = fused_ring(q, k, v, fused, 0.5, pad)
+        torch.testing.assert_close(got, want, **TOL)
+        for name in ring:
+            torch.testing.assert_close(fused[name], ring[name], atol=0, rtol=0)
+    assert want[0].abs().max() > 0 and torch.isfinite(want).all()
+
+
+# whole models decoding through the kernels: every step equals the full (PyTorch, parallel) forward.  Short
+# sequences: the interpreter runs every kernel program one by one in Python.
+@pytest.mark.parametrize("name", ["linear", "memsizer-lm-arch", "window-memsizer-lm"])
+def test_lm_decoding_through_the_kernels_equals_the_full_pass(name, fused):
+    d = parity.make_dictionary()
+    model = parity.build_model(*parity.LM_CONFIGS[name], dictionary=d).to(DEVICE)
+    prev = parity._targets(d, 2, 12, torch.Generator().manual_seed(1)).to(DEVICE)  # past the window (7)
+    with torch.no_grad():
+        full, _ = model(prev)
+        inc, _ = parity._incremental(model.decoder, prev)
+    torch.testing.assert_close(inc, full, **parity.TOL)
+
+
+@pytest.mark.parametrize("name", ["linear", "window-memsizer-lm"])
+def test_lm_reorder_through_the_kernels(name, fused):
+    d = parity.make_dictionary()
+    model = parity.build_model(*parity.LM_CONFIGS[name], dictionary=d).to(DEVICE)
+    prev = parity._targets(d, 6, 9, torch.Generator().manual_seed(4)).to(DEVICE)
+    new_order = torch.tensor(parity.ORDERS["duplicated-and-shrunk"], device=DEVICE)
+    with torch.no_grad():
+        tail, prev2, _ = parity._reorder_then_continue(model, prev, new_order)
+        full, _ = model(prev2)
+    torch.testing.assert_close(tail, full[:, 6:], **parity.TOL)
+
+
+# --- the chunked training path through fla ---------------------------------------------------------------------------
+@pytest.fixture
+def fla_glue(monkeypatch):
+    """On the CPU: fla's PyTorch definition of its kernel (no gate: plain linear attention) in the kernel's place."""
+    if CUDA:
+        pytest.importorskip("fla.ops.simple_gla", reason="the gpu extra (fla-core) is not installed")
+        return
+    naive = pytest.importorskip("fla.ops.simple_gla.naive")
+    from kvattn_fairseq.kernels import chunked
+
+    def stand_in(q, k, v, scale=None, initial_state=None, output_final_state=False, **_):
+        out, final = naive.naive_recurrent_simple_gla(q, k, v, torch.zeros(q.shape[:3]), scale=scale,
+                                                      initial_state=initial_state,
+                                                      output_final_state=output_final_state)
+        return out.to(q.dtype), final
+
+    monkeypatch.setattr(chunked, "_chunk", lambda: stand_in)
+    monkeypatch.setattr(kernels, "fla_ok", lambda t: True)
+
+
+def _both(monkeypatch, fn, *tensors):
+    """fn's outputs and gradients through the PyTorch path and through fla."""
+    results = []
+    for mode in ("torch", "auto"):
+        monkeypatch.setenv("KVATTN_KERNELS", mode)
+        if mode == "torch":
+            saved = kernels.fla_ok
+            monkeypatch.setattr(kernels, "fla_ok", lambda t: False)
+        inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors]
+        outs = fn(*inputs)
+        outs = [o for o in (outs if isinstance(outs, tuple) else (outs,)) if torch.is_tensor(o)]
+        sum(((o.float() * (i + 1)).sin().sum() for i, o in enumerate(outs))).backward()
+        results.append((outs, [t.grad for t in inputs if t.grad is not None]))
+        if mode == "torch":
+            monkeypatch.setattr(kernels, "fla_ok", saved)
+    return results
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_chunked_kernel_glue_equals_the_pytorch_prefix_product(device, fla_glue, monkeypatch):
+    n, t, dk, dv = 3, 37, 5, 7  # a key narrower than the kernel's smallest tile, a length off the chunk grid
+    q, k, v = (rand(n, t, d, seed=i, device=device) for i, d in enumerate((dk, dk, dv)))
+    s0 = rand(n, dk, dv, seed=4, device=device)
+    (want, want_g), (got, got_g) = _both(monkeypatch, linear_scan.causal_dot_product, q, k, v, s0)
+    for a, b in zip(got + got_g, want + want_g):
+        torch.testing.assert_close(a, b, **FLA_TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_and_memsizer_training_paths_through_fla(device, fla_glue, monkeypatch):
+    bsz, t, dk, dv = 2, 45, 8, 6
+    pad = torch.zeros(bsz, t, dtype=torch.bool, device=device)
+    pad[1, -7:] = True
+    q, k, v = (rand(bsz, t, d, seed=i, device=device) for i, d in enumerate((dk, dk, dv)))
+    state = rand(bsz, dk, dv + 1, seed=9, device=device).abs()
+    (want, want_g), (got, got_g) = _both(monkeypatch, lambda q_, k_, v_, s_: lops.causal_parallel(q_, k_, v_, pad, s_),
+                                         q, k, v, state)
+    for a, b in zip(got + got_g, want + want_g):
+        torch.testing.assert_close(a, b, **FLA_TOL)
+    p = torch.softmax(rand(bsz, t, 4, seed=11, device=device), -1)
+    a, u = rand(bsz, t, 4, seed=12, device=device), rand(bsz, t, 10, seed=13, device=device)
+    (want, want_g), (got, got_g) = _both(
+        monkeypatch, lambda *x: mops.causal_parallel(*x, pad=pad, return_state=True)[0], p, a, u)
+    for x, y in zip(got + got_g, want + want_g):
+        torch.testing.assert_close(x, y, **FLA_TOL)
+
+
+# --- torch's fused attention ------------------------------------------------------------------------------------------
+@pytest.fixture
+def sdpa(monkeypatch):
+    monkeypatch.setattr(kernels, "sdpa_ok", lambda t: True)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_window_blocks_through_fused_attention_match_the_definition(causal, sdpa):
+    q, k, v = (rand(3, 2, 23, 4, seed=i) for i in range(3))
+    key_pad = torch.zeros(3, 23, dtype=torch.bool)
+    key_pad[0, :9] = True   # a left-padded row whose first queries see nothing but padding
+    key_pad[2, -5:] = True
+    for pad in (None, key_pad):
+        ref = wops.reference(q, k, v, 4, causal, pad, scale=0.5).float()
+        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = wops._blocked(*inputs, 4, causal, pad, 0.5, 0.0, False)
+        torch.testing.assert_close(out, ref, **TOL)
+        out.sum().backward()
+        assert all(torch.isfinite(t.grad).all() for t in inputs)
+
+
+def _fairseq_forward(module, *args, **kwargs):
+    return super(SoftmaxAttention, module).forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize("position", ["decoder", "encoder", "cross"])
+def test_softmax_through_fused_attention_equals_fairseq(position, sdpa):
+    torch.manual_seed(0)
+    cross = position == "cross"
+    m = SoftmaxAttention(16, 4, kdim=12 if cross else None, vdim=12 if cross else None, self_attention=not cross,
+                         encoder_decoder_attention=cross, causal=position == "decoder").eval()
+    x = rand(9, 3, 16, seed=1)
+    src = rand(11, 3, 12, seed=2) if cross else x
+    pad = torch.zeros(3, src.size(0), dtype=torch.bool)
+    pad[1, -3:] = True  # right padding (a target) ...
+    pad[2, :2] = True   # ... and left padding (a source)
+    mask = torch.triu(torch.full((9, 9), float("-inf")), 1) if position == "decoder" else None
+    for key_pad in (None, pad):
+        want, _ = _fairseq_forward(m, x, src, src, key_padding_mask=key_pad, need_weights=False, attn_mask=mask)
+        got, weights = m(x, src, src, key_padding_mask=key_pad, need_weights=False, attn_mask=mask)
+        assert weights is None
+        # padded queries of a self-attention see themselves here (fairseq: NaN where nothing else is visible)
+        real = torch.ones(9, 3, dtype=torch.bool) if key_pad is None or cross else ~key_pad.t()
+        torch.testing.assert_close(got[real], want[real], **TOL)
+        assert torch.isfinite(got).all()
