@@ -1,5 +1,6 @@
 """One decoding step of the linear kinds in one kernel launch (Triton), instead of the half-dozen launches of the
-PyTorch form (casts, the rank-1 update, the read, the normalisation):
+PyTorch form (casts, the rank-1 update, the read, the normalisation), and of the delta rule (`delta_step`:
+u = beta (v - S^T k), S' = S + k u^T, out = S'^T q; each value tile needs only its own columns of S):
 
     S' = S + keep * phi(k) v^T          (fp32, a new tensor: fairseq's search keeps or drops the old one)
     out = phi(q)^T S'                   [* scale]                        memsizer: scale = count^-1/2
@@ -81,4 +82,45 @@ def dot_product_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = 
         scale.to(torch.float32).contiguous() if scale is not None else dummy,
         dk, dv, cols, BK=triton.next_power_of_2(dk), BV=bv, FEATURE=feature, AUGMENT=augment,
         HAS_STATE=state is not None, HAS_KEEP=keep is not None, HAS_SCALE=scale is not None)
+    return out, new
+
+
+@triton.jit
+def _delta_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, s_ptr, s_out_ptr, out_ptr, DK, DV,
+                  BK: tl.constexpr, BV: tl.constexpr, HAS_STATE: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    vb = tl.program_id(1)
+    ok = tl.arange(0, BK)
+    mk = ok < DK
+    ov = vb * BV + tl.arange(0, BV)
+    mv = ov < DV
+    q = tl.load(q_ptr + n * DK + ok, mask=mk, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + n * DK + ok, mask=mk, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + n * DV + ov, mask=mv, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + n).to(tl.float32)
+    tile = n * DK * DV + ok[:, None] * DV + ov[None, :]
+    m2 = mk[:, None] & mv[None, :]
+    if HAS_STATE:
+        s = tl.load(s_ptr + tile, mask=m2, other=0.0)
+    else:
+        s = tl.zeros([BK, BV], dtype=tl.float32)
+    u = beta * (v - tl.sum(k[:, None] * s, axis=0))   # what k should read minus what it reads, scaled
+    s = s + k[:, None] * u[None, :]
+    tl.store(s_out_ptr + tile, s, mask=m2)
+    tl.store(out_ptr + n * DV + ov, tl.sum(q[:, None] * s, axis=0), mask=mv)
+
+
+def delta_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, state: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """One delta-rule step (ops/delta.causal_step's contract, padding folded into beta by the caller): q, k [N, dk],
+    v [N, dv], beta [N], state [N, dk, dv] fp32 or None -> (out [N, dv] fp32, new state fp32)."""
+    n, dk = k.shape
+    dv = v.shape[-1]
+    q, k, v, beta = q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous()
+    if state is not None:
+        state = state.to(torch.float32).contiguous()
+    new = torch.empty(n, dk, dv, device=k.device, dtype=torch.float32)
+    out = torch.empty(n, dv, device=k.device, dtype=torch.float32)
+    bv = min(triton.next_power_of_2(dv), 64)
+    _delta_kernel[(n, triton.cdiv(dv, bv))](q, k, v, beta, state if state is not None else out, new, out, dk, dv,
+                                           BK=triton.next_power_of_2(dk), BV=bv, HAS_STATE=state is not None)
     return out, new
