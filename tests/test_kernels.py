@@ -134,16 +134,47 @@ def test_lm_decoding_through_the_kernels_equals_the_full_pass(name, fused):
     torch.testing.assert_close(inc, full, **parity.TOL)
 
 
-@pytest.mark.parametrize("name", ["linear", "window-memsizer-lm"])
+@pytest.mark.parametrize("name", ["linear", "window-memsizer-lm", "mlk-lm-arch", "memsizer-lm-arch"])
 def test_lm_reorder_through_the_kernels(name, fused):
+    """The search's reorder is recorded, not applied, and the next fused step gathers its rows by it: two reorders
+    in a row (composed), a permutation with duplicates and a shrinking batch."""
     d = parity.make_dictionary()
     model = parity.build_model(*parity.LM_CONFIGS[name], dictionary=d).to(DEVICE)
     prev = parity._targets(d, 6, 9, torch.Generator().manual_seed(4)).to(DEVICE)
-    new_order = torch.tensor(parity.ORDERS["duplicated-and-shrunk"], device=DEVICE)
+    first = torch.tensor([5, 4, 3, 2, 1, 0], device=DEVICE)
+    second = torch.tensor(parity.ORDERS["duplicated-and-shrunk"], device=DEVICE)
+    state = {}
     with torch.no_grad():
-        tail, prev2, _ = parity._reorder_then_continue(model, prev, new_order)
+        for t in range(6):
+            model.decoder(prev[:, : t + 1], incremental_state=state)
+        model.decoder.reorder_incremental_state_scripting(state, first)
+        model.decoder.reorder_incremental_state_scripting(state, second)
+        assert any("pending_order" in buf for buf in state.values())  # recorded, not applied
+        prev2 = prev[first][second]
+        tail = torch.cat([model.decoder(prev2[:, : t + 1], incremental_state=state)[0] for t in range(6, 9)], 1)
         full, _ = model(prev2)
     torch.testing.assert_close(tail, full[:, 6:], **parity.TOL)
+
+
+def test_a_pending_reorder_is_applied_before_a_prompt(fused):
+    """A multi-token call after a reorder (a prompt continued, at the module level) reads the state in the new
+    order: the pending order is applied first."""
+    from kvattn_fairseq.modules import MemSizerAttention, WindowAttention, WindowMemoryAttention
+
+    torch.manual_seed(0)
+    m = WindowMemoryAttention(WindowAttention(16, 4, "decoder", window=3),
+                              MemSizerAttention(16, 4, 3, "decoder")).to(DEVICE).eval()
+    x = rand(11, 3, 16, seed=2, device=DEVICE)  # time first
+    order = torch.tensor([2, 0, 0], device=DEVICE)
+    state = {}
+    with torch.no_grad():
+        for t in range(5):
+            m(x[t:t + 1], x[t:t + 1], x[t:t + 1], incremental_state=state)
+        m.reorder_incremental_state(state, order)
+        assert any("pending_order" in buf for buf in state.values())
+        tail, _ = m(x[5:, order], x[5:, order], x[5:, order], incremental_state=state)
+        full, _ = m(x[:, order], x[:, order], x[:, order])
+    torch.testing.assert_close(tail, full[5:], **TOL)
 
 
 # --- the chunked training path through fla ---------------------------------------------------------------------------

@@ -45,3 +45,23 @@ def causal_linear(fq: Tensor, fk: Tensor, v: Tensor, state: Optional[Tensor] = N
         z = z + z0.unsqueeze(1)
     den = (fq.float() * z).sum(-1, keepdim=True).clamp(min=1e-6)  # ops/linear.py's EPS
     return num / den, torch.cat([s_last, z[:, -1].unsqueeze(-1)], dim=-1)
+
+
+def _delta_chunk():
+    from fla.ops.delta_rule import chunk_delta_rule
+
+    return chunk_delta_rule
+
+
+def causal_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor,
+                 state: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """ops/delta.causal_chunked's contract, padding already folded into k and beta (zero there): q, k [N, T, dk]
+    (k L2-normalised), v [N, T, dv], beta [N, T], state [N, dk, dv] -> (out [N, T, dv] fp32, final state fp32),
+    through fla's chunked delta-rule kernel (the WY form of Yang et al. 2024, forward and backward).  fla takes half
+    precision only: the callers send fp16/bf16 inputs (bounded: unit keys, beta in [0, 1]); the state stays fp32."""
+    dtype = q.dtype
+    q4, k4, v4 = (x.to(dtype).unsqueeze(2) for x in (q, k, v))
+    h0 = None if state is None else state.float().unsqueeze(1)
+    out, final = _delta_chunk()(q4, k4, v4, beta.to(dtype).unsqueeze(2), scale=1.0, initial_state=h0,
+                                output_final_state=True)
+    return out.squeeze(2).float(), final.squeeze(1).float()

@@ -11,30 +11,34 @@ from torch import Tensor
 
 
 @triton.jit
-def _ring_kernel(q_ptr, k_ptr, v_ptr, key_ptr, value_ptr, valid_ptr, count_ptr, real_ptr,
+def _ring_kernel(q_ptr, k_ptr, v_ptr, key_ptr, value_ptr, valid_ptr, count_ptr, real_ptr, order_ptr,
                  key_out, value_out, valid_out, count_out, out_ptr, H, D, W, scale,
-                 BW: tl.constexpr, BD: tl.constexpr):
+                 BW: tl.constexpr, BD: tl.constexpr, HAS_ORDER: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     b = pid // H
     h = pid % H
+    src = b  # the ring this hypothesis continues: the search's reorder, folded into the step
+    if HAS_ORDER:
+        src = tl.load(order_ptr + b).to(tl.int64)
     od = tl.arange(0, BD)
     md = od < D
     ow = tl.arange(0, BW)
     mw = ow < W
-    count = tl.load(count_ptr + b)
+    count = tl.load(count_ptr + src)
     slot = count % W
     here = ow == slot
     real = tl.load(real_ptr + b) != 0
     q = tl.load(q_ptr + pid * D + od, mask=md, other=0.0).to(tl.float32)
     k = tl.load(k_ptr + pid * D + od, mask=md, other=0.0).to(tl.float32)
     v = tl.load(v_ptr + pid * D + od, mask=md, other=0.0).to(tl.float32)
-    tile = pid * W * D + ow[:, None] * D + od[None, :]
+    tile = ow[:, None] * D + od[None, :]
+    old = (src * H + h) * W * D
     m2 = mw[:, None] & md[None, :]
-    keys = tl.where(here[:, None], k[None, :], tl.load(key_ptr + tile, mask=m2, other=0.0))
-    values = tl.where(here[:, None], v[None, :], tl.load(value_ptr + tile, mask=m2, other=0.0))
-    valid = tl.where(here, real, tl.load(valid_ptr + b * W + ow, mask=mw, other=0) != 0) & mw
-    tl.store(key_out + tile, keys, mask=m2)
-    tl.store(value_out + tile, values, mask=m2)
+    keys = tl.where(here[:, None], k[None, :], tl.load(key_ptr + old + tile, mask=m2, other=0.0))
+    values = tl.where(here[:, None], v[None, :], tl.load(value_ptr + old + tile, mask=m2, other=0.0))
+    valid = tl.where(here, real, tl.load(valid_ptr + src * W + ow, mask=mw, other=0) != 0) & mw
+    tl.store(key_out + pid * W * D + tile, keys, mask=m2)
+    tl.store(value_out + pid * W * D + tile, values, mask=m2)
     if h == 0:
         tl.store(valid_out + b * W + ow, valid, mask=mw)
         tl.store(count_out + b, count + 1)
@@ -47,19 +51,21 @@ def _ring_kernel(q_ptr, k_ptr, v_ptr, key_ptr, value_ptr, valid_ptr, count_ptr, 
 
 
 def ring_step(q: Tensor, k: Tensor, v: Tensor, ring: Dict[str, Tensor], scale: float,
-              pad: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
-    """ops.window.ring_step's contract: q, k, v [B, H, 1, d]; ring key/value [B, H, W, d] fp32, valid [B, W] bool,
-    count [B] long; pad [B] or None -> (out [B, H, 1, d] in q's dtype, the new ring)."""
+              pad: Optional[Tensor] = None, order: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """ops.window.ring_step's contract: q, k, v [B, H, 1, d]; ring key/value [M, H, W, d] fp32, valid [M, W] bool,
+    count [M] long; pad [B] or None; order [B]: hypothesis b continues ring order[b] (a search's reorder; default
+    b) -> (out [B, H, 1, d] in q's dtype, the new ring of B rows)."""
     bsz, heads, _, d = k.shape
     window = ring["key"].size(2)
-    key, value = torch.empty_like(ring["key"]), torch.empty_like(ring["value"])
-    valid = torch.empty_like(ring["valid"])
-    count = torch.empty_like(ring["count"])
+    key = torch.empty(bsz, heads, window, d, dtype=ring["key"].dtype, device=k.device)
+    value = torch.empty_like(key)
+    valid = torch.empty(bsz, window, dtype=ring["valid"].dtype, device=k.device)
+    count = torch.empty(bsz, dtype=ring["count"].dtype, device=k.device)
     out = torch.empty(bsz, heads, 1, d, dtype=q.dtype, device=q.device)
     real = torch.ones(bsz, dtype=torch.bool, device=k.device) if pad is None else ~pad
     _ring_kernel[(bsz * heads,)](
         q.contiguous(), k.contiguous(), v.contiguous(), ring["key"].contiguous(), ring["value"].contiguous(),
         ring["valid"].contiguous(), ring["count"].contiguous(), real.contiguous(),
-        key, value, valid, count, out, heads, d, window, float(scale), BW=triton.next_power_of_2(window),
-        BD=triton.next_power_of_2(d))
+        order.contiguous() if order is not None else real, key, value, valid, count, out, heads, d, window,
+        float(scale), BW=triton.next_power_of_2(window), BD=triton.next_power_of_2(d), HAS_ORDER=order is not None)
     return out, {"key": key, "value": value, "valid": valid, "count": count}

@@ -12,10 +12,13 @@ from torch import Tensor, nn
 
 from fairseq.incremental_decoding_utils import with_incremental_state
 
+from .. import kernels
+
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
 PER_SENTENCE = "_per_sentence"  # suffix of state entries kept once per source sentence under beam search
+PENDING_ORDER = "pending_order"  # a search's reorder not yet applied: the next fused step gathers its rows by it
 
 
 @with_incremental_state
@@ -117,12 +120,32 @@ class KVAttentionBase(nn.Module):
     def set_beam_size(self, beam_size: int) -> None:
         self.beam_size = beam_size
 
+    # A causal kind whose fused decoding step (kvattn_fairseq/kernels) reads its state rows through an index sets
+    # this: on the kernels' devices, a search's reorder is then recorded, not applied, and the next step gathers the
+    # rows it reads (one launch instead of an index_select per state tensor and layer).
+    lazy_reorder = False
+
+    def take_order(self, state: Dict[str, Tensor], fused: bool) -> Optional[Tensor]:
+        """The reorder pending in `state`, removed from it: returned for a fused step to gather by, or (`fused`
+        False: a step of the PyTorch ops, a prompt, a read of the state) applied here to every entry first."""
+        order = state.pop(PENDING_ORDER, None)
+        if order is None or fused:
+            return order
+        for k, v in state.items():
+            if v is not None:
+                state[k] = v.index_select(0, order)
+        return None
+
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor):
         """Select hypotheses: `new_order` may permute them and may be shorter (finished sentences dropped)."""
         buffer = self._get_input_buffer(incremental_state)
         if not buffer:
             return incremental_state
         first = next((v for v in buffer.values() if v is not None), None)
+        if self.lazy_reorder and self.causal and first is not None and kernels.triton_ok(first):
+            pending = buffer.get(PENDING_ORDER)
+            buffer[PENDING_ORDER] = new_order if pending is None else pending.index_select(0, new_order)
+            return self._set_input_buffer(incremental_state, buffer)
         # Skipping the copy for an identity order (greedy search) needs the order's values: free on the CPU, but on
         # a GPU reading them back would stall every decoding step, so there the state is always gathered.
         if first is not None and new_order.device.type == "cpu" and first.size(0) == new_order.numel() and \

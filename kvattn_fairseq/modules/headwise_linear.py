@@ -3,6 +3,7 @@ torch-only ops, the decoding state kept as [B, H, ...] so that fairseq's reorder
 hypotheses, and the cross-attention memory built once per source sentence."""
 from typing import Dict, Optional
 
+import torch
 from torch import Tensor
 
 from .projected import ProjectedAttention
@@ -43,13 +44,19 @@ class HeadwiseLinearAttention(ProjectedAttention):
         if not self.causal:
             out = self._read(q, self._memory(k, v, fpad), x.dtype)
         else:
-            prev = None
+            prev, order = None, None
+            step = state is not None and x.size(1) == 1
+            if state is not None:
+                order = self.take_order(state, fused=step)  # a pending reorder: gathered by the fused step
             if state is not None and self.state_keys[0] in state:
                 prev = tuple(_flat(state[key]) for key in self.state_keys)
                 prev = prev[0] if len(prev) == 1 else prev
-            if state is not None and x.size(1) == 1:
+            if step:
+                rows = None if order is None else \
+                    (order.view(-1, 1) * h + torch.arange(h, device=order.device)).view(-1)  # heads are rows
+                extra = {} if rows is None else {"order": rows}
                 out, new = self._causal(q[:, 0], k[:, 0], v[:, 0], None if fpad is None else fpad[:, 0], prev,
-                                        step=True)
+                                        step=True, **extra)
                 out = out.unsqueeze(1)
             else:
                 out, new = self._causal(q, k, v, fpad, prev, step=False)

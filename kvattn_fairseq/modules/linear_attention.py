@@ -27,6 +27,7 @@ class LinearAttention(HeadwiseLinearAttention):
     """phi(x) = elu(x) + 1 kernel attention."""
 
     state_keys = ("kv_sum",)
+    lazy_reorder = True  # its step runs on kernels/step.py, which gathers by a pending reorder
 
     def _memory(self, k, v, pad):
         return lops.memory(k, v, pad)
@@ -34,9 +35,9 @@ class LinearAttention(HeadwiseLinearAttention):
     def _read(self, q, mem, dtype):
         return lops.read(q, mem, dtype)
 
-    def _causal(self, q, k, v, pad, state, step):
+    def _causal(self, q, k, v, pad, state, step, order=None):
         if step:
-            return lops.causal_step(q, k, v, state, pad)
+            return lops.causal_step(q, k, v, state, pad, order)
         return lops.causal_parallel(q, k, v, pad, state)
 
 

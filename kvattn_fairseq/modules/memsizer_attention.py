@@ -15,6 +15,8 @@ from .registry import AttentionSite, KindOption, positive_float, positive_int, r
 
 
 class MemSizerAttention(KVAttentionBase):
+    lazy_reorder = True  # its step runs on kernels/step.py, which gathers by a pending reorder
+
     def __init__(self, embed_dim: int, num_heads: int, slots: int, position: str, kdim: Optional[int] = None,
                  dropout: float = 0.0, q_init_scale: float = 8.0, kv_init_scale: float = 8.0,
                  chunk: int = ops.DEFAULT_CHUNK):
@@ -69,9 +71,11 @@ class MemSizerAttention(KVAttentionBase):
         if state is None:
             out, _ = ops.causal_parallel(p, a, u, pad, chunk=self.chunk)
             return out
+        order = self.take_order(state, fused=x.size(1) == 1)  # a pending reorder: gathered by the step
         prev = (state["sum"], state["count"]) if "sum" in state else None
         if x.size(1) == 1:
-            out, (s, count) = ops.causal_step(p[:, 0], a[:, 0], u[:, 0], prev, None if pad is None else pad[:, 0])
+            out, (s, count) = ops.causal_step(p[:, 0], a[:, 0], u[:, 0], prev, None if pad is None else pad[:, 0],
+                                              order)
             out = out.unsqueeze(1)
         else:  # prefill: a whole prompt in one call, same state as stepping through it
             out, (s, count) = ops.causal_parallel(p, a, u, pad, prev, self.chunk, return_state=True)

@@ -215,9 +215,11 @@ class MLKAttention(HeadwiseLinearAttention):
     def _read(self, q, mem, dtype):
         return lops.read_features(lops.feature_map(q), mem, dtype)
 
-    def _causal(self, q, fk, v, pad, state, step):
+    lazy_reorder = True  # its step runs on kernels/step.py, which gathers by a pending reorder
+
+    def _causal(self, q, fk, v, pad, state, step, order=None):
         if step:
-            return lops.causal_step_features(lops.feature_map(q), fk, v, state, pad)
+            return lops.causal_step_features(lops.feature_map(q), fk, v, state, pad, order)
         return lops.causal_parallel_features(lops.feature_map(q), fk, v, pad, state)
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import window as ops
-from .base import KVAttentionBase
+from .base import PENDING_ORDER, KVAttentionBase
 from .projected import ProjectedAttention
 from .registry import AttentionSite, KindOption, build_attention, positive_int, register_attention_kind
 
@@ -21,6 +21,8 @@ DEFAULT_WINDOW = 64  # Based's sliding window
 
 class WindowAttention(ProjectedAttention):
     """fairseq's q/k/v/out projections and scaled dot products, each query restricted to its window."""
+
+    lazy_reorder = True  # its step runs on kernels/window_step.py, which gathers by a pending reorder
 
     def __init__(self, embed_dim: int, num_heads: int, position: str, window: int, dropout: float = 0.0):
         super().__init__(embed_dim, num_heads, position, dropout=dropout)
@@ -35,9 +37,11 @@ class WindowAttention(ProjectedAttention):
             out = ops.attention(q, k, v, self.window, self.causal, pad, self.scaling, self.dropout_p,
                                 self.training)
             return self.output(out, x.dtype)
+        order = self.take_order(state, fused=x.size(1) == 1)  # a pending reorder: gathered by the step
         ring = {name: state[f"ring_{name}"] for name in RING} if "ring_key" in state else None
         if x.size(1) == 1:
-            out, ring = ops.ring_step(q, k, v, ring, self.window, self.scaling, None if pad is None else pad[:, 0])
+            out, ring = ops.ring_step(q, k, v, ring, self.window, self.scaling, None if pad is None else pad[:, 0],
+                                      order)
         else:
             out, ring = ops.ring_prefill(q, k, v, ring, self.window, self.scaling, pad)
         state.update({f"ring_{name}": ring[name] for name in RING})
@@ -57,6 +61,7 @@ class WindowMemoryAttention(KVAttentionBase):
     def __init__(self, local: WindowAttention, memory: KVAttentionBase):
         super().__init__(local.embed_dim, local.num_heads, local.position)
         self.local, self.memory = local, memory
+        self.lazy_reorder = local.lazy_reorder and memory.lazy_reorder  # each branch gathers by the pending order
 
     def init_from_softmax(self, softmax: Dict[str, Tensor]) -> List[str]:
         """The window takes the softmax attention's q/k/v/out; the memory's last map starts at zero (the output
@@ -70,9 +75,12 @@ class WindowMemoryAttention(KVAttentionBase):
 
     def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
         out = 0
+        order = None if state is None else state.pop(PENDING_ORDER, None)
         for name in self.BRANCHES:
             sub = None if state is None else {k.split(".", 1)[1]: v for k, v in state.items()
                                               if k.startswith(name + ".")}
+            if order is not None and sub:
+                sub[PENDING_ORDER] = order
             out = out + getattr(self, name).attend_self(x, pad, sub)
             if state is not None:
                 state.update({f"{name}.{k}": v for k, v in sub.items()})

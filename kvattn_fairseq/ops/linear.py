@@ -56,16 +56,20 @@ def causal_parallel_features(fq: Tensor, fk: Tensor, v: Tensor, pad: Optional[Te
     return _normalise(num_den), state
 
 
-def _fused_step(q, k, v, state, pad, feature: bool):
+def _fused_step(q, k, v, state, pad, feature: bool, order):
     from ..kernels.step import dot_product_step as fused
 
-    return fused(q, k, v, state, feature=feature, augment=True, keep=None if pad is None else (~pad).float())
+    return fused(q, k, v, state, feature=feature, augment=True, keep=None if pad is None else (~pad).float(),
+                 order=order)
 
 
 def causal_step_features(fq: Tensor, fk: Tensor, v: Tensor, state: Optional[Tensor] = None,
-                         pad: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                         pad: Optional[Tensor] = None, order: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """`order` [B]: row b continues state row order[b] (a search's reorder not yet applied)."""
     if kernels.triton_ok(fk) and fk.dtype != torch.float64:
-        return _fused_step(fq, fk, v, state, pad, feature=False)
+        return _fused_step(fq, fk, v, state, pad, False, order)
+    if order is not None and state is not None:
+        state = state.index_select(0, order)
     fk, va = _values_with_ones(fk, v, pad)
     num_den, state = dot_product_step(fq, fk, va, state)
     return _normalise(num_den), state
@@ -85,10 +89,10 @@ def causal_parallel(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = Non
 
 
 def causal_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = None,
-                pad: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                pad: Optional[Tensor] = None, order: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     if kernels.triton_ok(k) and k.dtype != torch.float64:
-        return _fused_step(q, k, v, state, pad, feature=True)  # elu + 1 inside the kernel
-    return causal_step_features(feature_map(q), feature_map(k), v, state, pad)
+        return _fused_step(q, k, v, state, pad, True, order)  # elu + 1 inside the kernel
+    return causal_step_features(feature_map(q), feature_map(k), v, state, pad, order)
 
 
 def reference(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = None, causal: bool = True) -> Tensor:

@@ -55,16 +55,22 @@ def read(p: Tensor, mem: Tensor, out_dtype: torch.dtype) -> Tensor:
 
 
 def causal_step(p: Tensor, a: Tensor, u: Tensor, state: Optional[State] = None,
-                pad: Optional[Tensor] = None) -> Tuple[Tensor, State]:
-    """One token: p [B, k], a [B, k], u [B, d], pad [B] -> out [B, d], new state."""
+                pad: Optional[Tensor] = None, order: Optional[Tensor] = None) -> Tuple[Tensor, State]:
+    """One token: p [B, k], a [B, k], u [B, d], pad [B] -> out [B, d], new state; `order` [B]: row b continues
+    state row order[b] (a search's reorder not yet applied)."""
     s, count = state if state is not None else (None, None)
+    if order is not None and count is not None:
+        count = count.index_select(0, order)
+    fused = kernels.triton_ok(a) and a.dtype != torch.float64
+    if order is not None and s is not None and not fused:
+        s = s.index_select(0, order)
     step = torch.ones_like(a[:, 0], dtype=torch.long) if pad is None else (~pad).long()
     count = step if count is None else count + step
-    if kernels.triton_ok(a) and a.dtype != torch.float64:
-        from ..kernels.step import dot_product_step as fused
+    if fused:
+        from ..kernels import step as kernel
 
-        out, s = fused(p, a, u, s, keep=None if pad is None else step.float(),
-                       scale=count.clamp(min=1).float().rsqrt())
+        out, s = kernel.dot_product_step(p, a, u, s, keep=None if pad is None else step.float(),
+                                         scale=count.clamp(min=1).float().rsqrt(), order=order)
         return out.to(u.dtype), (s, count)
     if pad is not None:
         a = a.masked_fill(pad.unsqueeze(-1), 0.0)

@@ -121,16 +121,19 @@ Ring = Dict[str, Tensor]  # key, value [B, H, W, d] fp32; valid [B, W] (slot hol
 
 
 def ring_step(q: Tensor, k: Tensor, v: Tensor, ring: Optional[Ring], window: int, scale: float,
-              pad: Optional[Tensor] = None) -> (Tensor, Ring):
-    """One decoding step: q, k, v [B, H, 1, d], pad [B] (True: the new token is padding) -> (out [B, H, 1, d] in
-    q's dtype, the new ring).  The rings are new tensors: fairseq's search may still reorder or drop the old."""
+              pad: Optional[Tensor] = None, order: Optional[Tensor] = None) -> (Tensor, Ring):
+    """One decoding step: q, k, v [B, H, 1, d], pad [B] (True: the new token is padding), order [B] (row b
+    continues ring row order[b]: a search's reorder not yet applied) -> (out [B, H, 1, d] in q's dtype, the new
+    ring).  The rings are new tensors: fairseq's search may still reorder or drop the old."""
     bsz, heads, _, d = k.shape
     if ring is None:
-        ring = ring_empty(bsz, heads, window, d, k.device)
+        ring, order = ring_empty(bsz, heads, window, d, k.device), None
     if kernels.triton_ok(q) and q.dtype != torch.float64:
         from ..kernels.window_step import ring_step as fused
 
-        return fused(q, k, v, ring, scale, pad)
+        return fused(q, k, v, ring, scale, pad, order)
+    if order is not None:
+        ring = {name: t.index_select(0, order) for name, t in ring.items()}
     slot = (ring["count"] % window).view(bsz, 1, 1, 1)
     key = ring["key"].scatter(2, slot.expand(bsz, heads, 1, d), k.float())
     value = ring["value"].scatter(2, slot.expand(bsz, heads, 1, d), v.float())
