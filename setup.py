@@ -25,5 +25,5 @@ setup(
         "test": ["pytest>=7", "hypothesis", "matplotlib"],
         "bench": ["matplotlib"],
     },
-    entry_points={"console_scripts": ["kvattn-fairseq=kvattn_fairseq.cli:main"]},
+    entry_points={"console_scripts": ["kvattn-fairseq=kvattn_fairseq.commands:main"]},
 )
