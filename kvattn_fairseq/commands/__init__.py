@@ -8,6 +8,7 @@ its name.
 """
 import argparse
 import importlib
+import inspect
 import sys
 from typing import Iterator, Optional, Sequence, Tuple
 
@@ -26,7 +27,7 @@ COMMANDS = {
     "prepare-wmt16-en-de": ("kvattn_fairseq.data.wmt16:cli", "WMT16 En-De (scripts/prepare-wmt16-en-de.sh)"),
     "prepare-cnndm": ("kvattn_fairseq.data.cnndm:cli", "CNN/DailyMail (scripts/prepare-cnndm.sh)"),
     "prepare-wikitext103": ("kvattn_fairseq.data.wikitext103:cli", "WikiText-103 (scripts/prepare-wikitext103.sh)"),
-    "fixtures": ("kvattn_fairseq.data.fixtures:main", "tiny archives in the real formats of the datasets"),
+    "fixtures": ("kvattn_fairseq.data.fixtures:cli", "tiny archives in the real formats of the datasets"),
     "convert": ("kvattn_fairseq.checkpoints.convert:main",
                 "a trained checkpoint with other attention kinds, the weights carried over"),
     "convert-chain": ("kvattn_fairseq.checkpoints.chain:main",
@@ -41,8 +42,10 @@ COMMANDS = {
 
 def run_command(name: str, argv: Sequence[str]) -> int:
     module, function = COMMANDS[name][0].split(":")
-    code = getattr(importlib.import_module(module), function)(list(argv))
-    return code or 0
+    main = getattr(importlib.import_module(module), function)
+    # a main that is also behind a script (make_tables.py) takes the name to report errors under
+    named = {"prog": f"{PROG} {name}"} if "prog" in inspect.signature(main).parameters else {}
+    return main(list(argv), **named) or 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

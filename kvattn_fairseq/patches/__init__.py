@@ -6,6 +6,7 @@ No function appears twice, so nothing depends on the order in which modules are 
 "fairseq fixes applied on import" is readme_section() (`python -m kvattn_fairseq --patches` prints it; a test
 keeps the two equal); docs/papers/fairseq-pitfalls.md has the background.
 """
+import textwrap
 from typing import List
 
 from . import (atomic_checkpoints, attention_plan, bf16, checkpoint_globals, cpu_distributed, last_batch,
@@ -43,7 +44,7 @@ PATCHES = (
           "DistributedDataParallel for CPU modules, which it refuses: dropped for them",
           (cpu_distributed.cpu_aware_ddp,)),
     Patch("fairseq.distributed.utils.call_main", "fairseq's argparse path turns `--bf16` into `--tpu` and crashes "
-          "looking for torch_xla: without torch_xla, `--bf16` trains in bfloat16 on the CPU or GPU (innermost); "
+          "looking for torch_xla: without torch_xla, `--bf16` trains in bfloat16 on the CPU or GPU, states in fp32 (innermost); "
           "then each tool's whole config is checked before any work: `fairseq-train --fp16` without CUDA, "
           "`fairseq-eval-lm` with a `--context-window` that leaves nothing to score, `fairseq-interactive` with "
           "stdin closed are one line", (bf16.without_tpu, tool_refusals.refuse_before_running)),
@@ -66,8 +67,14 @@ PATCHES = (
           (one_line_errors.usage_free,)),
     Patch("sys.excepthook", "a refusal raised inside fairseq's tools (the plugin's errors, an input longer than the "
           "model admits, weights that do not fit the model, an allocation too large for the machine) is printed as "
-          "one line naming the fix instead of a traceback", (one_line_errors.excepthook,)),
+          "one line naming the fix instead of a traceback (`--memsizer-self-slots 1000000000`: out of memory, "
+          "with the flags that size the model and the batch)", (one_line_errors.excepthook,)),
 )
+
+
+# the README's generated section lies between these two lines
+README_BEGIN = "<!-- generated from kvattn_fairseq/patches/__init__.py (PATCHES): edit the list there -->\n"
+README_END = "<!-- end of the generated list -->\n"
 
 
 def apply() -> None:
@@ -76,7 +83,11 @@ def apply() -> None:
         patch.apply()
 
 
-def readme_section() -> str:
+def readme_section(width: int = 118) -> str:
     """The README's numbered list of the fixes, rendered from PATCHES."""
-    lines: List[str] = [f"{i}. `{p.target}`: {p.why}." for i, p in enumerate(PATCHES, 1)]
+    lines: List[str] = []
+    for i, patch in enumerate(PATCHES, 1):
+        head = f"{i}. "
+        lines += textwrap.wrap(f"{head}`{patch.target}`: {patch.why}.", width, subsequent_indent=" " * len(head),
+                               break_long_words=False, break_on_hyphens=False)
     return "\n".join(lines) + "\n"
