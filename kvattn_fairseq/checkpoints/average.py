@@ -20,7 +20,6 @@ import argparse
 import collections
 import os
 import re
-import sys
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -179,6 +178,3 @@ def main(argv=None) -> int:
 
     return run_main(p.prog, body)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,8 +26,8 @@ from typing import Dict, List, Optional, Sequence
 from ..util import proc
 from ..util.cli import ArgumentParser, run_main, split_passthrough
 from ..util.errors import OneLineError
-from ..util.io import (add_made, check_output_dir, check_replaceable, made_entries, mark, tracking_writes,
-                      write_atomic)
+from ..util.io import (add_made, check_output_dir, check_replaceable, made_entries, mark, read_json,
+                      tracking_writes, write_atomic)
 from . import config
 
 CHAIN = "chain.json"
@@ -99,11 +99,7 @@ def chain_settings(checkpoint: str, data: str, convert_flags: Sequence[str], tra
 
 
 def _recorded(out: str) -> Optional[Dict]:
-    try:
-        with open(os.path.join(out, CHAIN), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
+    data = read_json(os.path.join(out, CHAIN))
     return data.get("settings") if isinstance(data, dict) else None
 
 
@@ -236,6 +232,3 @@ def main(argv=None) -> int:
 
     return run_main(p.prog, body)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

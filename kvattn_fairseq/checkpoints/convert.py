@@ -16,7 +16,6 @@ kvattn_plan the new attention plan (plan.py).
 import argparse
 import copy
 import os
-import sys
 from typing import Dict, List, Tuple
 
 import torch
@@ -374,6 +373,3 @@ def main(argv=None) -> int:
 
     return run_main(p.prog, body)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -55,6 +55,3 @@ def main(argv=None) -> None:
     else:
         write_lm(args.outdir, args.train, args.valid, args.test, seed=args.seed)
 
-
-if __name__ == "__main__":
-    main()

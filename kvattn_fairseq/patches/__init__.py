@@ -44,8 +44,8 @@ PATCHES = (
           "DistributedDataParallel for CPU modules, which it refuses: dropped for them",
           (cpu_distributed.cpu_aware_ddp,)),
     Patch("fairseq.distributed.utils.call_main", "fairseq's argparse path turns `--bf16` into `--tpu` and crashes "
-          "looking for torch_xla: without torch_xla, `--bf16` trains in bfloat16 on the CPU or GPU, states in fp32 (innermost); "
-          "then each tool's whole config is checked before any work: `fairseq-train --fp16` without CUDA, "
+          "looking for torch_xla: without torch_xla, `--bf16` trains in bfloat16 on the CPU or GPU, states in fp32 "
+          "(innermost); then each tool's whole config is checked before any work: `fairseq-train --fp16` without CUDA, "
           "`fairseq-eval-lm` with a `--context-window` that leaves nothing to score, `fairseq-interactive` with "
           "stdin closed are one line", (bf16.without_tpu, tool_refusals.refuse_before_running)),
     Patch("fairseq.tasks.language_modeling.LanguageModelingTask.eval_lm_dataloader", "`fairseq-eval-lm` skips "
