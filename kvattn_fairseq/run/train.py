@@ -164,8 +164,6 @@ class Command:
 
         from fairseq import options
 
-        from ..modules.registry import AttentionConfigError
-
         err = io.StringIO()
         quiet = logging.getLogger("fairseq.utils")  # "--user-dir ... has already been imported" (it has: here)
         level = quiet.level
@@ -177,9 +175,7 @@ class Command:
             lines = [line for line in err.getvalue().splitlines() if line.strip()]
             message = lines[-1].split("error: ", 1)[-1] if lines else "bad arguments"
             raise OneLineError(f"fairseq-train would refuse the command: {message}") from None
-        except AttentionConfigError as e:
-            raise OneLineError(str(e)) from None
-        finally:
+        finally:  # a bad attention plan is an AttentionConfigError, a OneLineError already
             quiet.setLevel(level)
 
 
