@@ -28,5 +28,5 @@ setup(
         # imported only when a CUDA device is used
         "gpu": ["fla-core==0.6.0", "einops"],
     },
-    entry_points={"console_scripts": ["kvattn-fairseq=kvattn_fairseq.cli:main"]},
+    entry_points={"console_scripts": ["kvattn-fairseq=kvattn_fairseq.commands:main"]},
 )

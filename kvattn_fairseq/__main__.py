@@ -1,7 +1,8 @@
-"""`python -m kvattn_fairseq --user-dir | --kinds | --archs` (the `kvattn-fairseq` console script runs cli.main)."""
+"""`python -m kvattn_fairseq COMMAND [ARGS] | --user-dir | --kinds | --archs | --patches` (commands/; the
+`kvattn-fairseq` console script runs the same main)."""
 import sys
 
-from .cli import main
+from .commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@
 #
 # The result is DIR/finetune/checkpoint_last.pt; DIR/chain.json records the settings and every command.  A rerun
 # with the same settings resumes; one with other settings is refused, or redone with --force.
-# See `scripts/convert.sh --help` (python -m kvattn_fairseq.convert_chain) for the details.
+# See `scripts/convert.sh --help` (python -m kvattn_fairseq convert-chain) for the details.
 # The Python used is $PYTHON, else the checkout's .venv, else python3.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,4 +19,4 @@ py="${PYTHON:-}"
 if [[ -z "$py" ]]; then
   if [[ -x "$here/../.venv/bin/python" ]]; then py="$here/../.venv/bin/python"; else py=python3; fi
 fi
-exec "$py" -m kvattn_fairseq.convert_chain "$@"
+exec "$py" -m kvattn_fairseq convert-chain "$@"

@@ -9,5 +9,5 @@
 #   --drop F  remove recipe flag F from every row (e.g. fp16 where it is unsupported)
 #   -- FLAGS  passed to every fairseq-train run (e.g. --distributed-world-size 8 --update-freq 2)
 #
-# = python -m kvattn_fairseq.paper_tables; the Python used is $PYTHON, else the checkout's .venv, else python3.
-source "$(dirname "${BASH_SOURCE[0]}")/python.sh" && run_module kvattn_fairseq.paper_tables "$@"
+# = python -m kvattn_fairseq paper-tables; the Python used is $PYTHON, else the checkout's .venv, else python3.
+source "$(dirname "${BASH_SOURCE[0]}")/python.sh" && run_module kvattn_fairseq paper-tables "$@"

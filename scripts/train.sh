@@ -3,7 +3,7 @@
 #
 #   scripts/train.sh EXPERIMENT DATA_BIN SAVE_DIR [--kind KIND] [--tiny] [--drop FLAG]... [-- FLAGS...]
 #
-#   EXPERIMENT  a name from `python -m kvattn_fairseq.experiments list`
+#   EXPERIMENT  a name from `python -m kvattn_fairseq experiments list`
 #   DATA_BIN    fairseq-preprocess output (its dictionaries are checked before anything starts)
 #   SAVE_DIR    checkpoints; a rerun resumes from SAVE_DIR/checkpoint_last.pt
 #   --kind K    attention kind K at every position of the model where it fits, softmax at the others
@@ -19,4 +19,4 @@ if [[ $# -eq 0 || "$1" == "-h" || "$1" == "--help" ]]; then
   [[ $# -eq 0 ]] && exit 2 || exit 0
 fi
 export KVATTN_EXPERIMENTS_PROG="${KVATTN_EXPERIMENTS_PROG:-train.sh}"
-source "$(dirname "${BASH_SOURCE[0]}")/python.sh" && run_module kvattn_fairseq.experiments train "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/python.sh" && run_module kvattn_fairseq experiments train "$@"

@@ -8,11 +8,11 @@ import torch
 
 import kvattn_fairseq
 from fairseq.data import Dictionary
-from kvattn_fairseq import building
-from kvattn_fairseq.building import DictionaryTask as DummyTask, make_dictionary, parse_model_args  # noqa: F401
+from kvattn_fairseq.models import building
+from kvattn_fairseq.models.building import DictionaryTask as DummyTask, make_dictionary, parse_model_args  # noqa: F401
+from kvattn_fairseq.util.proc import fairseq_tool
 
 USER_DIR = kvattn_fairseq.USER_DIR
-BIN_DIR = os.path.dirname(sys.executable)
 
 
 def build_model(arch: str, *flags: str, dictionary: Dictionary = None, seed: int = 0, **task_args):
@@ -23,7 +23,7 @@ def build_model(arch: str, *flags: str, dictionary: Dictionary = None, seed: int
 def run_cli(tool: str, *args, cwd=None, input: str = None, timeout: int = 900, check: bool = True,
             env_extra: dict = None) -> subprocess.CompletedProcess:
     """Run a fairseq console script (or `python -m ...` when tool starts with '-m') and capture its output."""
-    cmd = [sys.executable, *tool.split()] if tool.startswith("-m ") else [os.path.join(BIN_DIR, tool)]
+    cmd = [sys.executable, *tool.split()] if tool.startswith("-m ") else fairseq_tool(tool)
     cmd += [str(a) for a in args]
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     env.update(env_extra or {})

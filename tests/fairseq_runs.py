@@ -2,13 +2,13 @@
 
 Tests of any attention kind call these with their own --arch / --*-attention-type flags.
 """
-import re
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import sacrebleu
 
-from kvattn_fairseq import toydata
+from kvattn_fairseq.data import toy as toydata
+from kvattn_fairseq.evaluate.fairseq_tools import parse_eval_lm, parse_generate
 
 from conftest import USER_DIR, run_cli
 
@@ -57,19 +57,14 @@ def generate(bin_dir: Path, checkpoint: Path, *flags: str, beam: int = 4) -> Dic
     proc = run_cli("fairseq-generate", bin_dir, "--path", checkpoint, "--beam", beam, "--cpu", "--user-dir",
                    USER_DIR, *flags)
     hyps = parse_hypotheses(proc.stdout)
-    counted = re.search(r"Translated ([\d,]+) sentences", proc.stdout + proc.stderr)
-    assert counted, proc.stderr[-2000:]
-    assert int(counted.group(1).replace(",", "")) == len(hyps)
+    _, summary = parse_generate(proc.stdout + proc.stderr)
+    assert summary, proc.stderr[-2000:]
+    assert summary["sentences"] == len(hyps)
     return hyps
 
 
 def parse_hypotheses(stdout: str) -> Dict[int, str]:
-    hyps = {}
-    for line in stdout.splitlines():
-        if line.startswith("H-"):
-            head, _score, text = (line.split("\t") + [""])[:3]
-            hyps[int(head[2:])] = text
-    return hyps
+    return parse_generate(stdout)[0]
 
 
 def interactive(bin_dir: Path, checkpoint: Path, lines: Sequence[str], beam: int = 4) -> List[str]:
@@ -91,7 +86,6 @@ def eval_lm(bin_dir: Path, checkpoint: Path, *flags: str) -> Dict[str, float]:
     proc = run_cli("fairseq-eval-lm", bin_dir, "--path", checkpoint, "--cpu", "--user-dir", USER_DIR,
                    "--gen-subset", "test", "--batch-size", "8", *flags)
     out = proc.stdout + proc.stderr
-    tokens = re.search(r"Evaluated ([\d,]+) tokens", out)
-    ppl = re.search(r"Perplexity: ([\d.]+)", out)
-    assert tokens and ppl, out[-3000:]
-    return {"tokens": int(tokens.group(1).replace(",", "")), "ppl": float(ppl.group(1))}
+    scores = parse_eval_lm(out)
+    assert scores, out[-3000:]
+    return scores

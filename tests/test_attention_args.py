@@ -186,7 +186,7 @@ def test_linformer_refuses_a_source_longer_than_its_projections():
 
 
 def test_kinds_and_archs_listings_show_plans(capsys):
-    from kvattn_fairseq.cli import main
+    from kvattn_fairseq.commands import main
     from kvattn_fairseq.modules.plan import compact
 
     assert compact(["memsizer"] * 5 + ["softmax"]) == "memsizer*5,softmax"

@@ -9,7 +9,7 @@ import torch
 from kvattn_fairseq.bench import decode
 from kvattn_fairseq.bench.__main__ import main
 from kvattn_fairseq.bench.common import BenchmarkError, Size, build_lm
-from kvattn_fairseq.building import make_dictionary
+from kvattn_fairseq.models.building import make_dictionary
 
 
 @pytest.mark.slow

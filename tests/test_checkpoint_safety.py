@@ -15,13 +15,13 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 
-from kvattn_fairseq import average_checkpoints as avg
-from kvattn_fairseq import building, checkpoint_files, checkpoint_plan, convert
-from kvattn_fairseq.checkpoint_plan import PlanMismatch
+from kvattn_fairseq.checkpoints import average as avg, convert, files as checkpoint_files, plan as checkpoint_plan
+from kvattn_fairseq.checkpoints.plan import PlanMismatch
+from kvattn_fairseq.models import building
 from kvattn_fairseq.util.errors import OneLineError
 
 import fairseq_runs as runs
-from conftest import BIN_DIR, build_model, make_dictionary, run_cli
+from conftest import build_model, fairseq_tool, make_dictionary, run_cli
 
 TINY = ["--encoder-layers", "1", "--decoder-layers", "2", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
         "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2",
@@ -61,7 +61,7 @@ def test_a_model_override_to_another_plan_is_refused_in_one_line(tmp_path, overr
         checkpoint_utils.load_checkpoint_to_cpu(str(path), override)
     message = str(e.value)
     assert "\n" not in message and "--model-overrides" in message and "decoder attention softmax*2" in message
-    assert "load_other_plan" in message and "kvattn_fairseq.convert" in message
+    assert "load_other_plan" in message and "kvattn_fairseq convert" in message
     # overrides that keep the plan (or touch nothing attention-related) load as before
     checkpoint_utils.load_checkpoint_to_cpu(str(path), {"decoder_attention_type": "softmax", "dropout": 0.0})
 
@@ -258,7 +258,7 @@ def reverse_bin(tmp_path_factory):
 
 
 def _train_cmd(bin_dir, save_dir, updates):
-    return [os.path.join(BIN_DIR, "fairseq-train"), str(bin_dir), "--arch", "memsizer_tiny", "--save-dir",
+    return [*fairseq_tool("fairseq-train"), str(bin_dir), "--arch", "memsizer_tiny", "--save-dir",
             str(save_dir), "--max-update", str(updates), "--lr", "5e-3", "--save-interval-updates", "4",
             *runs.TRAIN_FLAGS, "--max-tokens", "500"]
 
@@ -330,7 +330,7 @@ def test_a_truncated_checkpoint_last_is_skipped_and_generate_refuses_another_pla
     # a rerun that builds another plan on these weights is refused in one line
     other = subprocess.run(_train_cmd(reverse_bin, save_dir, 8) + ["--decoder-attention-type", "linear"],
                            capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    assert other.returncode == 2 and "kvattn_fairseq.convert" in other.stderr, other.stderr[-3000:]
+    assert other.returncode == 2 and "kvattn_fairseq convert" in other.stderr, other.stderr[-3000:]
     assert "Traceback" not in other.stderr and "decoder attention memsizer*2 in the checkpoint, linear*2" in \
         other.stderr.strip().splitlines()[-1]
 

@@ -1,4 +1,5 @@
-"""The three fairseq fixes of compat.py: each test shows the failure without the plugin and its absence with it."""
+"""Three of the fairseq fixes (kvattn_fairseq/patches: checkpoint globals, numpy compat, the last batch): each test
+shows the failure without the plugin and its absence with it."""
 import argparse
 import multiprocessing
 import os

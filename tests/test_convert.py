@@ -1,4 +1,4 @@
-"""Converting trained checkpoints (python -m kvattn_fairseq.convert) and attention transfer, in process: what is
+"""Converting trained checkpoints (python -m kvattn_fairseq convert) and attention transfer, in process: what is
 carried over, what the converted checkpoint rebuilds to, constant-state decoding where the plan says so, and bad
 input refused in one line before anything is written.  The real CLI chain is in test_convert_chain.py."""
 import argparse
@@ -9,7 +9,8 @@ import pytest
 import torch
 from fairseq.modules import MultiheadAttention
 
-from kvattn_fairseq import building, convert
+from kvattn_fairseq.checkpoints import convert
+from kvattn_fairseq.models import building
 from kvattn_fairseq.criterions.attention_transfer import AttentionTransferCriterion
 from kvattn_fairseq.modules import LinearAttention, MemSizerAttention
 from kvattn_fairseq.modules.registry import AttentionConfigError
@@ -311,7 +312,7 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsy
         argv = argv + ["--out", "out.pt"]
     assert _exit_code(convert.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("python -m kvattn_fairseq.convert: error: "), err[:3]  # no usage
+    assert len(err) == 1 and err[0].startswith("python -m kvattn_fairseq convert: error: "), err[:3]  # no usage
     assert expected in err[0], err[0]
     after = {n: os.lstat(tmp_path / n).st_mtime_ns for n in os.listdir(tmp_path)}
     assert after == before  # nothing written (and nothing run: no pwned.txt)

@@ -64,7 +64,7 @@ def test_convert_sh_refuses_bad_input_in_one_line(tmp_path):
 
 # --- reruns: the same settings resume, other settings are refused or (--force) redone ------------------------------
 def _chain(*argv):
-    from kvattn_fairseq import convert_chain
+    from kvattn_fairseq.checkpoints import chain as convert_chain
 
     try:
         return convert_chain.main([str(a) for a in argv])

@@ -1,4 +1,4 @@
-"""python -m kvattn_fairseq.evaluate and kvattn_fairseq.average_checkpoints, end to end on tiny trained models.
+"""python -m kvattn_fairseq.evaluate and average-checkpoints, end to end on tiny trained models.
 
 Small stand-ins for the prepared data directories (same layout as the prepare scripts' output): WMT (sentencepiece
 model, joined-dictionary data-bin, raw test.en / test.de), CNN/DM (data-bin source-target, test.target,
@@ -20,8 +20,8 @@ import torch
 
 import fairseq_runs as runs
 from conftest import run_cli
-from kvattn_fairseq import average_checkpoints as avg
-from kvattn_fairseq import toydata
+from kvattn_fairseq.checkpoints import average as avg
+from kvattn_fairseq.data import toy as toydata
 from kvattn_fairseq.evaluate import __main__ as evaluate
 from kvattn_fairseq.evaluate import cnndm, fairseq_tools, results, synthetic, wmt
 from kvattn_fairseq.util.errors import OneLineError
@@ -436,7 +436,7 @@ def test_lm_window_errors(lm_run, tmp_path, capsys):
 # --- synthetic tasks ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):
-    """kvattn_fairseq.synthetic's layout: DIR/{raw/{train,valid,test}.{src,tgt}, data-bin, synthetic.json}."""
+    """python -m kvattn_fairseq synthetic's layout: DIR/{raw/{train,valid,test}.{src,tgt}, data-bin, synthetic.json}."""
     d = tmp_path_factory.mktemp("synthetic") / "task_dir"
     toydata.write_reverse(str(d / "raw"), train=300, valid=20, test=30, max_len=8)
     (d / "synthetic.json").write_text(json.dumps({"task": "reverse", "test": 30}))

@@ -1,5 +1,5 @@
 """The papers' recipes (kvattn_fairseq/papers) as fairseq-train commands (kvattn_fairseq/run/train.py, behind
-`python -m kvattn_fairseq.experiments` and scripts/train.sh) and hydra configs (run/hydra.py): every command parses
+`python -m kvattn_fairseq experiments` and scripts/train.sh) and hydra configs (run/hydra.py): every command parses
 with fairseq's own parser, --kind placement, passthrough overrides, --tiny, bad input, a real tiny training run that
 resumes, and fairseq-hydra-train on a generated config."""
 import os
@@ -17,11 +17,12 @@ from fairseq import models as fairseq_models
 from kvattn_fairseq.data import synthetic
 from kvattn_fairseq.papers import RECIPES
 from kvattn_fairseq.run import hydra as H
+from kvattn_fairseq.commands import experiments
 from kvattn_fairseq.run import train as E
 from kvattn_fairseq.util.errors import OneLineError
-from kvattn_fairseq.building import DictionaryTask, make_dictionary, parse_model_args
+from kvattn_fairseq.models.building import DictionaryTask, make_dictionary, parse_model_args
 from kvattn_fairseq.modules.registry import ATTENTION_KINDS, position_dest
-from conftest import BIN_DIR, USER_DIR
+from conftest import USER_DIR, fairseq_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SH = ROOT / "scripts" / "train.sh"
@@ -257,19 +258,19 @@ def test_drop_removes_a_recipe_flag(capsys):
     assert notes == ["--drop: removed --fp16 --eval-bleu-args from the recipe's flags"]
     with pytest.raises(OneLineError, match="--drop: --fp32 is not a flag of memsizer_wmt16_en_de"):
         E.train_args("memsizer_wmt16_en_de", drop=["fp32"])
-    assert E.main(["show", "memsizer_wikitext103", "--drop", "fp16", "--drop=--fp16-init-scale"]) == 0
+    assert experiments.main(["show", "memsizer_wikitext103", "--drop", "fp16", "--drop=--fp16-init-scale"]) == 0
     command = capsys.readouterr().out.strip().splitlines()[-1].split()
     assert "--fp16" not in command and "--fp16-init-scale" not in command and "--max-tokens" in command
 
 
 # --- command line: show, list, bad input ------------------------------------------------------------------------------
 def test_show_and_list(capsys):
-    assert E.main(["show", "kv_synthetic_reverse", "--kind", "kv_asym", "--", "--max-update", "9"]) == 0
+    assert experiments.main(["show", "kv_synthetic_reverse", "--kind", "kv_asym", "--", "--max-update", "9"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("# --kind kv_asym: encoder self-attention: kv_asym; decoder self-attention: kv_asym; "
                              "cross-attention: softmax (kv_asym cannot go there")
     assert "fairseq-train DATA_BIN --user-dir" in out[1] and out[1].endswith("--max-update 9")
-    assert E.main(["list"]) == 0
+    assert experiments.main(["list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()]
     assert listed == list(RECIPES)
 
@@ -281,9 +282,9 @@ def reverse_data(tmp_path_factory):
 
 
 def _one_line_error(capsys, argv, needle):
-    assert E.main(argv) == 2
+    assert experiments.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"{E.PROG}: error: ") and needle in err[0], err
+    assert len(err) == 1 and err[0].startswith(f"{experiments.PROG}: error: ") and needle in err[0], err
 
 
 def test_bad_input_is_one_line_and_nothing_starts(tmp_path, capsys, reverse_data):
@@ -362,7 +363,7 @@ def test_train_sh_tiny_run_writes_a_checkpoint_and_resumes(tiny_run, reverse_dat
 def test_committed_hydra_configs_are_in_sync_with_the_recipes():
     assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(RECIPES)
     stale = H.write_hydra_configs(str(CONFIGS), check=True)
-    assert stale == [], "run: python -m kvattn_fairseq.experiments hydra-configs --out configs"
+    assert stale == [], "run: python -m kvattn_fairseq experiments hydra-configs --out configs"
     for path in CONFIGS.glob("*.yaml"):  # nothing tied to one machine: no value is an absolute path
         assert not re.search(r"^\s*(- |[\w.]+: )['\"]?/", path.read_text(), re.M), path
 
@@ -370,9 +371,9 @@ def test_committed_hydra_configs_are_in_sync_with_the_recipes():
 @pytest.mark.slow
 def test_fairseq_hydra_train_runs_a_tiny_config(tmp_path, reverse_data, tiny_run):
     configs = tmp_path / "configs"
-    assert E.main(["hydra-configs", "--tiny", "--out", str(configs)]) == 0
+    assert experiments.main(["hydra-configs", "--tiny", "--out", str(configs)]) == 0
     save = tmp_path / "hydra_ckpt"
-    proc = subprocess.run([os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-dir", str(configs),
+    proc = subprocess.run([*fairseq_tool("fairseq-hydra-train"), "--config-dir", str(configs),
                            "--config-name", "kv_synthetic_reverse", f"common.user_dir={kvattn_fairseq.USER_DIR}",
                            f"task.data={reverse_data}", f"checkpoint.save_dir={save}",
                            "optimization.max_update=2"], capture_output=True, text=True, env=_env(), timeout=600,
@@ -392,7 +393,7 @@ def test_fairseq_hydra_train_runs_a_tiny_config(tmp_path, reverse_data, tiny_run
         ("kvattn_transformer_tiny", "kv")
     assert ckpt["kvattn_plan"]["encoder"]["kinds"] == ["kv", "kv"]  # a hydra run records its plan too
     # and the checkpoint decodes with fairseq-generate, every sentence out
-    gen = subprocess.run([os.path.join(BIN_DIR, "fairseq-generate"), str(reverse_data), "--path",
+    gen = subprocess.run([*fairseq_tool("fairseq-generate"), str(reverse_data), "--path",
                           str(save / "checkpoint_last.pt"), "--user-dir", USER_DIR, "--beam", "2", "--cpu"],
                          capture_output=True, text=True, env=_env(), timeout=600)
     assert gen.returncode == 0, gen.stderr[-3000:]

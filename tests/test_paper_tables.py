@@ -14,7 +14,7 @@ from kvattn_fairseq.util.errors import OneLineError
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-RUNNER = [sys.executable, "-m", "kvattn_fairseq.paper_tables"]
+RUNNER = [sys.executable, "-m", "kvattn_fairseq", "paper-tables"]
 # a subset of each table's rows keeps the suite short; every row is built and checked before anything runs
 CASES = [("memsizer_mt", "transformer,memsizer", ()), ("memsizer_summarization", "memsizer", ("--drop", "fp16")),
          ("memsizer_lm", "memsizer", ()), ("mgk_lm", "mgk4,mlk4,mgk4-em", ()),
@@ -85,7 +85,7 @@ def test_tiny_table_runs_from_an_installed_package(work, installed, tmp_path):
 
 
 def test_console_script_of_the_installed_package(installed):
-    """setup.py's `kvattn-fairseq` entry point (kvattn_fairseq.cli:main); importing kvattn_fairseq.__main__ runs
+    """setup.py's `kvattn-fairseq` entry point (kvattn_fairseq.commands:main); importing kvattn_fairseq.__main__ runs
     nothing."""
     env = dict(os.environ, PYTHONPATH=str(installed), PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, str(installed / "bin" / "kvattn-fairseq"), "--user-dir"],
@@ -174,11 +174,14 @@ def trained_row(tmp_path, monkeypatch):
     """A row of kv_synthetic trained by the runner's own train step, with a stand-in for fairseq-train that writes
     what it writes into --save-dir (checkpoints), so that the runner's bookkeeping is the real one."""
     from kvattn_fairseq.papers import TABLES
-    from kvattn_fairseq.run import tables, train as recipes
+    from kvattn_fairseq.run import tables
+    from kvattn_fairseq.util import proc
 
     fake = tmp_path / "fake_train.py"
     fake.write_text(FAKE_TRAIN)
-    monkeypatch.setattr(recipes, "fairseq_train_exe", lambda: [sys.executable, str(fake)])
+    real = proc.fairseq_tool
+    monkeypatch.setattr(proc, "fairseq_tool", lambda name: [sys.executable, str(fake)] if name == "fairseq-train"
+                        else real(name))
     work = tmp_path / "w"
     data = work / "data" / "synthetic-copy"
     (data / "data-bin").mkdir(parents=True)

@@ -27,7 +27,7 @@ ENCODER_KINDS = kinds_at("encoder")
 
 @pytest.fixture(scope="module")
 def copy_data(tmp_path_factory):
-    """python -m kvattn_fairseq.synthetic's output for the copy task, sequences of 5 to 8 symbols (so batches pad)."""
+    """python -m kvattn_fairseq synthetic's output for the copy task, sequences of 5 to 8 symbols (so batches pad)."""
     out = tmp_path_factory.mktemp("cls") / "copy"
     synthetic.generate(str(out), "copy", train=300, valid=20, test=30, min_len=5, max_len=8)
     return out
@@ -192,4 +192,4 @@ def test_fairseq_train_on_missing_data_is_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "INFO" not in line]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert lines[-1].endswith("dict.src.txt is missing (expected the binarized data of python -m "
-                              "kvattn_fairseq.synthetic, DIR/data-bin; --source-lang/--target-lang name the suffixes)")
+                              "kvattn_fairseq synthetic, DIR/data-bin; --source-lang/--target-lang name the suffixes)")

@@ -1,4 +1,4 @@
-"""The Key-Value Transformer synthetic tasks (kvattn_fairseq/data/synthetic.py, `python -m kvattn_fairseq.synthetic`):
+"""The Key-Value Transformer synthetic tasks (kvattn_fairseq/data/synthetic.py, `python -m kvattn_fairseq synthetic`):
 targets, defaults, determinism, the binarized output and its atomicity."""
 import json
 import os
@@ -154,7 +154,7 @@ def test_output_is_atomic(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_command_line(tmp_path):
     out = tmp_path / "sub"
-    proc = run_cli("-m kvattn_fairseq.synthetic", "--task", "sub", "--out", out, "--train", 20, "--valid", 3,
+    proc = run_cli("-m kvattn_fairseq synthetic", "--task", "sub", "--out", out, "--train", 20, "--valid", 3,
                    "--test", 3, "--min-len", 4, "--max-len", 6, "--seed", 4)
     assert proc.stdout.strip().splitlines()[-1] == str(out / "data-bin")
     assert (out / "data-bin" / "train.src-tgt.src.bin").exists()

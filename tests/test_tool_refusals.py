@@ -9,12 +9,12 @@ import subprocess
 import pytest
 from fairseq import options
 
-from kvattn_fairseq import cli, tool_refusals
+from kvattn_fairseq.patches import one_line_errors, tool_refusals
 from kvattn_fairseq.modules.registry import AttentionConfigError, positive_float_list
 from kvattn_fairseq.util.errors import OneLineError
 
 import fairseq_runs as runs
-from conftest import BIN_DIR, USER_DIR, build_model, run_cli
+from conftest import USER_DIR, build_model, fairseq_tool, run_cli
 
 
 def test_an_empty_entry_in_a_number_list_is_refused():
@@ -74,9 +74,9 @@ def test_sizes_that_would_reach_the_allocator_are_one_line_at_parsing(capsys, fl
 def test_an_allocator_failure_at_run_time_is_one_line():
     error = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
                          "you tried to allocate 1024000000000 bytes. Error code 12 (Cannot allocate memory)")
-    assert cli._is_memory_error(RuntimeError, error)
-    assert cli._allocation(error) == "tried to allocate 1024000000000 bytes"
-    assert not cli._is_memory_error(RuntimeError, RuntimeError("shape mismatch"))
+    assert one_line_errors._is_memory_error(RuntimeError, error)
+    assert one_line_errors._allocation(error) == "tried to allocate 1024000000000 bytes"
+    assert not one_line_errors._is_memory_error(RuntimeError, RuntimeError("shape mismatch"))
 
 
 def test_eval_lm_window_checks():
@@ -143,7 +143,7 @@ def test_generate_interactive_and_train_refuse_in_one_line(mt, tmp_path):
                    check=False)
     assert "memsizer" in _refused(proc, "fairseq-generate", "--print-alignment:")
 
-    closed = subprocess.run([f"{BIN_DIR}/fairseq-interactive", str(bin_dir), "--path", str(ckpt), "--cpu",
+    closed = subprocess.run([*fairseq_tool("fairseq-interactive"), str(bin_dir), "--path", str(ckpt), "--cpu",
                              "--user-dir", USER_DIR, "--source-lang", "src", "--target-lang", "tgt"],
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
                             preexec_fn=lambda: os.close(0))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fairseq_runs as runs
-from conftest import BIN_DIR
+from conftest import fairseq_tool
 
 pytestmark = pytest.mark.slow
 FLAGS = ["--max-tokens", "500", "--dropout", "0", "--warmup-updates", "20"]
@@ -39,7 +39,7 @@ def test_bf16_training_stays_finite_and_learns(kind, reverse_bin, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fp16_training_on_cuda_keeps_the_loss_scaler_alive(reverse_bin, tmp_path):
     flags = [f for f in runs.TRAIN_FLAGS if f != "--cpu"]
-    proc = subprocess.run([os.path.join(BIN_DIR, "fairseq-train"), str(reverse_bin), "--arch", "memsizer_tiny",
+    proc = subprocess.run([*fairseq_tool("fairseq-train"), str(reverse_bin), "--arch", "memsizer_tiny",
                            "--save-dir", str(tmp_path), "--max-epoch", "8", "--lr", "5e-3", "--fp16", *flags, *FLAGS],
                           capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
@@ -49,7 +49,7 @@ def test_fp16_training_on_cuda_keeps_the_loss_scaler_alive(reverse_bin, tmp_path
 
 
 def _train_cmd(reverse_bin, save_dir):
-    return [os.path.join(BIN_DIR, "fairseq-train"), str(reverse_bin), "--arch", "memsizer_tiny", "--save-dir",
+    return [*fairseq_tool("fairseq-train"), str(reverse_bin), "--arch", "memsizer_tiny", "--save-dir",
             str(save_dir), "--max-update", "120", "--lr", "5e-3", "--save-interval-updates", "10",
             *runs.TRAIN_FLAGS, *FLAGS]
 
@@ -91,7 +91,7 @@ def test_two_process_gloo_training_matches_one_process(reverse_bin, tmp_path):
     --update-freq 2: the same batches per update, so the same losses up to float summation order."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     common = ["--arch", "memsizer_tiny", "--max-epoch", "3", "--lr", "5e-3", *runs.TRAIN_FLAGS, *FLAGS]
-    single = subprocess.run([os.path.join(BIN_DIR, "fairseq-train"), str(reverse_bin), "--save-dir",
+    single = subprocess.run([*fairseq_tool("fairseq-train"), str(reverse_bin), "--save-dir",
                              str(tmp_path / "single"), "--update-freq", "2", *common], capture_output=True, text=True,
                             env=env, timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]

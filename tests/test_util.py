@@ -89,7 +89,7 @@ def _dead_pid():
 
 
 def test_the_marker_records_the_files_a_tool_run_made_even_a_killed_one(tmp_path):
-    from kvattn_fairseq.checkpoint_files import written_by_fairseq_train as fairseq_names
+    from kvattn_fairseq.checkpoints.files import written_by_fairseq_train as fairseq_names
 
     run = tmp_path / "run"
     run.mkdir()

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from ..building import make_dictionary
+from ..models.building import make_dictionary
 from ..modules.registry import ATTENTION_KINDS
 from . import decode, gpu, gpu_report, report, train, translate
 from .common import (VANILLA, Size, build_lm, build_translation, constant_state, decoder_kinds, fits, machine,

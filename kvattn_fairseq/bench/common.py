@@ -7,17 +7,18 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..building import build_model
+from ..models.building import build_model
 from ..modules.plan import compact, parse_plan
 from ..modules.registry import ATTENTION_KINDS, AttentionConfigError
+from ..util.errors import OneLineError
 from .floor import FLOOR, strip_attention
 
 VANILLA = "vanilla"  # fairseq's own transformer_lm / transformer
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class BenchmarkError(RuntimeError):
-    pass
+class BenchmarkError(OneLineError, RuntimeError):
+    """A measurement that cannot be trusted (decoding that is not incremental, sentences that did not come back)."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from ..building import make_dictionary
+from ..models.building import make_dictionary
 from . import decode, translate
 from .common import DTYPES, VANILLA, build_lm, build_translation, now, skipped
 from .fairseq_step import cast_like_trainer, fairseq_optimizer, lm_loss, train_step

@@ -2,6 +2,7 @@
 the GPU targets (informational: timings are never tests)."""
 from typing import Dict, List, Optional
 
+from ..util.markdown import table
 from .common import VANILLA
 from .floor import FLOOR
 
@@ -100,11 +101,11 @@ def markdown(rows: List[Dict], results: Dict) -> str:
         b, t1, t2, tg = r0.get("batch", "?"), r0.get("t_first", "?"), r0.get("t_last", "?"), r0.get("t_goal", "?")
         sb = next((r["small_batch"] for r in mine if "small_batch" in r), "?")
         tt = next((r["train_T"] for r in mine if r.get("train_T")), "?")
-        lines += [f"**{dt}**", "",
-                  f"| kind | step ms, batch {sb}, t={t1} | step ms, batch {b}, t={t1} -> {t2} | growth (worst batch) | "
-                  f"tokens/s vs vanilla, batch {b}, t={tg} | over floor (worst batch, t) | state bytes per hypothesis "
-                  f"t={t1} -> {t2} | translation beam 4 vs vanilla | training T={tt} speed / peak memory vs vanilla |",
-                  "|---" * 9 + "|"]
+        header = ["kind", f"step ms, batch {sb}, t={t1}", f"step ms, batch {b}, t={t1} -> {t2}",
+                  "growth (worst batch)", f"tokens/s vs vanilla, batch {b}, t={tg}", "over floor (worst batch, t)",
+                  f"state bytes per hypothesis t={t1} -> {t2}", "translation beam 4 vs vanilla",
+                  f"training T={tt} speed / peak memory vs vanilla"]
+        cells = []
         for r in mine:
             state = (f"{r['state_first']:,.0f} -> {r['state_last']:,.0f}" if r.get("state_first") is not None
                      and r.get("state_last") is not None else "n/a")
@@ -112,11 +113,11 @@ def markdown(rows: List[Dict], results: Dict) -> str:
             train = f"{_f(r.get('train_speed'))} / {_f(r.get('train_memory'))}"
             if r.get("train_errors"):
                 train += " (" + "; ".join(f"T={t}: {e}" for t, e in sorted(r["train_errors"].items())) + ")"
-            lines.append(f"| {r['kind']}{' (constant state)' if r['constant_state'] else ''} | "
-                         f"{_f(r.get('small_step_ms'), '.2f', '')} | {steps} | {_f(r.get('growth_worst'))} | "
-                         f"{_f(r.get('speed_vs_vanilla'))} | {_f(r.get('floor_worst'))} | {state} | "
-                         f"{_f(r.get('translate_vs_vanilla'))} | {train} |")
-        lines.append("")
+            cells.append([f"{r['kind']}{' (constant state)' if r['constant_state'] else ''}",
+                          _f(r.get("small_step_ms"), ".2f", ""), steps, _f(r.get("growth_worst")),
+                          _f(r.get("speed_vs_vanilla")), _f(r.get("floor_worst")), state,
+                          _f(r.get("translate_vs_vanilla")), train])
+        lines += [f"**{dt}**", "", *table(header, cells), ""]
     skipped = [p for p in ("decode", "translate", "train") if results.get(p, {}).get("skipped")]
     if skipped:
         lines.append(f"Not finished within the time budget: {', '.join(skipped)} (the settings measured are above).")

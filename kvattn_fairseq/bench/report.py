@@ -3,6 +3,7 @@ plots (shared with the GPU mode)."""
 import os
 from typing import Dict, List, Optional
 
+from ..util.markdown import table
 from .common import VANILLA
 from .floor import FLOOR
 
@@ -66,19 +67,19 @@ def markdown(rows: List[Dict], results: Dict) -> str:
     t1, t2 = r0.get("decode_t_first", "?"), r0.get("decode_t_last", "?")
     tr0 = next((r for r in rows if "train_T_first" in r), {})
     T1, T2 = tr0.get("train_T_first", "?"), tr0.get("train_T_last", "?")
-    lines.append(f"| kind | decode speed t={t1} | decode speed t={t2} | step time t={t2} / t={t1} | step time over "
-                 f"floor t={t2} | state bytes per hypothesis t={t1} -> t={t2} | translation tokens/s | train speed "
-                 f"T={T1} | train speed T={T2} | train memory T={T2} |")
-    lines.append("|---" * 10 + "|")
+    header = ["kind", f"decode speed t={t1}", f"decode speed t={t2}", f"step time t={t2} / t={t1}",
+              f"step time over floor t={t2}", f"state bytes per hypothesis t={t1} -> t={t2}", "translation tokens/s",
+              f"train speed T={T1}", f"train speed T={T2}", f"train memory T={T2}"]
+    cells = []
     for r in rows:
         sb = (f"{r['state_bytes_first']:,.0f} -> {r['state_bytes_last']:,.0f}"
               if r.get("state_bytes_last") is not None and r.get("state_bytes_first") is not None else "n/a")
-        lines.append(f"| {r['kind']}{' (constant state)' if r['constant_state'] else ''} | "
-                     f"{_fmt(r.get('decode_speedup_first'))} | {_fmt(r.get('decode_speedup_last'))} | "
-                     f"{_fmt(r.get('decode_growth'))} | {_fmt(r.get('over_floor_last'))} | {sb} | {_fmt(r.get('translate_tokens_ratio'))} | "
-                     f"{_fmt(r.get('train_speed_first'))} | {_fmt(r.get('train_speed_last'))} | "
-                     f"{_fmt(r.get('train_memory_last'))} |")
-    return "\n".join(lines) + "\n"
+        cells.append([f"{r['kind']}{' (constant state)' if r['constant_state'] else ''}",
+                      _fmt(r.get("decode_speedup_first")), _fmt(r.get("decode_speedup_last")),
+                      _fmt(r.get("decode_growth")), _fmt(r.get("over_floor_last")), sb,
+                      _fmt(r.get("translate_tokens_ratio")), _fmt(r.get("train_speed_first")),
+                      _fmt(r.get("train_speed_last")), _fmt(r.get("train_memory_last"))])
+    return "\n".join(lines + table(header, cells)) + "\n"
 
 
 def plots(results: Dict, out_dir: str) -> List[str]:

@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import torch
 
-from ..building import make_dictionary
+from ..models.building import make_dictionary
 from ..util import proc
 from ..util.errors import StepFailed
 from .common import Size, build_lm, now

@@ -44,16 +44,13 @@ class AttentionTransferConfig(FairseqDataclass):
 class AttentionTransferCriterion(FairseqCriterion):
     def __init__(self, task, teacher_checkpoint: str):
         super().__init__(task)
-        from ..convert import ConversionError, attention_sites, load_source, source_model
+        from ..checkpoints.convert import attention_sites, load_source, source_model
 
         if not teacher_checkpoint:
             raise AttentionConfigError("--teacher-checkpoint: required by --criterion attention_transfer (the "
                                        "checkpoint the model was converted from)")
-        try:
-            state, args, _ = load_source(teacher_checkpoint, "--teacher-checkpoint")
-            teacher = source_model(state, args, teacher_checkpoint, "--teacher-checkpoint")
-        except ConversionError as e:
-            raise AttentionConfigError(str(e)) from None
+        state, args, _ = load_source(teacher_checkpoint, "--teacher-checkpoint")  # a bad one: ConversionError
+        teacher = source_model(state, args, teacher_checkpoint, "--teacher-checkpoint")
         # plain attributes, not submodules: the teachers stay out of the optimizer, the trainer's criterion state
         # and every checkpoint
         self.teachers = {(p, i): m.requires_grad_(False) for p, i, _, m in attention_sites(teacher)}
@@ -67,8 +64,8 @@ class AttentionTransferCriterion(FairseqCriterion):
     def check_student(self, model: nn.Module) -> List[Tuple[str, int, str, nn.Module, nn.Module]]:
         """The sites to train ((position, layer, prefix, module, teacher) where the kinds differ); one line naming
         --teacher-checkpoint when it is not the checkpoint the model was converted from.  Needs only the model's
-        structure: fairseq-train calls it (install) before it loads any weight or reads any batch."""
-        from ..convert import attention_sites
+        structure: fairseq-train calls it (patches/teacher_check.py) before it loads any weight or reads any batch."""
+        from ..checkpoints.convert import attention_sites
 
         new = []
         for position, layer, prefix, module in attention_sites(model):
@@ -161,26 +158,3 @@ class AttentionTransferCriterion(FairseqCriterion):
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
         return True
-
-
-def install() -> None:
-    """fairseq-train builds its Trainer right after the criterion, from the model it built before (and before it
-    loads a checkpoint or reads a batch): the teacher is checked against that model there, so that a wrong
-    --teacher-checkpoint is one line before training starts, not an error inside the first step (which fairseq
-    answers with crash.pt)."""
-    import functools
-
-    from fairseq.trainer import Trainer
-
-    init = Trainer.__init__
-    if getattr(init, "kvattn_checks_teacher", False):
-        return
-
-    @functools.wraps(init)
-    def checked(self, cfg, task, model, criterion, *args, **kwargs):
-        if isinstance(criterion, AttentionTransferCriterion):
-            criterion.check_student(model)
-        init(self, cfg, task, model, criterion, *args, **kwargs)
-
-    checked.kvattn_checks_teacher = True
-    Trainer.__init__ = checked

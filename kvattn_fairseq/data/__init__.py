@@ -5,7 +5,8 @@ Transformer's synthetic tasks.
     python -m kvattn_fairseq.data.cnndm       --out OUTDIR [--raw DIR] [--tiny] [--workers N] [--bpe-size N]
     python -m kvattn_fairseq.data.wikitext103 --out OUTDIR [--raw DIR] [--tiny] [--workers N]
     python -m kvattn_fairseq.data.fixtures {wmt16,cnndm,wikitext103} DIR
-    python -m kvattn_fairseq.synthetic --task reverse --out DIR       (kvattn_fairseq/data/synthetic.py)
+    python -m kvattn_fairseq synthetic --task reverse --out DIR       (kvattn_fairseq/data/synthetic.py)
+    python -m kvattn_fairseq toydata reverse DIR                       (toy.py: toy data for tests and the demo)
 
 (`scripts/prepare-*.sh` are one-line wrappers of the first three; `prepare(name, argv)` below runs them in
 process.)  Each downloads the published files (resumable) or takes them from --raw, builds OUTDIR in a sibling

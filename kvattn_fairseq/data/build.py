@@ -249,7 +249,7 @@ def scrub_log(path: str, tmp: str) -> None:
 def fairseq_preprocess(args: Sequence[str]) -> None:
     """fairseq-preprocess in a subprocess (this interpreter's fairseq), its output passed through."""
     log("fairseq-preprocess %s", " ".join(map(str, args)))
-    proc.run([*proc.python_module("fairseq_cli.preprocess"), *args], label="fairseq-preprocess",
+    proc.run([*proc.fairseq_tool("fairseq-preprocess"), *args], label="fairseq-preprocess",
              echo=sys.stdout.write, keep_output=False)
     sys.stdout.flush()
 

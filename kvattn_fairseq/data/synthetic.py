@@ -1,6 +1,6 @@
 """The Key-Value Transformer paper's synthetic tasks: inputs and per-position labels, binarized for fairseq.
 
-    python -m kvattn_fairseq.synthetic --task reverse --out DIR [--train N --valid N --test N]
+    python -m kvattn_fairseq synthetic --task reverse --out DIR [--train N --valid N --test N]
         [--min-len L --max-len L --alphabet-size A --seed S] [--force]
 
 writes DIR/raw/{train,valid,test}.{src,tgt} (one sequence a line, symbols separated by spaces) and DIR/data-bin, the
@@ -8,8 +8,8 @@ same data binarized by fairseq-preprocess with a joined dictionary, ready for `f
 DIR/synthetic.json records the settings.
 
 Every task keeps the length, so the target line holds a label for each input position: label i is symbol i of
-the target.  The paper's setup reads it that way (task kv_position_classification: `python -m
-kvattn_fairseq.experiments show kv_classification`); the same files are also sequence-to-sequence pairs for
+the target.  The paper's setup reads it that way (task kv_position_classification: `python -m kvattn_fairseq
+experiments show kv_classification`); the same files are also sequence-to-sequence pairs for
 fairseq's translation task (ours: `show kv_synthetic_reverse`).
 
 The tasks (Borji, "Key-Value Transformer", arXiv 2305.19129, and the author's `Reverse_sort_pos.py` in
@@ -173,7 +173,7 @@ def settings(task: str, **given) -> dict:
 def build_parser() -> ArgumentParser:
     import argparse
 
-    parser = ArgumentParser(prog="python -m kvattn_fairseq.synthetic", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m kvattn_fairseq synthetic", description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--task", required=True, choices=list(TASKS))
     parser.add_argument("--out", required=True, help="output directory (must not exist unless --force)")

@@ -1,24 +1,13 @@
 """The checkpoint an evaluation scores: given, or averaged from the last N of a directory; and the model settings
 read from it for the results file (architecture, attention kind per position, heads, parameters, updates)."""
-import argparse
 import os
 from typing import Dict, List, Optional, Tuple
 
+from ..checkpoints import config
+from ..models import FAIRSEQ_COUNTERPARTS, attention_positions, model_of
+from ..modules.registry import POSITIONS
 from ..util.errors import OneLineError
 from .inputs import require_dir, require_file
-
-POSITIONS = ("encoder", "decoder", "cross")
-# fairseq's own models: every attention is its MultiheadAttention (softmax)
-FAIRSEQ_SOFTMAX_MODELS = {"transformer": POSITIONS, "transformer_lm": ("decoder",)}
-KVATTN_MODELS = {"kvattn_transformer": POSITIONS, "kvattn_lm": ("decoder",), "kvattn_classifier": ("encoder",)}
-
-
-def _getter(section):
-    if isinstance(section, argparse.Namespace):
-        return lambda key: getattr(section, key, None)
-    if isinstance(section, dict):
-        return section.get
-    return lambda key: None
 
 
 def model_info(state: dict, path: str) -> Dict:
@@ -27,16 +16,18 @@ def model_info(state: dict, path: str) -> Dict:
 
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise OneLineError(f"--checkpoint {path}: not a fairseq checkpoint (no 'model' state dict)")
-    cfg = state.get("cfg") if isinstance(state.get("cfg"), dict) else {}
-    section = cfg.get("model") if cfg.get("model") is not None else state.get("args")
-    get = _getter(section)
-    arch = get("arch") or get("_name")
-    model_name = _model_name(arch)
-    positions = KVATTN_MODELS.get(model_name) or FAIRSEQ_SOFTMAX_MODELS.get(model_name)
+    section = config.section(state, "model")
+
+    def get(key):
+        return config.value(section, key)
+
+    arch = config.arch(section)
+    model_name = model_of(arch)
+    fairseq_own = model_name in FAIRSEQ_COUNTERPARTS  # every attention is fairseq's MultiheadAttention (softmax)
     attention = {}
-    for pos in positions or POSITIONS:
+    for pos in attention_positions(model_name, fairseq_models=True) or POSITIONS:
         kind = get(f"{pos}_attention_type")
-        if kind is None and model_name in FAIRSEQ_SOFTMAX_MODELS:
+        if kind is None and fairseq_own:
             kind = "softmax"
         if pos == "cross" and get("no_cross_attention"):
             kind = None
@@ -44,7 +35,7 @@ def model_info(state: dict, path: str) -> Dict:
             attention[pos] = kind
     heads = {p: get(f"{p}_attention_heads") for p in ("encoder", "decoder") if get(f"{p}_attention_heads")}
     options = {}
-    if attention and model_name in KVATTN_MODELS:  # the options of the kinds the model uses, as trained
+    if attention and attention_positions(model_name):  # the options of the kinds the model uses, as trained
         from ..modules.registry import ATTENTION_KINDS
 
         kinds = [ATTENTION_KINDS[k] for k in sorted(set(attention.values())) if k in ATTENTION_KINDS]
@@ -66,27 +57,15 @@ def model_info(state: dict, path: str) -> Dict:
             "parameters": params,
             "num_updates": history[-1].get("num_updates") if isinstance(history[-1], dict) else None}
     mtp = get("max_target_positions")
-    task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
     if mtp is None and model_name in ("kvattn_lm", "transformer_lm"):
-        mtp = task.get("tokens_per_sample")
+        mtp = config.value(config.section(state, "task"), "tokens_per_sample")
     info["max_target_positions"] = mtp
     return info
 
 
-def _model_name(arch: Optional[str]) -> Optional[str]:
-    if arch is None:
-        return None
-    import kvattn_fairseq  # noqa: F401  (registers the plugin's architectures)
-    from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_REGISTRY
-
-    if arch in ARCH_MODEL_NAME_REGISTRY:
-        return ARCH_MODEL_NAME_REGISTRY[arch]
-    return arch if arch in MODEL_REGISTRY else None
-
-
 def checkpoint_info(path: str) -> Tuple[Dict, Optional[List[str]]]:
     """(model info, the files it was averaged from or None) for the checkpoint at `path`."""
-    from ..average_checkpoints import load_checkpoint
+    from ..checkpoints.average import load_checkpoint
 
     require_file(path, "--checkpoint")
     state = load_checkpoint(path, "--checkpoint", require_model=False)
@@ -96,8 +75,8 @@ def checkpoint_info(path: str) -> Tuple[Dict, Optional[List[str]]]:
 
 
 def average_last(checkpoint_dir: str, n: int, by: str, output: Optional[str]) -> Tuple[str, List[str]]:
-    """Average the last `n` epoch/update checkpoints of `checkpoint_dir` (kvattn_fairseq.average_checkpoints)."""
-    from .. import average_checkpoints as avg
+    """Average the last `n` epoch/update checkpoints of `checkpoint_dir` (checkpoints/average.py)."""
+    from ..checkpoints import average as avg
     from ..util.io import check_output_file
 
     require_dir(checkpoint_dir, "--checkpoint-dir")

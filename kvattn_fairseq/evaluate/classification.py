@@ -3,7 +3,7 @@ tasks as the paper ran them): the checkpoint labels every position of the test s
 against the raw reference.
 
 Input directory: DIR/data-bin (what the model reads) and the raw test set in the order of the binarized one,
-DIR/test.tgt or DIR/raw/test.tgt (the layout `python -m kvattn_fairseq.synthetic` writes): one line of labels per
+DIR/test.tgt or DIR/raw/test.tgt (the layout `python -m kvattn_fairseq synthetic` writes): one line of labels per
 sequence, label i for input position i.  The task's name is --synthetic-task, else the "task" of DIR/synthetic.json,
 else the directory's name.
 

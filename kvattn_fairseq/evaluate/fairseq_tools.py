@@ -1,8 +1,8 @@
-"""The one module that drives fairseq's command-line tools for the evaluators: fairseq-generate and
-fairseq-eval-lm, run by this interpreter with the plugin's --user-dir, their output kept in a log next to the
-results and read back (hypotheses in the test set's order, every sentence accounted for; loss and perplexity)."""
+"""The one module that drives fairseq's command-line tools for the evaluators and reads their output: fairseq-generate
+and fairseq-eval-lm (util.proc.fairseq_tool: this interpreter's), with the plugin's --user-dir, their output kept in
+a log next to the results and read back (parse_generate: hypotheses in the test set's order, every sentence
+accounted for; parse_eval_lm: loss and perplexity).  The tests read fairseq's output with the same two parsers."""
 import re
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..util import proc
@@ -28,15 +28,10 @@ def check_extra_flags(extra: Sequence[str], refused: Sequence[str], why: Dict[st
             raise OneLineError(f"extra fairseq flag {name}: not allowed here ({reason})")
 
 
-def command(tool: str) -> List[str]:
-    """The real fairseq console tool, run by this interpreter (fairseq_cli.generate, fairseq_cli.eval_lm)."""
-    return [sys.executable, "-m", f"fairseq_cli.{tool}"]
-
-
 def user_dir() -> str:
-    import kvattn_fairseq
+    from ..util.paths import USER_DIR
 
-    return kvattn_fairseq.USER_DIR
+    return USER_DIR
 
 
 def batch_flags(batch_size: Optional[int], max_tokens: Optional[int], default: int) -> List[str]:
@@ -117,7 +112,7 @@ def generate(data_bin: str, checkpoint: str, *, subset: str, beam: int, lenpen: 
     args = ["--path", checkpoint, "--user-dir", user_dir(), "--gen-subset", subset, "--beam", str(beam),
             "--lenpen", str(lenpen), "--required-batch-size-multiple", "1",
             *batch_flags(batch_size, max_tokens, DEFAULT_BATCH_SIZE), *map(str, flags), *map(str, extra)]
-    output = proc.run(command("generate") + [data_bin] + args, log_path, label="fairseq-generate")
+    output = proc.run(proc.fairseq_tool("fairseq-generate") + [data_bin] + args, log_path, label="fairseq-generate")
     hyps, summary = parse_generate(output)
     if summary and summary["sentences"] != len(hyps):
         raise OneLineError(f"fairseq-generate reports {summary['sentences']} sentences translated but printed "
@@ -137,9 +132,17 @@ def eval_lm(data_bin: str, checkpoint: str, *, subset: str, context_window: int,
     args = ["--path", checkpoint, "--user-dir", user_dir(), "--gen-subset", subset, "--context-window",
             str(context_window), "--tokens-per-sample", str(tokens_per_sample),
             *batch_flags(batch_size, max_tokens, 2), *map(str, extra)]
-    output = proc.run(command("eval_lm") + [data_bin] + args, log_path, label="fairseq-eval-lm")
+    output = proc.run(proc.fairseq_tool("fairseq-eval-lm") + [data_bin] + args, log_path, label="fairseq-eval-lm")
+    scores = parse_eval_lm(output)
+    if scores is None:
+        raise StepFailed(f"fairseq-eval-lm printed no loss/perplexity for '{subset}'; full log: {log_path}")
+    return scores, args
+
+
+def parse_eval_lm(output: str) -> Optional[Dict]:
+    """{loss_base2, ppl, tokens} from fairseq-eval-lm's output, or None when it printed no result."""
     loss, tokens = LOSS.search(output), TOKENS.search(output)
     if not loss or not tokens:
-        raise StepFailed(f"fairseq-eval-lm printed no loss/perplexity for '{subset}'; full log: {log_path}")
+        return None
     return {"loss_base2": float(loss.group(1)), "ppl": float(loss.group(2)),
-            "tokens": int(tokens.group(1).replace(",", ""))}, args
+            "tokens": int(tokens.group(1).replace(",", ""))}

@@ -23,7 +23,7 @@ One JSON object per evaluated checkpoint and task, schema ``kvattn_fairseq.evalu
     files         {"hypotheses": ..., "logs": [...]}, relative to the results file's directory
     versions      {"kvattn_fairseq", "fairseq", "torch", "sacrebleu" | "rouge_score", ...}
     training      the record of the run that trained the checkpoint (TRAIN_RECORD beside it, written by
-                  `python -m kvattn_fairseq.paper_tables`: {"settings": {experiment, kind, tiny, arch, flags, data},
+                  `python -m kvattn_fairseq paper-tables`: {"settings": {experiment, kind, tiny, arch, flags, data},
                   "started", "finished"}), or null; a table marks the results of --tiny runs
 
 metrics per task:

@@ -3,8 +3,8 @@ fairseq-generate on DIR/data-bin, then accuracy against DIR/test.tgt.
 
 Input directory: DIR/data-bin (binarized src-tgt, symbols separated by spaces, no BPE), and the raw test set in
 the order of the binarized one, one sequence per line: DIR/test.src and DIR/test.tgt, or DIR/raw/test.src and
-DIR/raw/test.tgt (the layout `python -m kvattn_fairseq.synthetic` writes).  The task's name is --synthetic-task,
-else the "task" of DIR/synthetic.json (written by kvattn_fairseq.synthetic), else the directory's name.
+DIR/raw/test.tgt (the layout `python -m kvattn_fairseq synthetic` writes).  The task's name is --synthetic-task,
+else the "task" of DIR/synthetic.json (written by `python -m kvattn_fairseq synthetic`), else the directory's name.
 
     sequence_accuracy  fraction of test sequences generated exactly (the main number)
     token_accuracy     fraction of reference positions i whose token the hypothesis has at position i (a

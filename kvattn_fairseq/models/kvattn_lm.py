@@ -24,6 +24,8 @@ class KVAttnLanguageModel(TransformerLanguageModel):
     """fairseq's `transformer_lm` plus --decoder-attention-type (a kind, or one kind per layer) and the options of
     each attention kind."""
 
+    attention_positions = LM_POSITIONS
+
     @classmethod
     def add_args(cls, parser):
         # fairseq's LM flags without argparse defaults, so that architecture defaults apply (as fairseq does).

@@ -13,6 +13,8 @@ class KVAttnTransformerModel(TransformerModel):
     """fairseq's `transformer` plus --encoder-attention-type, --decoder-attention-type, --cross-attention-type
     (a kind, or one kind per layer) and the options of each attention kind."""
 
+    attention_positions = POSITIONS
+
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from torch import nn
 
 from ..util.cli import positive_int
+from ..util.errors import OneLineError
 
 POSITIONS = ("encoder", "decoder", "cross")
 POSITION_FLAGS = {
@@ -32,8 +33,9 @@ DEFAULT_KIND = "softmax"
 PLAN_SYNTAX = "KIND or KIND*N per layer, comma-separated, first layer first, e.g. memsizer*5,softmax"
 
 
-class AttentionConfigError(ValueError):
-    """A bad attention setting; the message is one line and names the flag to fix."""
+class AttentionConfigError(OneLineError, ValueError):
+    """A bad attention setting; the message is one line and names the flag to fix.  Still a ValueError: argparse
+    reports one raised by a flag's type as that flag's error."""
 
 
 def position_dest(position: str) -> str:

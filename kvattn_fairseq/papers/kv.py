@@ -52,13 +52,13 @@ RECIPES = (
     Recipe("kv_classification", "Key-Value Transformer, synthetic tasks, per-position classifier (the paper's setup)",
            "kv_position_classification", "kv_position_classifier", _CLASSIFICATION,
            "kv-transformer Reverse_sort_pos.py (docs/papers/kv-transformer.md)",
-           "python -m kvattn_fairseq.synthetic --task TASK --out DIR  (DATA_BIN = DIR/data-bin; add --min-len 128 "
+           "python -m kvattn_fairseq synthetic --task TASK --out DIR  (DATA_BIN = DIR/data-bin; add --min-len 128 "
            "--max-len 128 for the sweep's longer sequences)"),
 ) + tuple(
     Recipe(f"kv_synthetic_{task}", f"Key-Value Transformer, synthetic task '{task}', as sequence-to-sequence (ours)",
            "translation", "kv_synthetic", _SYNTHETIC,
            "kv-transformer Reverse_sort_pos.py (docs/papers/kv-transformer.md)",
-           f"python -m kvattn_fairseq.synthetic --task {task} --out DIR  (DATA_BIN = DIR/data-bin)")
+           f"python -m kvattn_fairseq synthetic --task {task} --out DIR  (DATA_BIN = DIR/data-bin)")
     for task in TASKS) + (
     Recipe("kv_multi30k_en_de", "Key-Value Transformer, Multi30k En-De translation", "translation", "kv_multi30k",
            _MULTI30K, "kv-transformer translation_transformer_pos.ipynb (docs/papers/kv-transformer.md)",

@@ -8,6 +8,7 @@ results matching no row follow under their own layout.
 from collections import defaultdict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..util.markdown import table as markdown  # noqa: F401  (the paper files draw with md.markdown)
 from .spec import Row, Table
 
 NOT_RUN = "not run"
@@ -29,11 +30,6 @@ def params(r: Optional[Dict]) -> str:
 
 def run_cell(r: Optional[Dict]) -> str:
     return NONE if r is None else f"{r['name']} (`{r['_path']}`)"
-
-
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def heads(r: Dict) -> Optional[int]:

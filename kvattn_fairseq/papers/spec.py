@@ -23,7 +23,7 @@ LM_TINY = flags("--criterion cross_entropy")
 
 @dataclass(frozen=True)
 class Recipe:
-    """One fairseq-train configuration of a paper (`python -m kvattn_fairseq.experiments show NAME`)."""
+    """One fairseq-train configuration of a paper (`python -m kvattn_fairseq experiments show NAME`)."""
     name: str
     summary: str
     task: str                      # fairseq --task

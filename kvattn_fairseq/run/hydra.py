@@ -1,5 +1,5 @@
 """fairseq-hydra-train configs of the papers' recipes: configs/<recipe>.yaml, generated (never edited by hand) by
-`python -m kvattn_fairseq.experiments hydra-configs --out configs`; a test keeps the committed ones in sync."""
+`python -m kvattn_fairseq experiments hydra-configs --out configs`; a test keeps the committed ones in sync."""
 import os
 from typing import Dict, List, Sequence
 
@@ -19,7 +19,7 @@ _REGISTRY_GROUPS = ("task", "criterion", "optimizer", "lr_scheduler")
 HYDRA_HEADER = """\
 # {name}: {summary}
 # Generated from its recipe in {paper} (edit the recipe, not this file) by
-#   python -m kvattn_fairseq.experiments hydra-configs --out configs{tiny}
+#   python -m kvattn_fairseq experiments hydra-configs --out configs{tiny}
 # Source: {source}
 # Data: {data}
 #

@@ -1,12 +1,12 @@
 """Regenerate a paper's table end to end: prepare the data, train every row, evaluate it, write the table.
 
-    python -m kvattn_fairseq.paper_tables TABLE --work DIR [--raw DIR] [--tiny] [--rows R1,R2] [--kinds K1,K2]
+    python -m kvattn_fairseq paper-tables TABLE --work DIR [--raw DIR] [--tiny] [--rows R1,R2] [--kinds K1,K2]
         [--bench results.json] [--drop FLAG]... [-- extra fairseq-train flags]
 
 TABLE is a table of kvattn_fairseq/papers (--help lists them).  The data is prepared, each row evaluated and the
-Markdown written in this process (the same functions as scripts/prepare-*.sh, `python -m kvattn_fairseq.synthetic`,
+Markdown written in this process (the same functions as scripts/prepare-*.sh, `python -m kvattn_fairseq synthetic`,
 `python -m kvattn_fairseq.evaluate` and scripts/make_tables.py); each row is trained by the real fairseq-train (the
-command `python -m kvattn_fairseq.experiments train` prints).  Each step is announced before it runs, its output
+command `python -m kvattn_fairseq experiments train` prints).  Each step is announced before it runs, its output
 logged under DIR/logs, the tables in DIR/tables.md.  A rerun resumes: prepared data and finished evaluations are
 skipped and training continues from checkpoint_last.pt.  --tiny runs the whole chain on the bundled fixtures with
 tiny models (CPU, minutes): a check that the pipeline works, not a result; tables.md marks its rows "(tiny)".
@@ -31,13 +31,13 @@ from ..util import proc
 from ..util.cli import ArgumentParser, run_main, split_passthrough
 from ..util.errors import OneLineError, StepFailed
 from ..evaluate.results import TRAIN_RECORD
-from ..checkpoint_files import written_by_fairseq_train
+from ..checkpoints.files import written_by_fairseq_train
 from ..util.io import (adopt_writes, check_output_dir, check_replaceable, mark, remove_made, tracking_writes,
                        write_atomic)
 from ..util.lock import work_lock
 from . import report, train as recipes
 
-PROG = "python -m kvattn_fairseq.paper_tables"
+PROG = "python -m kvattn_fairseq paper-tables"
 TINY_SYNTHETIC = dict(train=300, valid=30, test=30, min_len=8, max_len=8)
 
 
@@ -122,7 +122,7 @@ def prepare(key: str, work: str, raw: Optional[str], tiny: bool, force: bool = F
             (["--force"] if redo else [])
         step(f"data {key}", os.path.join(logs, f"prepare-{key}.log"),
              lambda: synthetic.generate(out, task, force=redo, **sizes),
-             proc.shell(["python", "-m", "kvattn_fairseq.synthetic", *argv]))
+             proc.shell(["python", "-m", "kvattn_fairseq", "synthetic", *argv]))
         return out
     fixtures_dir = os.path.join(work, "fixtures", key)
     argv = ["--out", out] + (["--raw", raw or fixtures_dir] if raw or tiny else []) + (["--tiny"] if tiny else [])

@@ -1,14 +1,7 @@
-"""The fairseq-train command of a paper's recipe (kvattn_fairseq/papers), and `python -m kvattn_fairseq.experiments`.
+"""The fairseq-train command of a paper's recipe (kvattn_fairseq/papers), behind
+`python -m kvattn_fairseq experiments` (commands/experiments.py) and scripts/train.sh.
 
-    python -m kvattn_fairseq.experiments list
-    python -m kvattn_fairseq.experiments show  EXPERIMENT [DATA_BIN [SAVE_DIR]] [OPTIONS] [-- FLAGS...]
-    python -m kvattn_fairseq.experiments train EXPERIMENT DATA_BIN SAVE_DIR [OPTIONS] [-- FLAGS...]
-    python -m kvattn_fairseq.experiments hydra-configs --out configs [--tiny] [--check]
-    scripts/train.sh EXPERIMENT DATA_BIN SAVE_DIR [OPTIONS] [-- FLAGS...]          (= train)
-
-    OPTIONS: --kind KIND, --tiny, --drop FLAG (repeatable)
-
-`train` prints the command, then runs it (the process becomes fairseq-train).  The command is
+`experiments train` prints the command, then runs it (the process becomes fairseq-train).  The command is
 
     fairseq-train DATA_BIN --user-dir PLUGIN --task TASK --arch ARCH --save-dir SAVE_DIR  <the recipe's flags>
                   <--kind placement>  <FLAGS after -->
@@ -25,18 +18,13 @@ steps), so that the whole chain runs on a CPU in seconds.  Training resumes from
 fairseq always does.
 """
 import os
-import shutil
-import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 from ..papers import RECIPES, Recipe
 from ..papers.spec import flags as _flags
 from ..util import proc
-from ..util.cli import ArgumentParser, run_main, split_passthrough
 from ..util.errors import OneLineError
-
-PROG = "python -m kvattn_fairseq.experiments"
 
 # --tiny: settings for every recipe.  A flag in TINY_REPLACE only changes a value the recipe sets; TINY_SET is
 # always applied; TINY_DROP is removed.
@@ -91,23 +79,15 @@ def last_value(argv: Sequence[str], *names: str) -> Optional[str]:
 
 # --- the plugin side: models, positions, kinds ------------------------------------------------------------------------
 def model_of(arch: str) -> str:
-    from fairseq.models import ARCH_MODEL_NAME_REGISTRY
+    from .. import models
 
-    import kvattn_fairseq  # noqa: F401  (registers the architectures)
-
-    return ARCH_MODEL_NAME_REGISTRY[arch]
+    return models.model_of(arch)
 
 
 def positions_of(arch: str) -> Tuple[str, ...]:
-    from fairseq.models import ARCH_MODEL_REGISTRY
+    from ..models import attention_positions
 
-    from ..models.kvattn_lm import LM_POSITIONS
-    from ..modules.registry import POSITIONS
-
-    own = getattr(ARCH_MODEL_REGISTRY[arch], "attention_positions", None)  # a model with fewer positions says so
-    if own:
-        return tuple(own)
-    return LM_POSITIONS if model_of(arch) == "kvattn_lm" else POSITIONS
+    return attention_positions(arch)
 
 
 def kind_placement(arch: str, kind: str) -> Tuple[List[str], List[str]]:
@@ -142,7 +122,7 @@ def kind_placement(arch: str, kind: str) -> Tuple[List[str], List[str]]:
 def attention_layout(arch: str) -> List[str]:
     """The flags that give another architecture of the same model `arch`'s attention: the kind at each position
     and every option of those kinds that differs from the kind's default."""
-    from ..building import parse_model_args
+    from ..models.building import parse_model_args
     from ..modules.registry import ATTENTION_KINDS, POSITION_FLAGS, position_dest
 
     args = parse_model_args(arch)
@@ -184,8 +164,6 @@ class Command:
 
         from fairseq import options
 
-        from ..modules.registry import AttentionConfigError
-
         err = io.StringIO()
         quiet = logging.getLogger("fairseq.utils")  # "--user-dir ... has already been imported" (it has: here)
         level = quiet.level
@@ -197,9 +175,7 @@ class Command:
             lines = [line for line in err.getvalue().splitlines() if line.strip()]
             message = lines[-1].split("error: ", 1)[-1] if lines else "bad arguments"
             raise OneLineError(f"fairseq-train would refuse the command: {message}") from None
-        except AttentionConfigError as e:
-            raise OneLineError(str(e)) from None
-        finally:
+        finally:  # a bad attention plan is an AttentionConfigError, a OneLineError already
             quiet.setLevel(level)
 
 
@@ -238,23 +214,14 @@ def train_args(name: str, kind: Optional[str] = None, tiny: bool = False, extra:
     return arch, flags + kind_flags + list(extra), notes
 
 
-def fairseq_train_exe() -> List[str]:
-    local = os.path.join(os.path.dirname(sys.executable), "fairseq-train")
-    if os.path.exists(local):
-        return [local]
-    found = shutil.which("fairseq-train")
-    return [found] if found else [sys.executable, "-m", "fairseq_cli.train"]
-
-
 def build_command(name: str, data_bin: str, save_dir: str, kind: Optional[str] = None, tiny: bool = False,
                   extra: Sequence[str] = (), drop: Sequence[str] = ()) -> Command:
-    import kvattn_fairseq
+    from ..util.paths import USER_DIR
 
     exp = recipe(name)
     arch, flags, notes = train_args(name, kind, tiny, extra, drop)
-    args = [data_bin, "--user-dir", kvattn_fairseq.USER_DIR, "--task", exp.task, "--arch", arch, "--save-dir",
-            save_dir, *flags]
-    return Command([*fairseq_train_exe(), *args], notes, args)
+    args = [data_bin, "--user-dir", USER_DIR, "--task", exp.task, "--arch", arch, "--save-dir", save_dir, *flags]
+    return Command([*proc.fairseq_tool("fairseq-train"), *args], notes, args)
 
 
 def check_data(name: str, data_bin: str, extra: Sequence[str] = ()) -> None:
@@ -294,71 +261,3 @@ def _infer_language_pair(path: str) -> Tuple[Optional[str], Optional[str]]:
             src, tgt = parts[1].split("-")
             return src, tgt
     return None, None
-
-
-# --- command line -----------------------------------------------------------------------------------------------------
-def build_parser(prog: str = PROG) -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], passthrough=True,
-                            epilog="Flags after `--` go to fairseq-train verbatim, after the recipe's.")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{list,show,train,hydra-configs}")
-    sub.add_parser("list", help="the experiments")
-    for cmd in ("show", "train"):
-        p = sub.add_parser(cmd, help="print the command" if cmd == "show" else "print and run the command")
-        p.add_argument("experiment")
-        if cmd == "show":
-            p.add_argument("data_bin", nargs="?", default="DATA_BIN")
-            p.add_argument("save_dir", nargs="?", default="SAVE_DIR")
-        else:
-            p.add_argument("data_bin")
-            p.add_argument("save_dir")
-        p.add_argument("--kind", help="attention kind at every position where it fits (softmax elsewhere)")
-        p.add_argument("--tiny", action="store_true", help="tiny architecture and limits (CPU smoke run)")
-        p.add_argument("--drop", action="append", default=[], metavar="FLAG",
-                       help="remove a flag (and its value) from the recipe's flags, e.g. --drop fp16 on a CPU; "
-                            "repeatable (a store-true flag cannot be undone after --)")
-    p = sub.add_parser("hydra-configs", help="write configs/<experiment>.yaml for fairseq-hydra-train")
-    p.add_argument("--out", required=True)
-    p.add_argument("--tiny", action="store_true", help="the --tiny variants")
-    p.add_argument("--check", action="store_true", help="only report files that are out of date (exit 1)")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    prog = os.environ.get("KVATTN_EXPERIMENTS_PROG", PROG)
-    own, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(prog)
-    args = parser.parse_args(own)
-    if extra and args.cmd not in ("show", "train"):
-        parser.error("flags after -- are only for show and train")
-
-    def body() -> int:
-        if args.cmd == "list":
-            width = max(map(len, RECIPES))
-            for r in RECIPES.values():
-                print(f"{r.name:<{width}}  {r.task:<17}  {r.arch:<24}  {r.summary}")
-            return 0
-        if args.cmd == "hydra-configs":
-            from .hydra import write_hydra_configs
-
-            stale = write_hydra_configs(args.out, args.tiny, args.check)
-            for path in stale:
-                print(("out of date: " if args.check else "wrote ") + path)
-            return 1 if args.check and stale else 0
-        command = build_command(args.experiment, args.data_bin, args.save_dir, args.kind, args.tiny, extra,
-                                args.drop)
-        if args.cmd == "train":
-            check_data(args.experiment, args.data_bin, extra)
-        for note in command.notes:
-            print(f"# {note}")
-        print(command.shell())
-        if args.cmd == "train":
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.execv(command.argv[0], command.argv)
-        return 0
-
-    return run_main(prog, body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """`kv_position_classification`: a label for every input position, the Key-Value Transformer paper's synthetic-task
 setup (an encoder-only classifier; docs/papers/kv-transformer.md, "Synthetic tasks").
 
-Data: the binarized pairs `python -m kvattn_fairseq.synthetic` writes (DATA/{split}.src-tgt.{src,tgt}.{bin,idx} and
+Data: the binarized pairs `python -m kvattn_fairseq synthetic` writes (DATA/{split}.src-tgt.{src,tgt}.{bin,idx} and
 the dictionaries), read as inputs and per-position labels: the label of position i is symbol i of the target line,
 so a target must be exactly as long as its input.  The end-of-sentence symbol fairseq-preprocess appends to both is
 dropped (the paper's sequences have no special symbols).  The classes are the label dictionary's symbols after its
@@ -66,7 +66,7 @@ class PositionLabelDataset(FairseqDataset):
 @dataclass
 class PositionClassificationConfig(FairseqDataclass):
     data: Optional[str] = field(default=None, metadata={
-        "help": "directory of binarized inputs and labels (python -m kvattn_fairseq.synthetic: DIR/data-bin)"})
+        "help": "directory of binarized inputs and labels (python -m kvattn_fairseq synthetic: DIR/data-bin)"})
     source_lang: str = field(default="src", metadata={"help": "suffix of the inputs' files"})
     target_lang: str = field(default="tgt", metadata={"help": "suffix of the per-position labels' files"})
 
@@ -82,14 +82,14 @@ class PositionClassificationTask(FairseqTask):
     @classmethod
     def setup_task(cls, cfg: PositionClassificationConfig, **kwargs):
         if not cfg.data:
-            raise OneLineError("DATA: give the data directory (python -m kvattn_fairseq.synthetic's DIR/data-bin)")
+            raise OneLineError("DATA: give the data directory (python -m kvattn_fairseq synthetic's DIR/data-bin)")
         data = cfg.data.split(os.pathsep)[0]
         dicts = []
         for lang in (cfg.source_lang, cfg.target_lang):
             path = os.path.join(data, f"dict.{lang}.txt")
             if not os.path.isfile(path):
                 raise OneLineError(f"DATA: {path} is missing (expected the binarized data of python -m "
-                                   f"kvattn_fairseq.synthetic, DIR/data-bin; --source-lang/--target-lang name the "
+                                   f"kvattn_fairseq synthetic, DIR/data-bin; --source-lang/--target-lang name the "
                                    f"suffixes)")
             dicts.append(cls.load_dictionary(path))
         if len(dicts[1]) <= dicts[1].nspecial:

@@ -1,9 +1,13 @@
-"""The one error class of the orchestration half.
+"""The one base of every error the user is meant to read.
 
-A command that meets bad input (a missing file, an unknown name, a refused flag) or a failed step raises
+A command that meets bad input (a missing file, an unknown name, a refused flag) or a failed step raises a
 OneLineError before any work starts, or as soon as the failure is known; util.cli.run_main prints it as one line,
-`PROG: error: MESSAGE`, and exits with its status.  The message names the flag or file to fix.  Nothing else is
-reported to the user as an error: any other exception is a bug and keeps its traceback.
+`PROG: error: MESSAGE`, and exits with its status, and inside fairseq's own tools the plugin's error hook
+(patches/one_line_errors.py) does the same.  The message names the flag or file to fix.  Every user-facing refusal
+derives from it: AttentionConfigError (modules/registry.py), ConversionError (checkpoints/convert.py),
+PlanMismatch (checkpoints/plan.py), CheckpointRefused (patches/unsafe_checkpoints.py), EvalLMRefused
+(patches/tool_refusals.py), BenchmarkError (bench/common.py) and StepFailed below.  Nothing else is reported to the
+user as an error: any other exception is a bug and keeps its traceback.
 """
 
 

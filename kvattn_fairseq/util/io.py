@@ -175,12 +175,17 @@ def _umask() -> int:
     return mask
 
 
-def _read_marker(directory: str) -> Optional[dict]:
+def read_json(path: str):
+    """The JSON value in `path`, or None when it is missing, unreadable or not JSON."""
     try:
-        with open(os.path.join(directory, MARKER), encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def _read_marker(directory: str) -> Optional[dict]:
+    data = read_json(os.path.join(directory, MARKER))
     return data if isinstance(data, dict) and isinstance(data.get("entries"), list) else None
 
 

@@ -194,3 +194,12 @@ def logged(log: str, label: str, append: bool = True) -> Iterator[None]:
 def python_module(module: str) -> List[str]:
     """`python -m module` with this interpreter."""
     return [sys.executable, "-m", module]
+
+
+def fairseq_tool(name: str) -> List[str]:
+    """The command of a fairseq tool ("fairseq-train", "fairseq-eval-lm", ...) for this interpreter: the console
+    script installed beside it, else `python -m fairseq_cli.<tool>` (never another environment's from PATH)."""
+    script = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(script):
+        return [script]
+    return python_module("fairseq_cli." + name[len("fairseq-"):].replace("-", "_"))

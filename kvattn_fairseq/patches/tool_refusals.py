@@ -1,5 +1,5 @@
-"""One-line refusals where fairseq's own tools would give silently wrong numbers or a traceback, installed on
-import (compat.apply); each is raised before the tool does its work.
+"""One-line refusals where fairseq's own tools would give silently wrong numbers or a traceback (wrapper factories
+for patches.PATCHES); each is raised before the tool does its work.
 
 - fairseq-eval-lm drops every block longer than the model's positions without a word (`ignore_invalid_inputs`):
   `--tokens-per-sample 2000` on a 64-position model prints "Evaluated 0 tokens ... Perplexity: 1.00", and 65 scores
@@ -9,13 +9,10 @@ import (compat.apply); each is raised before the tool does its work.
 - fairseq-interactive with its standard input closed ended in an AttributeError inside fileinput.
 - fairseq-train --fp16 without CUDA ended in torch's "not compiled with CUDA" assertion: fairseq's fp16 optimizer
   keeps fp32 master weights on the GPU.
-- A bad value of one of the plugin's flags is one `PROG: error: ...` line, without fairseq's usage block of a few
-  hundred lines in front of it (other flags keep argparse's usual usage + error).
 """
-import functools
 import sys
 
-from .util.errors import OneLineError
+from ..util.errors import OneLineError
 
 
 class EvalLMRefused(OneLineError):
@@ -45,15 +42,9 @@ def check_blocks_fit(sizes, max_positions, tokens_per_sample: int, context_windo
                             f"--context-window for more context per scored token)")
 
 
-def install_eval_lm() -> None:
-    from fairseq.tasks.language_modeling import LanguageModelingTask
-
-    dataloader = LanguageModelingTask.eval_lm_dataloader
-    if getattr(dataloader, "kvattn_checked", False):
-        return
-
-    @functools.wraps(dataloader)
-    def eval_lm_dataloader(self, dataset, *args, **kwargs):
+def eval_lm_dataloader(dataloader):
+    """fairseq.tasks.language_modeling.LanguageModelingTask.eval_lm_dataloader"""
+    def checked(self, dataset, *args, **kwargs):
         names = ("max_tokens", "batch_size", "max_positions", "num_shards", "shard_id", "num_workers",
                  "data_buffer_size", "context_window")
         given = dict(zip(names, args), **kwargs)
@@ -64,22 +55,7 @@ def install_eval_lm() -> None:
                          "the evaluated set")
         return dataloader(self, dataset, *args, **kwargs)
 
-    eval_lm_dataloader.kvattn_checked = True
-    LanguageModelingTask.eval_lm_dataloader = eval_lm_dataloader
-
-    tool = sys.modules.get("fairseq_cli.eval_lm")
-    if tool is not None and not getattr(tool.main, "kvattn_checked", False):
-        main = tool.main
-
-        @functools.wraps(main)
-        def checked_main(cfg, **kwargs):
-            eval_cfg, task_cfg = getattr(cfg, "eval_lm", None), getattr(cfg, "task", None)
-            if eval_cfg is not None and task_cfg is not None and getattr(task_cfg, "tokens_per_sample", None):
-                check_context_window(task_cfg.tokens_per_sample, eval_cfg.context_window)
-            return main(cfg, **kwargs)
-
-        checked_main.kvattn_checked = True
-        tool.main = checked_main
+    return checked
 
 
 def alignment_kind(model) -> str:
@@ -90,14 +66,8 @@ def alignment_kind(model) -> str:
     return plan["cross"].kinds[-1]
 
 
-def install_generate() -> None:
-    from fairseq.tasks.fairseq_task import FairseqTask
-
-    build_generator = FairseqTask.build_generator
-    if getattr(build_generator, "kvattn_checked", False):
-        return
-
-    @functools.wraps(build_generator)
+def build_generator(build):
+    """fairseq.tasks.fairseq_task.FairseqTask.build_generator"""
     def checked(self, models, args, *rest, **kwargs):
         if getattr(args, "print_alignment", None):
             for model in models:
@@ -107,28 +77,23 @@ def install_generate() -> None:
                                        f"no attention weights over the source tokens (only softmax attention does); "
                                        f"drop --print-alignment, or use a model whose last layer has softmax "
                                        f"cross-attention")
-        return build_generator(self, models, args, *rest, **kwargs)
+        return build(self, models, args, *rest, **kwargs)
 
-    checked.kvattn_checked = True
-    FairseqTask.build_generator = checked
+    return checked
 
 
-def install_interactive() -> None:
-    tool = sys.modules.get("fairseq_cli.interactive")
-    if tool is None or getattr(tool.main, "kvattn_checked", False):
-        return
-    main = tool.main
+def check_stdin(cfg) -> None:
+    """fairseq-interactive reading sentences from a closed standard input."""
+    interactive = getattr(cfg, "interactive", None)
+    if interactive is not None and interactive.input == "-" and (sys.stdin is None or sys.stdin.closed):
+        raise OneLineError("no standard input to read sentences from (it is closed): pipe the sentences in, "
+                           "or pass --input FILE")
 
-    @functools.wraps(main)
-    def checked_main(cfg, *args, **kwargs):
-        interactive = getattr(cfg, "interactive", None)
-        if interactive is not None and interactive.input == "-" and (sys.stdin is None or sys.stdin.closed):
-            raise OneLineError("no standard input to read sentences from (it is closed): pipe the sentences in, "
-                               "or pass --input FILE")
-        return main(cfg, *args, **kwargs)
 
-    checked_main.kvattn_checked = True
-    tool.main = checked_main
+def check_eval_lm_window(cfg) -> None:
+    eval_cfg, task_cfg = getattr(cfg, "eval_lm", None), getattr(cfg, "task", None)
+    if eval_cfg is not None and task_cfg is not None and getattr(task_cfg, "tokens_per_sample", None):
+        check_context_window(task_cfg.tokens_per_sample, eval_cfg.context_window)
 
 
 def check_fp16_device(cfg) -> None:
@@ -146,53 +111,24 @@ def check_fp16_device(cfg) -> None:
                            f"fp32 (drop {flag}) or with --bf16")
 
 
-def install_train() -> None:
-    from fairseq.distributed import utils as dist_utils
+# the tool whose main fairseq's call_main runs -> its check of the whole config, before any work
+CHECKS = {"fairseq_cli.train": check_fp16_device, "fairseq_cli.eval_lm": check_eval_lm_window,
+          "fairseq_cli.interactive": check_stdin}
 
-    call_main = dist_utils.call_main
-    if getattr(call_main, "kvattn_fp16_checked", False):
-        return
 
-    @functools.wraps(call_main)
+def tool_of(main) -> str:
+    """The fairseq_cli module of `main`, also when it runs as `python -m fairseq_cli.X` (then named __main__)."""
+    module = sys.modules.get(getattr(main, "__module__", None) or "")
+    spec = getattr(module, "__spec__", None)
+    return spec.name if spec is not None else getattr(main, "__module__", "")
+
+
+def refuse_before_running(call_main):
+    """A layer of fairseq.distributed.utils.call_main, the entry every fairseq tool goes through."""
     def checked(cfg, main, **kwargs):
-        if getattr(main, "__module__", "") == "fairseq_cli.train":
-            check_fp16_device(cfg)
+        check = CHECKS.get(tool_of(main))
+        if check is not None:
+            check(cfg)
         return call_main(cfg, main, **kwargs)
 
-    checked.kvattn_fp16_checked = True
-    dist_utils.call_main = checked
-
-
-def plugin_flags() -> set:
-    from .modules.registry import POSITION_FLAGS, all_options
-
-    return {o.flag for o in all_options()} | set(POSITION_FLAGS.values())
-
-
-def install_usage_free_errors() -> None:
-    """argparse prints the whole usage before an error; fairseq's is a few hundred lines, which buries the one line
-    that names the plugin flag to fix."""
-    import argparse
-    import re
-
-    error = argparse.ArgumentParser.error
-    if getattr(error, "kvattn_one_line", False):
-        return
-
-    @functools.wraps(error)
-    def one_line(self, message):
-        named = re.match(r"argument ([-\w]+)(/[-\w]+)*:", message)
-        if named and named.group(1) in plugin_flags():  # read now: the kinds register after compat.apply
-            self.exit(2, f"{self.prog}: error: {message}\n")
-        return error(self, message)
-
-    one_line.kvattn_one_line = True
-    argparse.ArgumentParser.error = one_line
-
-
-def install() -> None:
-    install_eval_lm()
-    install_generate()
-    install_interactive()
-    install_train()
-    install_usage_free_errors()
+    return checked

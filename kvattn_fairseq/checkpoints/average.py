@@ -1,8 +1,8 @@
 """Average the parameters of several fairseq checkpoints (fairseq's scripts/ are not in its wheel).
 
-    python -m kvattn_fairseq.average_checkpoints --inputs CKPT_DIR --num-epoch-checkpoints 10 --output avg.pt
-    python -m kvattn_fairseq.average_checkpoints --inputs CKPT_DIR --num-update-checkpoints 5 --output avg.pt
-    python -m kvattn_fairseq.average_checkpoints --inputs a.pt b.pt c.pt --output avg.pt
+    python -m kvattn_fairseq average-checkpoints --inputs CKPT_DIR --num-epoch-checkpoints 10 --output avg.pt
+    python -m kvattn_fairseq average-checkpoints --inputs CKPT_DIR --num-update-checkpoints 5 --output avg.pt
+    python -m kvattn_fairseq average-checkpoints --inputs a.pt b.pt c.pt --output avg.pt
 
 With a directory, the last N epoch checkpoints (checkpoint<EPOCH>.pt) or update checkpoints
 (checkpoint_<EPOCH>_<UPDATE>.pt, written with --save-interval-updates) are averaged; --upper-bound excludes later
@@ -11,7 +11,7 @@ checkpoints hold, so nothing else in a file can run on load).  Floating-point pa
 ones in fp64) and cast back to their dtype; other tensors (counters, version buffers) are taken from the last
 checkpoint.  Every non-model field (cfg, extra_state, optimizer history and state) is the last checkpoint's; the
 full paths of the files averaged are recorded under "kvattn_averaged_from".  All checkpoints must hold the same
-parameter names and shapes and the same attention plan (checkpoint_plan.py: softmax and linear weights have the
+parameter names and shapes and the same attention plan (plan.py: softmax and linear weights have the
 same shapes, but their mean is neither model).  The output is written atomically, with an ordinary file's mode; it
 must be a regular file or absent, never one of the inputs (links resolved), and an existing one is replaced only
 with --force.
@@ -20,16 +20,15 @@ import argparse
 import collections
 import os
 import re
-import sys
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
-import kvattn_fairseq  # noqa: F401  (allow-lists fairseq's checkpoint globals for weights_only loading)
-from kvattn_fairseq.checkpoint_plan import KEY, checkpoint_record, describe, difference
-from kvattn_fairseq.util.cli import ArgumentParser, run_main
-from kvattn_fairseq.util.errors import OneLineError
-from kvattn_fairseq.util.io import check_output_file, write_atomic
+from ..util.cli import ArgumentParser, run_main
+from ..util.errors import OneLineError
+from ..util.io import check_output_file, write_atomic
+from .files import read
+from .plan import KEY, checkpoint_record, describe, difference
 
 EPOCH_RE = re.compile(r"^checkpoint(\d+)\.pt$")
 UPDATE_RE = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
@@ -58,12 +57,7 @@ def load_checkpoint(path: str, what: str = "checkpoint", require_model: bool = T
     if not os.path.isfile(path):
         raise OneLineError(f"{what} not found: {path}")
     try:
-        try:  # memory-mapped: only what is averaged gets read into memory
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):  # an old (non-zip) checkpoint cannot be mapped
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read(path)  # memory-mapped: only what is averaged gets read into memory
     except Exception as e:  # noqa: BLE001  (pickle errors, truncated zip files, ...: one line, no traceback)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OneLineError(f"{what} {path}: cannot load it: {first}") from None
@@ -161,7 +155,7 @@ def resolve_inputs(inputs: Sequence[str], num_epoch: Optional[int], num_update: 
 
 
 def main(argv=None) -> int:
-    p = ArgumentParser(prog="python -m kvattn_fairseq.average_checkpoints", description=__doc__,
+    p = ArgumentParser(prog="python -m kvattn_fairseq average-checkpoints", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inputs", nargs="+", required=True, help="checkpoint files, or one directory with --num-*")
     p.add_argument("--output", required=True, help="where the averaged checkpoint goes")
@@ -184,6 +178,3 @@ def main(argv=None) -> int:
 
     return run_main(p.prog, body)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,23 +5,18 @@ attention share their projections), so `--model-overrides "{'decoder_attention_t
 give another model.  Every checkpoint the plugin's models save carries `kvattn_plan` (per position: the kind of
 each layer and each kind's options), taken from the model config before any override.  Loading compares it with the
 plan the (overridden) config builds and refuses a difference in one line, unless the overrides hold
-`'load_other_plan': True`.  `python -m kvattn_fairseq.convert` is the way to change kinds; it records the new plan.
+`'load_other_plan': True`.  `python -m kvattn_fairseq convert` is the way to change kinds; it records the new plan.
+The checks run inside fairseq's loader and trainer through patches/attention_plan.py.
 """
-import argparse
-import contextvars
-import copy
 import json
 import logging
 from typing import Any, Dict, Mapping, Optional
 
-from .util.errors import OneLineError
+from ..util.errors import OneLineError
+from . import config
 
 KEY = "kvattn_plan"
 OVERRIDE_FLAG = "load_other_plan"
-MODEL_POSITIONS = {"kvattn_transformer": ("encoder", "decoder", "cross"), "kvattn_lm": ("decoder",),
-                   "kvattn_classifier": ("encoder",)}
-# The plan of the model a fairseq-train run built, while its trainer loads a checkpoint (resume or finetune).
-TRAINING_PLAN: contextvars.ContextVar = contextvars.ContextVar("kvattn_training_plan", default=None)
 logger = logging.getLogger(__name__)
 
 
@@ -29,30 +24,17 @@ class PlanMismatch(OneLineError):
     """A checkpoint's weights were trained with another attention plan than the model they would load into."""
 
 
-def _namespace(model_cfg) -> Optional[argparse.Namespace]:
-    if model_cfg is None:
-        return None
-    if isinstance(model_cfg, argparse.Namespace):
-        return copy.deepcopy(model_cfg)
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(model_cfg):
-        return argparse.Namespace(**OmegaConf.to_container(model_cfg, resolve=True))
-    if isinstance(model_cfg, Mapping):
-        return argparse.Namespace(**copy.deepcopy(dict(model_cfg)))
-    return None
-
-
 def plan_record(model_cfg) -> Optional[Dict[str, Any]]:
     """{position: {"kinds": [kind per layer], "options": {kind: {option: value}}}} of the plugin model `model_cfg`
     builds (its architecture's defaults applied, as the build does); None for a model that is not the plugin's."""
-    from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_NAME_REGISTRY
+    from fairseq.models import ARCH_CONFIG_REGISTRY
 
-    from .models.layers import check_attention_args
+    from ..models import attention_positions
+    from ..models.layers import check_attention_args
 
-    args = _namespace(model_cfg)
-    arch = getattr(args, "arch", None) or getattr(args, "_name", None)
-    positions = MODEL_POSITIONS.get(ARCH_MODEL_NAME_REGISTRY.get(arch, arch))
+    args = config.as_namespace(model_cfg)
+    arch = config.arch(args)
+    positions = attention_positions(arch)
     if positions is None or arch not in ARCH_CONFIG_REGISTRY:
         return None
     ARCH_CONFIG_REGISTRY[arch](args)
@@ -69,12 +51,8 @@ def checkpoint_record(state: Mapping) -> Optional[Dict[str, Any]]:
     """The plan a checkpoint records; for one saved before plans were recorded, the plan its config builds."""
     if state.get(KEY) is not None:
         return state[KEY]
-    cfg = state.get("cfg")
-    model_cfg = cfg.get("model") if cfg is not None else None
-    if model_cfg is None and state.get("args") is not None:
-        model_cfg = state["args"]
     try:
-        return plan_record(model_cfg)
+        return plan_record(config.section(state, "model"))
     except Exception:  # noqa: BLE001  (a config this code cannot rebuild: nothing recorded to compare)
         return None
 
@@ -82,7 +60,7 @@ def checkpoint_record(state: Mapping) -> Optional[Dict[str, Any]]:
 def describe(record: Optional[Mapping]) -> str:
     if record is None:
         return "no plugin attention plan (a model that is not the plugin's)"
-    from .modules.plan import compact
+    from ..modules.plan import compact
 
     order = ("encoder", "decoder", "cross")
     return ", ".join(f"{p}={compact(record[p]['kinds'])}" for p in sorted(record, key=order.index))
@@ -90,7 +68,7 @@ def describe(record: Optional[Mapping]) -> str:
 
 def difference(trained: Mapping, built: Mapping) -> Optional[str]:
     """The first difference between two records, in words; None when they are the same plan."""
-    from .modules.plan import compact
+    from ..modules.plan import compact
 
     for position in [p for p in ("encoder", "decoder", "cross") if p in trained or p in built]:
         a, b = trained.get(position), built.get(position)
@@ -124,7 +102,7 @@ def check_on_load(path: str, state: Mapping, model_cfg_after_overrides, allowed:
                        f"('{OVERRIDE_FLAG}': True): {diff}")
         return
     raise PlanMismatch(f"--model-overrides: {path} was trained with {describe(trained)} ({diff}); its weights do "
-                       f"not make that model. Change kinds with python -m kvattn_fairseq.convert, or add "
+                       f"not make that model. Change kinds with python -m kvattn_fairseq convert, or add "
                        f"'{OVERRIDE_FLAG}': True to --model-overrides to load them anyway")
 
 
@@ -134,67 +112,4 @@ def check_for_training(path: str, state: Mapping, built: Mapping) -> None:
     if diff is not None:
         raise PlanMismatch(f"{path} was trained with {describe(trained)} but this fairseq-train run builds "
                            f"{describe(built)} ({diff}; the --*-attention-type flags and kinds' options): convert it "
-                           f"with python -m kvattn_fairseq.convert and pass the result to --finetune-from-model")
-
-
-# --- hooks into fairseq's checkpoint code (installed by compat.apply) --------------------------------------------
-def install() -> None:
-    from fairseq import checkpoint_utils
-    from fairseq.trainer import Trainer
-
-    load = checkpoint_utils.load_checkpoint_to_cpu
-    if getattr(load, "kvattn_checks_plan", False):
-        return
-
-    def load_checkpoint_to_cpu(path, arg_overrides=None, *args, **kwargs):
-        allowed = False
-        if arg_overrides and OVERRIDE_FLAG in arg_overrides:
-            arg_overrides = dict(arg_overrides)
-            allowed = arg_overrides.pop(OVERRIDE_FLAG)
-            if not isinstance(allowed, bool):  # 'False' (a string) is true to Python: never read it as a yes
-                raise PlanMismatch(f"--model-overrides: '{OVERRIDE_FLAG}' must be True or False (Python booleans, "
-                                   f"unquoted), not {allowed!r}")
-        state = load(path, arg_overrides, *args, **kwargs)
-        if isinstance(state, dict):
-            training = TRAINING_PLAN.get()
-            if training is not None:
-                check_for_training(path, state, training)
-            elif arg_overrides:
-                cfg = state.get("cfg")
-                model_cfg = cfg.get("model") if cfg is not None else state.get("args")
-                check_on_load(path, state, model_cfg, allowed)
-        return state
-
-    load_checkpoint_to_cpu.kvattn_checks_plan = True
-    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
-
-    state_dict = Trainer.state_dict
-
-    def recorded(model_cfg):
-        try:
-            return plan_record(model_cfg)
-        except Exception as e:  # noqa: BLE001  (never let the record stop a save; say it is missing)
-            logger.warning(f"cannot record the attention plan of this model ({type(e).__name__}: {e})")
-            return None
-
-    def trainer_state_dict(self):
-        state = state_dict(self)
-        record = recorded(self.cfg.model)
-        if record is not None:
-            state[KEY] = record
-        return state
-
-    Trainer.state_dict = trainer_state_dict
-
-    load_into = Trainer.load_checkpoint
-
-    def trainer_load_checkpoint(self, filename, *args, **kwargs):
-        record = recorded(self.cfg.model)
-        token = TRAINING_PLAN.set(record) if record is not None else None
-        try:
-            return load_into(self, filename, *args, **kwargs)
-        finally:
-            if token is not None:
-                TRAINING_PLAN.reset(token)
-
-    Trainer.load_checkpoint = trainer_load_checkpoint
+                           f"with python -m kvattn_fairseq convert and pass the result to --finetune-from-model")

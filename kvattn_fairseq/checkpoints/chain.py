@@ -3,7 +3,7 @@
     scripts/convert.sh --checkpoint IN.pt --data DATA_BIN --out DIR [--transfer-updates N] [--finetune-updates N]
                        [--transfer-lr LR] [--finetune-lr LR] [position and kind flags] [-- fairseq-train flags]
 
-1. `python -m kvattn_fairseq.convert` writes DIR/converted.pt with the requested kinds (the position and kind flags,
+1. `python -m kvattn_fairseq convert` writes DIR/converted.pt with the requested kinds (the position and kind flags,
    e.g. --decoder-attention-type memsizer*5,softmax).
 2. `fairseq-train --criterion attention_transfer --teacher-checkpoint IN.pt` trains only the new attention modules
    to reproduce the ones they replaced (DIR/transfer/; skipped with --transfer-updates 0).
@@ -23,21 +23,19 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from .util import proc
-from .util.cli import ArgumentParser, run_main, split_passthrough
-from .util.errors import OneLineError
-from .util.io import (add_made, check_output_dir, check_replaceable, made_entries, mark, tracking_writes,
-                      write_atomic)
+from ..util import proc
+from ..util.cli import ArgumentParser, run_main, split_passthrough
+from ..util.errors import OneLineError
+from ..util.io import (add_made, check_output_dir, check_replaceable, made_entries, mark, read_json,
+                      tracking_writes, write_atomic)
+from . import config
 
-BIN = os.path.dirname(sys.executable)
 CHAIN = "chain.json"
 STAGES = ("transfer", "finetune")
 MADE = ("converted.pt", *STAGES, *(f"{s}{x}.log" for s in STAGES for x in ("", ".failed")), CHAIN)
 
 
-def tool(name: str) -> List[str]:
-    path = os.path.join(BIN, name)
-    return [path] if os.path.exists(path) else [name]
+tool = proc.fairseq_tool  # under this name for recovery.py
 
 
 def run(cmd: Sequence[str], log_path: str, record: List[Dict]) -> str:
@@ -51,14 +49,13 @@ def run(cmd: Sequence[str], log_path: str, record: List[Dict]) -> str:
 
 def finished(save_dir: str, updates: int) -> bool:
     """True when save_dir/checkpoint_last.pt already holds `updates` updates (a rerun then starts nothing)."""
-    import torch
+    from .files import read, updates as held
 
     path = os.path.join(save_dir, "checkpoint_last.pt")
     if not os.path.exists(path):
         return False
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return (state.get("optimizer_history") or [{}])[-1].get("num_updates", 0) >= updates
+        return held(read(path)) >= updates
     except Exception:  # noqa: BLE001  (unreadable: let fairseq-train deal with it)
         return False
 
@@ -68,24 +65,15 @@ def task_flags(checkpoint: str) -> List[str]:
     from .convert import load_source
 
     state, _, _ = load_source(checkpoint)
-    cfg = state["cfg"]
-    task, dataset = cfg.get("task"), cfg.get("dataset")
-
-    def get(section, key):
-        if section is None:
-            return None
-        return getattr(section, key, None) if isinstance(section, argparse.Namespace) else section.get(key)
-
-    name = get(task, "_name") or get(task, "task")
+    task, dataset = config.section(state, "task"), config.section(state, "dataset")
+    name = config.value(task, "_name") or config.value(task, "task")
     flags = ["--task", name] if name else []
-    for key in ("source_lang", "target_lang", "tokens_per_sample", "sample_break_mode"):
-        value = get(task, key)
-        if value is not None:
-            flags += ["--" + key.replace("_", "-"), str(value)]
-    for key in ("max_tokens", "batch_size"):
-        value = get(dataset, key)
-        if value is not None:
-            flags += ["--" + key.replace("_", "-"), str(value)]
+    for section, keys in ((task, ("source_lang", "target_lang", "tokens_per_sample", "sample_break_mode")),
+                          (dataset, ("max_tokens", "batch_size"))):
+        for key in keys:
+            value = config.value(section, key)
+            if value is not None:
+                flags += ["--" + key.replace("_", "-"), str(value)]
     return flags
 
 
@@ -111,11 +99,7 @@ def chain_settings(checkpoint: str, data: str, convert_flags: Sequence[str], tra
 
 
 def _recorded(out: str) -> Optional[Dict]:
-    try:
-        with open(os.path.join(out, CHAIN), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
+    data = read_json(os.path.join(out, CHAIN))
     return data.get("settings") if isinstance(data, dict) else None
 
 
@@ -123,7 +107,7 @@ def prepare_out(out: str, settings: Dict, force: bool) -> None:
     """Refuse (or with --force clear) an --out made with other settings, before anything is written."""
     import shutil
 
-    from .data.build import differences
+    from ..data.build import differences
 
     check_output_dir(out, "--out")
     present = [e for e in MADE if os.path.lexists(os.path.join(out, e))]
@@ -151,9 +135,9 @@ def chain(checkpoint: str, data: str, out: str, convert_flags: Sequence[str], tr
           finetune_updates: int, transfer_lr: str = "1e-3", finetune_lr: str = "5e-4",
           extra: Sequence[str] = (), converted: Optional[str] = None, force: bool = False) -> str:
     """The three stages; `converted` reuses an existing conversion of `checkpoint` with the same flags."""
-    from . import USER_DIR
-    from .checkpoint_files import written_by_fairseq_train
+    from ..util.paths import USER_DIR
     from .convert import convert_file, load_source, model_flags, parser
+    from .files import written_by_fairseq_train
 
     data_flags = task_flags(checkpoint)  # a bad --checkpoint stops here, before anything is written
     settings = chain_settings(checkpoint, data, convert_flags, transfer_updates, finetune_updates, transfer_lr,
@@ -184,14 +168,14 @@ def chain(checkpoint: str, data: str, out: str, convert_flags: Sequence[str], tr
 
     if converted is None:
         converted = os.path.join(out, "converted.pt")
-        cmd = [sys.executable, "-m", "kvattn_fairseq.convert", "--checkpoint", checkpoint, "--out", converted,
+        cmd = [sys.executable, "-m", "kvattn_fairseq", "convert", "--checkpoint", checkpoint, "--out", converted,
                *convert_flags]
         record.append({"cmd": [str(c) for c in cmd]})
         if os.path.exists(converted):
             record[-1]["skipped"] = "already done"
         else:  # in this process: the same checks and output as the command
             add_made(out, ["converted.pt"])
-            done = convert_file(checkpoint, converted, parser().parse_args(cmd[3:]))
+            done = convert_file(checkpoint, converted, parser().parse_args(cmd[4:]))
             print(f"converted {checkpoint} -> {converted}: " + "; ".join(
                 f"{p} {i}: {a} -> {b}" for p, i, a, b, _ in done["sites"]), flush=True)
     base = [*tool("fairseq-train"), data, "--user-dir", USER_DIR, *model_flags(load_source(converted)[1]),
@@ -212,7 +196,7 @@ def chain(checkpoint: str, data: str, out: str, convert_flags: Sequence[str], tr
 
 
 def main(argv=None) -> int:
-    from .modules.registry import POSITIONS, add_attention_args
+    from ..modules.registry import POSITIONS, add_attention_args
 
     argv, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
     p = ArgumentParser(prog=os.environ.get("KVATTN_CHAIN_PROG", "scripts/convert.sh"), description=__doc__,
@@ -242,16 +226,9 @@ def main(argv=None) -> int:
                               ",".join(map(str, value))]
 
     def body() -> int:
-        try:
-            result = chain(a.checkpoint, a.data, a.out, convert_flags, a.transfer_updates, a.finetune_updates,
-                           a.transfer_lr, a.finetune_lr, extra, force=a.force)
-        except ValueError as e:  # ConversionError, AttentionConfigError: bad input, the message names the fix
-            raise OneLineError(str(e)) from None
-        print(result)
+        print(chain(a.checkpoint, a.data, a.out, convert_flags, a.transfer_updates, a.finetune_updates, a.transfer_lr,
+                    a.finetune_lr, extra, force=a.force))
         return 0
 
     return run_main(p.prog, body)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

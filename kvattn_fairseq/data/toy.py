@@ -1,6 +1,6 @@
 """Toy data in fairseq's raw translation / language-modelling text formats, for tests and the demo.
 
-`python -m kvattn_fairseq.toydata reverse OUTDIR` writes {train,valid,test}.{src,tgt}: random sequences over a small
+`python -m kvattn_fairseq toydata reverse OUTDIR` writes {train,valid,test}.{src,tgt}: random sequences over a small
 alphabet and their reversal, a task a model can only solve by attending across the whole source.
 """
 import argparse
@@ -42,7 +42,7 @@ def write_lm(outdir: str, train: int = 2000, valid: int = 200, test: int = 200, 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kvattn_fairseq.toydata", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kvattn_fairseq toydata", description=__doc__)
     parser.add_argument("task", choices=["reverse", "lm"])
     parser.add_argument("outdir")
     parser.add_argument("--train", type=int, default=2000)
@@ -55,6 +55,3 @@ def main(argv=None) -> None:
     else:
         write_lm(args.outdir, args.train, args.valid, args.test, seed=args.seed)
 
-
-if __name__ == "__main__":
-    main()

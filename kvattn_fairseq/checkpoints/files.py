@@ -1,4 +1,5 @@
-"""Checkpoint files that survive an interrupt at any moment, and a resume that gets past a damaged one.
+"""Checkpoint files that survive an interrupt at any moment, and a resume that gets past a damaged one: what the
+files hold and which one a resume should use (patches/atomic_checkpoints.py hooks it into fairseq).
 
 fairseq saves `checkpoint_E_U.pt` through a temporary name, but then *copies* it onto `checkpoint_last.pt` and
 `checkpoint_best.pt` in place: a kill or Ctrl-C during that copy leaves a truncated checkpoint_last.pt, and the
@@ -10,18 +11,14 @@ that holds the most updates, saying so in one line (or refuses, naming the file,
 choice is made from what the files hold, never from their modification times (a copy of the directory resets
 those).
 """
-import copy
-import logging
 import os
 import re
 import shutil
 import zipfile
 from typing import List, Optional, Tuple
 
-from .util.errors import OneLineError
-from .util.io import write_atomic
-
-logger = logging.getLogger(__name__)
+from ..util.errors import OneLineError
+from ..util.io import write_atomic
 
 
 def copy_atomic(src: str, dst: str) -> None:
@@ -72,22 +69,32 @@ def numbered_checkpoints(save_dir: str, suffix: str = "") -> List[str]:
     return [os.path.join(save_dir, n) for n in sorted(names)]
 
 
+def read(path: str) -> dict:
+    """torch.load(weights_only=True) on the CPU, memory-mapped where the file allows it (only what is used gets read
+    into memory); raises what torch raises."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):  # an old (non-zip) checkpoint cannot be mapped
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def updates(state) -> int:
+    """The number of updates a loaded checkpoint holds."""
+    history = (state.get("optimizer_history") if isinstance(state, dict) else None) or [{}]
+    return int((history[-1] if isinstance(history[-1], dict) else {}).get("num_updates", 0) or 0)
+
+
 def updates_held(path: str) -> Tuple[Optional[int], Optional[str]]:
     """(the number of updates the checkpoint holds, None) or (None, why it cannot be read)."""
     why = unreadable(path)
     if why is not None:
         return None, why
-    import torch
-
     try:
-        try:  # memory-mapped: the weights are not read, only the training state
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        history = state.get("optimizer_history") or [{}]
-        return int(history[-1].get("num_updates", 0) or 0), None
+        return updates(read(path)), None
     except Exception as e:  # noqa: BLE001
         return None, (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
@@ -135,58 +142,3 @@ def remove_stale_temporaries(save_dir: str) -> None:
                 os.unlink(os.path.join(save_dir, name))
             except FileNotFoundError:
                 pass
-
-
-# --- hooks into fairseq (installed by compat.apply) ---------------------------------------------------------------
-def install() -> None:
-    from fairseq import checkpoint_utils
-    from fairseq.file_io import PathManager
-
-    if getattr(checkpoint_utils.load_checkpoint, "kvattn_resumes_safely", False):
-        return
-
-    copy_file = PathManager.copy
-
-    def atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
-        if PathManager.path_requires_pathmanager(dst_path) or PathManager.path_requires_pathmanager(src_path):
-            return copy_file(src_path, dst_path, overwrite)
-        copy_atomic(src_path, dst_path)
-        return True
-
-    PathManager.copy = staticmethod(atomic_copy)
-
-    persistent_save = checkpoint_utils.torch_persistent_save
-
-    def torch_persistent_save(obj, filename, async_write: bool = False):
-        if async_write or not isinstance(filename, str) or PathManager.path_requires_pathmanager(filename):
-            return persistent_save(obj, filename, async_write)
-
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                checkpoint_utils._torch_persistent_save(obj, f)
-
-        write_atomic(filename, write)
-
-    checkpoint_utils.torch_persistent_save = torch_persistent_save
-
-    load_checkpoint = checkpoint_utils.load_checkpoint
-
-    def load(cfg, trainer, **passthrough_args):
-        suffix = getattr(trainer, "checkpoint_suffix", "") or ""
-        if cfg.restore_file == "checkpoint_last.pt" and not cfg.no_save and not cfg.no_last_checkpoints:
-            remove_stale_temporaries(cfg.save_dir)
-            path, why = resume_choice(cfg.save_dir, suffix)
-            if path is not None:
-                logger.warning(f"{why}: resuming from {path}, the readable checkpoint in {cfg.save_dir} with the "
-                               f"most updates")
-                from omegaconf import open_dict
-
-                cfg = copy.deepcopy(cfg)
-                with open_dict(cfg):
-                    # fairseq adds the suffix (sharded models) to a --restore-file itself
-                    cfg.restore_file = path[:-len(suffix + ".pt")] + ".pt" if suffix else path
-                    cfg.finetune_from_model = None
-        return load_checkpoint(cfg, trainer, **passthrough_args)
-
-    load.kvattn_resumes_safely = True
-    checkpoint_utils.load_checkpoint = load

@@ -1,8 +1,8 @@
 """Convert a trained fairseq `transformer` / `transformer_lm` (or one of the plugin's models) into the plugin's model
 of the same sizes with other attention kinds, carrying every weight over that keeps its meaning.
 
-    python -m kvattn_fairseq.convert --checkpoint IN.pt --out OUT.pt --decoder-attention-type memsizer*5,softmax
-    python -m kvattn_fairseq.convert --model-flags OUT.pt    # the fairseq-train flags that rebuild OUT.pt's model
+    python -m kvattn_fairseq convert --checkpoint IN.pt --out OUT.pt --decoder-attention-type memsizer*5,softmax
+    python -m kvattn_fairseq convert --model-flags OUT.pt    # the fairseq-train flags that rebuild OUT.pt's model
 
 Embeddings, positions, FFNs, layer norms, the output projection and every attention whose kind does not change are
 copied; each new attention starts from the softmax attention it replaces through its kind's mapping
@@ -11,28 +11,27 @@ OUT.pt is an ordinary checkpoint: fairseq-generate and fairseq-eval-lm load it w
 `fairseq-train --finetune-from-model OUT.pt` with the flags `--model-flags` prints (a finetune builds its model
 from its own command line, so the sizes must be given again).  Training state is reset (no optimizer state,
 update 0); extra_state["kvattn_conversion"] records the source's full path and what each attention got, and
-kvattn_plan the new attention plan (checkpoint_plan.py).
+kvattn_plan the new attention plan (plan.py).
 """
 import argparse
 import copy
 import os
-import sys
 from typing import Dict, List, Tuple
 
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from . import building
-from .modules.registry import POSITION_FLAGS, POSITIONS, AttentionConfigError, add_attention_args, position_dest
-from .util.io import write_atomic
+from . import config
+from ..models import FAIRSEQ_COUNTERPARTS, attention_positions, building, model_of
+from ..modules.registry import POSITION_FLAGS, POSITIONS, AttentionConfigError, add_attention_args, position_dest
+from ..util.errors import OneLineError
+from ..util.io import write_atomic
 
-# fairseq model name -> the plugin model that replaces it
-TARGETS = {"transformer": "kvattn_transformer", "transformer_lm": "kvattn_lm",
-           "kvattn_transformer": "kvattn_transformer", "kvattn_lm": "kvattn_lm"}
-TARGET_POSITIONS = {"kvattn_transformer": POSITIONS, "kvattn_lm": ("decoder",)}
+# the model a checkpoint holds -> the plugin model it converts to: fairseq's own, or the same plugin model
+TARGETS = {**FAIRSEQ_COUNTERPARTS, **{plugin: plugin for plugin in FAIRSEQ_COUNTERPARTS.values()}}
 
 
-class ConversionError(ValueError):
+class ConversionError(OneLineError, ValueError):
     """One line naming the flag or file to fix."""
 
 
@@ -40,7 +39,6 @@ class ConversionError(ValueError):
 def load_source(path: str, flag: str = "--checkpoint") -> Tuple[dict, argparse.Namespace, str]:
     """The checkpoint, its model args as a Namespace, and the plugin model to convert it to."""
     from fairseq import checkpoint_utils
-    from fairseq.models import ARCH_MODEL_NAME_REGISTRY
 
     if not os.path.isfile(path):
         raise ConversionError(f"{flag}: no such file: {path}")
@@ -51,14 +49,11 @@ def load_source(path: str, flag: str = "--checkpoint") -> Tuple[dict, argparse.N
         raise ConversionError(f"{flag}: cannot read {path} as a fairseq checkpoint: {first}") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or state.get("cfg") is None:
         raise ConversionError(f"{flag}: {path} is not a fairseq checkpoint (no model weights and config)")
-    section = state["cfg"].get("model")
-    if section is None:
+    args = config.model_args(state)
+    if args is None:
         raise ConversionError(f"{flag}: {path} has no model config")
-    args = section if isinstance(section, argparse.Namespace) else argparse.Namespace(
-        **OmegaConf.to_container(section, resolve=True))
-    args = copy.deepcopy(args)
-    arch = getattr(args, "arch", None) or getattr(args, "_name", None)
-    model = ARCH_MODEL_NAME_REGISTRY.get(arch, arch)
+    arch = config.arch(args)
+    model = model_of(arch) or arch
     if model not in TARGETS:
         raise ConversionError(f"{flag}: {path} holds a {model!r} model (arch {arch!r}); convert reads fairseq's "
                               f"transformer and transformer_lm and the plugin's kvattn_transformer and kvattn_lm")
@@ -142,11 +137,11 @@ def attention_sites(model):
 
 
 def _kinds(args, target: str) -> Dict[str, Tuple[str, ...]]:
-    from .models.layers import check_attention_args
-    from .modules.registry import apply_attention_defaults
+    from ..models.layers import check_attention_args
+    from ..modules.registry import apply_attention_defaults
 
     args = copy.deepcopy(args)
-    positions = TARGET_POSITIONS[target]
+    positions = attention_positions(target)
     apply_attention_defaults(args, positions)  # a fairseq model: softmax everywhere
     plan = check_attention_args(args, positions)
     return {p: plan[p].kinds for p in positions}
@@ -155,7 +150,7 @@ def _kinds(args, target: str) -> Dict[str, Tuple[str, ...]]:
 def new_args(source: argparse.Namespace, target: str, flags: argparse.Namespace) -> argparse.Namespace:
     """The source's model args with the plugin's model and the requested attention; unset flags keep the
     source's own setting (softmax for fairseq's models)."""
-    from .modules.registry import all_options
+    from ..modules.registry import all_options
 
     args = copy.deepcopy(source)
     args._name = target
@@ -165,7 +160,7 @@ def new_args(source: argparse.Namespace, target: str, flags: argparse.Namespace)
     for position in POSITIONS:
         value = getattr(flags, position_dest(position), None)
         if value is not None:
-            if position not in TARGET_POSITIONS[target]:
+            if position not in attention_positions(target):
                 raise ConversionError(f"{POSITION_FLAGS[position]}: a language model has only decoder self-attention")
             setattr(args, position_dest(position), value)
     for opt in all_options():
@@ -224,7 +219,7 @@ def converted_checkpoint(source_state: dict, model, args, report, path: str) -> 
     with open_dict(cfg):
         cfg.model = args
     history = (source_state.get("optimizer_history") or [{}])[-1]
-    from .checkpoint_plan import KEY, plan_record
+    from .plan import KEY, plan_record
 
     return {
         KEY: plan_record(args),
@@ -255,7 +250,7 @@ def model_flags(args: argparse.Namespace) -> List[str]:
     follow other flags, e.g. --decoder-output-dim follows --decoder-embed-dim)."""
     from fairseq.models import ARCH_MODEL_REGISTRY
 
-    arch = getattr(args, "arch", None) or getattr(args, "_name", None)
+    arch = config.arch(args)
     parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
     ARCH_MODEL_REGISTRY[arch].add_args(parser)
     actions = [a for a in parser._actions if a.option_strings and a.dest not in ("help", "arch")]
@@ -299,9 +294,9 @@ def seed(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .util.cli import ArgumentParser
+    from ..util.cli import ArgumentParser
 
-    p = ArgumentParser(prog="python -m kvattn_fairseq.convert", description=__doc__,
+    p = ArgumentParser(prog="python -m kvattn_fairseq convert", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", metavar="IN.pt", help="a trained fairseq transformer / transformer_lm, or a "
@@ -318,7 +313,7 @@ def parser() -> argparse.ArgumentParser:
 def convert_file(checkpoint: str, out: str, flags: argparse.Namespace, seed: int = 1, force: bool = False) -> Dict:
     """Convert `checkpoint` into `out` with the position and kind flags in `flags`; checks everything before
     writing, and writes atomically.  Returns the report: what each attention got, and the fairseq-train flags."""
-    from .util.io import check_output_file
+    from ..util.io import check_output_file
 
     check_output_file(out, "--out", [("--checkpoint", checkpoint)], force=force)
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
@@ -334,12 +329,9 @@ def convert_file(checkpoint: str, out: str, flags: argparse.Namespace, seed: int
 
 def plugin_model_flags(path: str) -> List[str]:
     """--model-flags: the fairseq-train flags of the plugin model in `path`."""
-    from fairseq.models import ARCH_MODEL_NAME_REGISTRY
-
-    _, args, _ = load_source(path, "--model-flags")
-    arch = getattr(args, "arch", None) or getattr(args, "_name", None)
-    model = ARCH_MODEL_NAME_REGISTRY.get(arch, arch)
-    if model not in ("kvattn_transformer", "kvattn_lm"):
+    _, args, target = load_source(path, "--model-flags")
+    model = model_of(config.arch(args))
+    if model != target:
         raise ConversionError(f"--model-flags: {path} holds fairseq's own {model!r} model, whose flags are its own "
                               f"config; --model-flags reads the plugin's checkpoints (convert it first: --checkpoint "
                               f"{path} --out OUT.pt)")
@@ -354,37 +346,30 @@ def _given(p: argparse.ArgumentParser, a: argparse.Namespace, *besides: str) -> 
 
 
 def main(argv=None) -> int:
-    import kvattn_fairseq  # noqa: F401  (kinds, models, checkpoint safety)
-    from .util.cli import run_main
-    from .util.errors import OneLineError
+    from ..util.cli import run_main
+    from ..util.paths import USER_DIR
 
     p = parser()
     a = p.parse_args(argv)
 
     def body() -> int:
-        try:
-            if a.model_flags:
-                others = _given(p, a, "model_flags")
-                if others:
-                    raise ConversionError(f"--model-flags: only prints the flags of a checkpoint and takes no other "
-                                          f"flag (got {', '.join(others)}); to convert, use --checkpoint")
-                print(_shell(plugin_model_flags(a.model_flags)))
-                return 0
-            if not a.out:
-                raise ConversionError("--out: required with --checkpoint")
-            done = convert_file(a.checkpoint, a.out, a, a.seed, a.force)
-        except (ConversionError, AttentionConfigError) as e:
-            raise OneLineError(str(e)) from None
+        if a.model_flags:
+            others = _given(p, a, "model_flags")
+            if others:
+                raise ConversionError(f"--model-flags: only prints the flags of a checkpoint and takes no other "
+                                      f"flag (got {', '.join(others)}); to convert, use --checkpoint")
+            print(_shell(plugin_model_flags(a.model_flags)))
+            return 0
+        if not a.out:
+            raise ConversionError("--out: required with --checkpoint")
+        done = convert_file(a.checkpoint, a.out, a, a.seed, a.force)
         for position, layer, before, after, carried in done["sites"]:
             what = ", ".join(carried) if carried else "own initialisation (no mapping from " + before + ")"
             print(f"{position} layer {layer}: {before} -> {after}: {what}")
         print(f"kept {done['kept']} attention modules and every other weight of {a.checkpoint}")
-        print(f"wrote {a.out}; finetune it with: fairseq-train DATA --user-dir {kvattn_fairseq.USER_DIR} "
+        print(f"wrote {a.out}; finetune it with: fairseq-train DATA --user-dir {USER_DIR} "
               f"--finetune-from-model {a.out} {_shell(done['flags'])} ...")
         return 0
 
     return run_main(p.prog, body)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
