@@ -115,7 +115,7 @@ def test_tiny_chain_writes_table_plot_and_results_and_resumes(tmp_path, capsys):
     assert wd["state_bytes"] < soft["state_bytes"]  # the window's 3 keys and a 4 x 4 state per head, vs 24 tokens
     table = (out / "table.md").read_text()
     assert "| 3 | 24 | window_delta |" in table and (out / "recall.png").stat().st_size > 0
-    log = out / "runs" / "pairs3-len24" / "softmax" / "train.log"
+    log = out / "runs" / "softmax" / "train.log"
     stamp = log.stat().st_mtime_ns
     capsys.readouterr()
     assert runner.main(argv) == 0  # resumed: nothing retrained

@@ -13,13 +13,16 @@ A query is a key seen earlier in the sequence; the model must emit its value nex
 positions back to the key's most recent earlier occurrence: for a first query it is more than min_gap (the runner
 makes min_gap the reach of its stack of windows, layers x (W - 1)), for a repeat at most `window`.  Output is
 deterministic: each split comes from Python's random.Random seeded by (seed, split, pairs, length).
+
+Several settings (pairs, length) are trained together and tested apart, as Zoology does: train and valid mix them,
+and each setting has its own test subset (recall.json says which).
 """
 import json
 import os
 import random
 import shutil
 from dataclasses import asdict, dataclass
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from ..util.errors import OneLineError
 from ..util.io import install_dir, temp_dir_beside, write_atomic
@@ -94,20 +97,41 @@ def sequence(rng: random.Random, spec: RecallData) -> List[str]:
     return out
 
 
-def write_raw(raw: str, spec: RecallData) -> None:
+def name(spec: RecallData) -> str:
+    return f"pairs{spec.pairs}-len{spec.length}"
+
+
+def name_of(recorded: Dict) -> str:
+    """name() of a setting as recall.json records it"""
+    return f"pairs{recorded['pairs']}-len{recorded['length']}"
+
+
+def write_raw(raw: str, specs: Sequence[RecallData]) -> Dict[str, str]:
+    """train.txt and valid.txt mix every setting (shuffled by fairseq's batching); each setting gets its own test
+    file.  Returns {setting name: test file}."""
     os.makedirs(raw, exist_ok=True)
+    tests = {}
     for split in SPLITS:
-        rng = random.Random(f"kvattn-recall:{spec.seed}:{split}:{spec.pairs}:{spec.length}")
-        with open(os.path.join(raw, f"{split}.txt"), "w", encoding="utf-8") as f:
-            for _ in range(getattr(spec, split)):
-                f.write(" ".join(sequence(rng, spec)) + "\n")
+        for spec in specs:
+            rng = random.Random(f"kvattn-recall:{spec.seed}:{split}:{spec.pairs}:{spec.length}")
+            path = os.path.join(raw, f"{split}.{name(spec)}.txt" if split == "test" else f"{split}.txt")
+            with open(path, "a", encoding="utf-8") as f:
+                for _ in range(getattr(spec, split)):
+                    f.write(" ".join(sequence(rng, spec)) + "\n")
+            if split == "test":
+                tests[name(spec)] = path
     with open(os.path.join(raw, "dict.txt"), "w", encoding="utf-8") as f:
         # every symbol in a fixed order: an index never depends on the data
-        f.writelines(f"{s} 1\n" for s in symbols(spec))
+        f.writelines(f"{s} 1\n" for s in symbols(specs[0]))
+    return tests
 
 
-def settings(spec: RecallData) -> Dict:
-    return dict(asdict(spec), repeats=spec.repeats, gap=spec.gap,
+def settings(specs: Sequence[RecallData]) -> Dict:
+    """What recall.json records: every setting, and which binarized test subset holds it (fairseq-preprocess names
+    the test files test, test1, test2, ... in order)."""
+    shared = {k: getattr(specs[0], k) for k in ("window", "min_gap", "keys", "values", "fillers", "seed")}
+    return dict(shared, settings=[dict(asdict(s), repeats=s.repeats, gap=s.gap) for s in specs],
+                test_subsets={name(s): "test" + (str(i) if i else "") for i, s in enumerate(specs)},
                 source="multi-query associative recall after Arora et al. 2023 (Zoology, arXiv 2312.04927)")
 
 
@@ -121,25 +145,30 @@ def read_settings(out: str) -> Dict:
                            f"python -m kvattn_fairseq.recall") from None
 
 
-def generate(out: str, spec: RecallData) -> str:
-    """OUT/raw, OUT/data-bin and OUT/recall.json, built beside OUT and renamed into place; returns OUT/data-bin.
-    An OUT made with the same settings is kept; other settings are refused (the caller removes it first)."""
-    spec.check()
+def generate(out: str, specs: Sequence[RecallData]) -> str:
+    """OUT/raw, OUT/data-bin and OUT/recall.json for one or more settings (trained together, tested apart), built
+    beside OUT and renamed into place; returns OUT/data-bin.  An OUT made with the same settings is kept; other
+    settings are refused (the caller removes it first)."""
+    for spec in specs:
+        spec.check()
+    shared = {(s.window, s.min_gap, s.keys, s.values, s.fillers, s.seed) for s in specs}
+    if len(shared) != 1 or len({name(s) for s in specs}) != len(specs):
+        raise ValueError("settings trained together share their window, vocabularies and seed, and differ in size")
     out = os.path.abspath(out)
     if os.path.isfile(os.path.join(out, META)):
-        if read_settings(out) != json.loads(json.dumps(settings(spec))):
+        if read_settings(out) != json.loads(json.dumps(settings(specs))):
             raise OneLineError(f"{out} holds recall data made with other settings; pass --force to remake it")
         return os.path.join(out, "data-bin")
     tmp = temp_dir_beside(out)
     try:
         raw = os.path.join(tmp, "raw")
-        write_raw(raw, spec)
+        tests = write_raw(raw, specs)
         fairseq_preprocess(["--only-source", "--srcdict", os.path.join(raw, "dict.txt"),
                             "--trainpref", os.path.join(raw, "train.txt"), "--validpref", os.path.join(raw, "valid.txt"),
-                            "--testpref", os.path.join(raw, "test.txt"), "--destdir", os.path.join(tmp, "data-bin"),
-                            "--workers", "1"])
+                            "--testpref", ",".join(tests[name(s)] for s in specs),
+                            "--destdir", os.path.join(tmp, "data-bin"), "--workers", "1"])
         scrub_log(os.path.join(tmp, "data-bin", "preprocess.log"), tmp)
-        write_atomic(os.path.join(tmp, META), json.dumps(settings(spec), indent=1, sort_keys=True) + "\n")
+        write_atomic(os.path.join(tmp, META), json.dumps(settings(specs), indent=1, sort_keys=True) + "\n")
         install_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,7 @@ import os
 from typing import Dict
 
 from ..data import recall as recall_data
-from ..util.errors import StepFailed
+from ..util.errors import OneLineError, StepFailed
 from .classification import fairseq_logs_here
 
 
@@ -21,19 +21,23 @@ def _share(right: int, total: int) -> Dict:
     return {"answers": total, "right": right, "accuracy": right / total if total else None}
 
 
-def evaluate(checkpoint: str, data: str, subset: str = "test", batch_size: int = 64) -> Dict:
+def evaluate(checkpoint: str, data: str, setting: str, batch_size: int = 64) -> Dict:
+    """Scores on the test subset of `setting` (e.g. "pairs8-len256", a key of recall.json's test_subsets)."""
     with fairseq_logs_here():
-        return _evaluate(checkpoint, data, subset, batch_size)
+        return _evaluate(checkpoint, data, setting, batch_size)
 
 
-def _evaluate(checkpoint: str, data: str, subset: str, batch_size: int) -> Dict:
+def _evaluate(checkpoint: str, data: str, setting: str, batch_size: int) -> Dict:
     import torch
     from fairseq import checkpoint_utils, utils
 
     import kvattn_fairseq  # noqa: F401  (registers the task and the model)
 
     meta = recall_data.read_settings(data)
-    window = int(meta["window"])
+    if setting not in meta["test_subsets"]:
+        raise OneLineError(f"--data {data} has no test set for {setting} (it has {', '.join(meta['test_subsets'])})")
+    subset, window = meta["test_subsets"][setting], int(meta["window"])
+    expected = next(s["test"] for s in meta["settings"] if recall_data.name_of(s) == setting)
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
         [checkpoint], arg_overrides={"data": os.path.join(data, "data-bin")})
     model = models[0].eval()
@@ -56,10 +60,10 @@ def _evaluate(checkpoint: str, data: str, subset: str, batch_size: int) -> Dict:
                 counts[name][0] += int((right & mask).sum())
                 counts[name][1] += int(mask.sum())
             sequences += target.size(0)
-    if sequences != meta.get(subset, sequences):  # fairseq skips what does not fit the model's positions
-        raise StepFailed(f"scored {sequences} of the {meta[subset]} sequences of '{subset}' in {data}: "
-                         f"the model admits fewer positions than the data's {meta['length']} tokens")
+    if sequences != expected:  # fairseq skips what does not fit the model's positions
+        raise StepFailed(f"scored {sequences} of the {expected} test sequences of {setting} in {data}: the model "
+                         f"admits fewer positions than they have")
     return {"accuracy": _share(*counts["all"])["accuracy"], "answers": counts["all"][1],
             "beyond": _share(*counts["beyond"]), "within": _share(*counts["within"]), "window": window,
-            "chance": 1.0 / int(meta["values"]), "sequences": sequences, "subset": subset}
+            "chance": 1.0 / int(meta["values"]), "sequences": sequences, "setting": setting}
 
