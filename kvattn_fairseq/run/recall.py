@@ -172,7 +172,6 @@ def plot(rows: Sequence[Dict], path: str) -> None:
                        s=40, zorder=3)
         base = next((r for r in here if r["kind"] == "softmax"), None)
         if base:
-            ax.axhspan(90 * base["beyond"]["accuracy"], 100, xmax=0, alpha=0)  # keeps the band in the limits
             ax.fill_between([min(r["state_bytes"] for r in here) / 2, base["state_bytes"] / 10],
                             90 * base["beyond"]["accuracy"], 102, color="green", alpha=0.08, label="target")
         ax.axhline(100 * here[0]["chance"], color="grey", ls="--", lw=1, label="chance")
