@@ -164,8 +164,15 @@ def plot(rows: Sequence[Dict], path: str) -> None:
     settings = sorted({(r["pairs"], r["length"]) for r in rows})
     kinds = list(dict.fromkeys(r["kind"] for r in rows))
     colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(kinds)}
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.8), squeeze=False, sharey=True)
-    for ax, (pairs, length) in zip(axes[0], settings):
+    from matplotlib.ticker import NullFormatter
+
+    cols = min(2, len(settings))
+    nrows = (len(settings) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.6 * nrows + 0.8), squeeze=False, sharey=True)
+    flat = axes.flatten()
+    for ax in flat[len(settings):]:
+        ax.set_visible(False)
+    for ax, (pairs, length) in zip(flat, settings):
         here = [r for r in rows if (r["pairs"], r["length"]) == (pairs, length)]
         for r in here:
             ax.scatter(r["state_bytes"], 100 * r["beyond"]["accuracy"], color=colours[r["kind"]], label=r["kind"],
@@ -175,14 +182,19 @@ def plot(rows: Sequence[Dict], path: str) -> None:
             ax.fill_between([min(r["state_bytes"] for r in here) / 2, base["state_bytes"] / 10],
                             90 * base["beyond"]["accuracy"], 102, color="green", alpha=0.08, label="target")
         ax.axhline(100 * here[0]["chance"], color="grey", ls="--", lw=1, label="chance")
+        # knowing which values occur, not which key they go with, and ruling out those already answered: H_N / N
+        guess = 100 * sum(1 / i for i in range(1, pairs + 1)) / pairs
+        ax.axhline(guess, color="grey", ls=":", lw=1, label="values present, no recall")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{pairs} pairs, {length} tokens")
         ax.set_xlabel("decoding state per hypothesis (bytes)")
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("accuracy beyond the window (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    for row in axes:
+        row[0].set_ylabel("accuracy beyond the window (%)")
+    handles, labels = flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.tight_layout(rect=(0, 0.9 / (3.6 * nrows + 0.8), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
