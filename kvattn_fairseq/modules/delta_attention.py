@@ -18,6 +18,8 @@ from .registry import AttentionSite, register_attention_kind
 
 
 class DeltaAttention(ProjectedAttention):
+    lazy_reorder = True  # its step runs on kernels/step.py, which gathers by a pending reorder
+
     def __init__(self, embed_dim: int, num_heads: int, position: str, dropout: float = 0.0,
                  chunk: int = ops.DEFAULT_CHUNK):
         if position != "decoder":  # the registry refuses other positions first; this guards direct construction
@@ -36,9 +38,13 @@ class DeltaAttention(ProjectedAttention):
         v = _flat(self.heads(self.v_proj, x))
         beta = torch.sigmoid(self.b_proj(x).float()).transpose(1, 2).reshape(bsz * h, tlen)
         fpad = None if pad is None else pad.repeat_interleave(h, dim=0)
+        order = None if state is None else self.take_order(state, fused=tlen == 1)
         prev = None if state is None or "S" not in state else _flat(state["S"])
         if state is not None and tlen == 1:
-            out, s = ops.causal_step(q[:, 0], k[:, 0], v[:, 0], beta[:, 0], prev, None if fpad is None else fpad[:, 0])
+            rows = None if order is None else \
+                (order.view(-1, 1) * h + torch.arange(h, device=order.device)).view(-1)  # heads are rows
+            out, s = ops.causal_step(q[:, 0], k[:, 0], v[:, 0], beta[:, 0], prev, None if fpad is None else fpad[:, 0],
+                                     rows)
             out = out.unsqueeze(1)
         else:
             out, s = ops.causal_chunked(q, k, v, beta, fpad, prev, self.chunk)

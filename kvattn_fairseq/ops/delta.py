@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import kernels
 from .linear_scan import acc_dtype
 
 DEFAULT_CHUNK = 64
@@ -39,8 +40,16 @@ def _masked(k: Tensor, beta: Tensor, pad: Optional[Tensor]) -> Tuple[Tensor, Ten
 
 
 def causal_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, state: Optional[Tensor] = None,
-                pad: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """One position: q, k [N, dk], v [N, dv], beta [N], pad [N] -> (out [N, dv], new state [N, dk, dv])."""
+                pad: Optional[Tensor] = None, order: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """One position: q, k [N, dk], v [N, dv], beta [N], pad [N] -> (out [N, dv], new state [N, dk, dv]); `order`
+    [N]: row n continues state row order[n] (a search's reorder not yet applied)."""
+    if kernels.triton_ok(k) and k.dtype != torch.float64:  # one launch (kernels/step.py)
+        from ..kernels.step import delta_step
+
+        k, beta = _masked(k, beta, pad)
+        return delta_step(q, k, v, beta.float(), state, order)
+    if order is not None and state is not None:
+        state = state.index_select(0, order)
     acc = acc_dtype(k)
     q, k, v, beta = q.to(acc), k.to(acc), v.to(acc), beta.to(acc)
     k, beta = _masked(k, beta, pad)
@@ -55,6 +64,11 @@ def causal_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, state: Optional[T
 def causal_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, pad: Optional[Tensor] = None,
                    state: Optional[Tensor] = None, chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, Tensor]:
     """Whole sequences: -> (out [N, T, dv], final state [N, dk, dv]); `state` continues an earlier call."""
+    if kernels.fla_ok(k) and v.dtype in (torch.float16, torch.bfloat16):  # fla's kernel takes half precision only
+        from ..kernels.chunked import causal_delta
+
+        k, beta = _masked(k, beta, pad)
+        return causal_delta(q.to(v.dtype), k.to(v.dtype), v, beta, state)
     n, tlen, dk = k.shape
     dv = v.size(-1)
     acc = acc_dtype(k)
