@@ -53,7 +53,10 @@ def _configs():
                                  "7", "--memsizer-self-slots", "6"),
           # Based's layout as a plan: window layers and a memory layer
           "window-and-memory-layers-lm": ("kvattn_lm_tiny", "--decoder-layers", "3", "--decoder-attention-type",
-                                          "window*2,linear", "--attention-window", "4")}
+                                          "window*2,linear", "--attention-window", "4"),
+          # the delta rule beside a window and a softmax layer, each layer with its own state
+          "delta-plan-lm": ("kvattn_lm_tiny", "--decoder-layers", "3", "--decoder-attention-type",
+                            "window_delta,delta,softmax", "--attention-window", "4")}
     for name, kind in ATTENTION_KINDS.items():
         flags = [f for p in kind.positions for f in (POSITION_FLAGS[p], name)]
         enc_dec[name] = ("kvattn_transformer_tiny", *flags)

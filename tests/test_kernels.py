@@ -121,9 +121,28 @@ def test_ring_step_kernel_equals_the_pytorch_ring(device, window, monkeypatch):
     assert want[0].abs().max() > 0 and torch.isfinite(want).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_delta_step_kernel_equals_the_pytorch_step(device, monkeypatch):
+    from kvattn_fairseq.ops import delta as dops
+
+    n, dk, dv = 5, 16, 12
+    q = rand(n, dk, seed=1, device=device)
+    k = torch.nn.functional.normalize(rand(n, dk, seed=2, device=device), dim=-1)
+    v, beta = rand(n, dv, seed=3, device=device), torch.rand(n, generator=torch.Generator().manual_seed(4)).to(device)
+    pad = torch.tensor([False, True, False, False, True], device=device)
+    state, order = rand(n, dk, dv, seed=5, device=device), torch.tensor([4, 4, 0, 2, 1], device=device)
+    for s, p, o in ((None, None, None), (state, pad, None), (state, None, order)):
+        torch_only(monkeypatch)
+        want = dops.causal_step(q, k, v, beta, s, p, o)
+        monkeypatch.setenv("KVATTN_KERNELS", "auto" if CUDA else "interpret")
+        got = dops.causal_step(q, k, v, beta, s, p, o)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, **TOL)
+
+
 # whole models decoding through the kernels: every step equals the full (PyTorch, parallel) forward.  Short
 # sequences: the interpreter runs every kernel program one by one in Python.
-@pytest.mark.parametrize("name", ["linear", "memsizer-lm-arch", "window-memsizer-lm"])
+@pytest.mark.parametrize("name", ["linear", "memsizer-lm-arch", "window-memsizer-lm", "delta"])
 def test_lm_decoding_through_the_kernels_equals_the_full_pass(name, fused):
     d = parity.make_dictionary()
     model = parity.build_model(*parity.LM_CONFIGS[name], dictionary=d).to(DEVICE)
@@ -134,7 +153,7 @@ def test_lm_decoding_through_the_kernels_equals_the_full_pass(name, fused):
     torch.testing.assert_close(inc, full, **parity.TOL)
 
 
-@pytest.mark.parametrize("name", ["linear", "window-memsizer-lm", "mlk-lm-arch", "memsizer-lm-arch"])
+@pytest.mark.parametrize("name", ["linear", "window-memsizer-lm", "mlk-lm-arch", "memsizer-lm-arch", "delta"])
 def test_lm_reorder_through_the_kernels(name, fused):
     """The search's reorder is recorded, not applied, and the next fused step gathers its rows by it: two reorders
     in a row (composed), a permutation with duplicates and a shrinking batch."""
@@ -289,3 +308,39 @@ def test_softmax_through_fused_attention_equals_fairseq(position, sdpa):
         real = torch.ones(9, 3, dtype=torch.bool) if key_pad is None or cross else ~key_pad.t()
         torch.testing.assert_close(got[real], want[real], **TOL)
         assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_delta_training_path_through_fla(device, monkeypatch):
+    """The delta rule's chunked path through fla's kernel (half precision in, fp32 state out); on the CPU, fla's own
+    recurrence in the kernel's place, taken to the kernel's layout and scale."""
+    from kvattn_fairseq.kernels import chunked
+    from kvattn_fairseq.ops import delta as dops
+
+    if CUDA:
+        pytest.importorskip("fla.ops.delta_rule", reason="the gpu extra (fla-core) is not installed")
+    else:
+        naive = pytest.importorskip("fla.ops.delta_rule.naive")
+
+        def stand_in(q, k, v, beta, scale=None, initial_state=None, output_final_state=False, **_):
+            head_first = [x.float().transpose(1, 2) for x in (q * scale * q.shape[-1] ** 0.5, k, v, beta)]
+            out, final = naive.delta_rule_recurrence(*head_first, initial_state=initial_state)
+            return out.transpose(1, 2).to(q.dtype), final
+
+        monkeypatch.setattr(chunked, "_delta_chunk", lambda: stand_in)
+        monkeypatch.setattr(kernels, "fla_ok", lambda t: True)
+    n, t, dk, dv = 3, 40, 16, 8
+    q = torch.nn.functional.normalize(rand(n, t, dk, seed=1, device=device), dim=-1)
+    k = torch.nn.functional.normalize(rand(n, t, dk, seed=2, device=device), dim=-1)
+    v = rand(n, t, dv, seed=3, device=device).bfloat16()
+    beta = torch.rand(n, t, generator=torch.Generator().manual_seed(4)).to(device)
+    pad = torch.zeros(n, t, dtype=torch.bool, device=device)
+    pad[2, -6:] = True
+    state = rand(n, dk, dv, seed=5, device=device) * 0.1
+    got = dops.causal_chunked(q, k, v, beta, pad, state)
+    torch_only(monkeypatch)
+    monkeypatch.setattr(kernels, "fla_ok", lambda t: False)
+    want = dops.causal_chunked(q.bfloat16().float(), k.bfloat16().float(), v, beta, pad, state)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)

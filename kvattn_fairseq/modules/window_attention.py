@@ -1,5 +1,5 @@
 """Sliding-window softmax attention (`window`) and window + memory layers (`window_memsizer`, `window_linear`,
-`window_factorized`), the pairing of Based (Arora et al., 2024): exact attention over the last W tokens gives the
+`window_factorized`, `window_delta`), the pairing of Based (Arora et al., 2024): exact attention over the last W tokens gives the
 short-range precision a fixed-size memory lacks, and the memory carries everything older.  docs/papers/sliding-window.md
 states the definitions and the parameters.
 
@@ -105,6 +105,7 @@ def _register_window_memory(memory_kind: str) -> None:
 
     inner = ATTENTION_KINDS[memory_kind]
     options = (WINDOW_OPTION,) + tuple(o for o in inner.options if o.flag != WINDOW_OPTION.flag)
+    positions = tuple(p for p in ("encoder", "decoder") if p in inner.positions)  # where both branches can sit
 
     def build(site: AttentionSite) -> WindowMemoryAttention:
         local = build_window(site)
@@ -113,11 +114,11 @@ def _register_window_memory(memory_kind: str) -> None:
         return WindowMemoryAttention(local, build_attention(memory_kind, memory_site))
 
     register_attention_kind(
-        f"window_{memory_kind}", positions=("encoder", "decoder"), options=options, unsupported=_NO_CROSS,
+        f"window_{memory_kind}", positions=positions, options=options, unsupported={**inner.unsupported, **_NO_CROSS},
         constant_state=True, validate=inner.validate,
         summary=f"window attention plus a {memory_kind} memory of the whole sequence, outputs summed "
                 f"(Based's pairing, Arora et al., 2024)")(build)
 
 
-for _memory in ("memsizer", "linear", "factorized"):
+for _memory in ("memsizer", "linear", "factorized", "delta"):
     _register_window_memory(_memory)
