@@ -37,6 +37,7 @@ COMMANDS = {
     "demo": ("kvattn_fairseq.demo:main", "MemSizer against a vanilla transformer on toy data (make demo)"),
     "recovery": ("kvattn_fairseq.recovery:main", "how much of a teacher conversion recovers"),
     "quality": ("kvattn_fairseq.quality:main", "real-text quality against decoding state"),
+    "recall": ("kvattn_fairseq.run.specs.recall:main", "associative recall beyond the window against decoding state"),
 }
 
 

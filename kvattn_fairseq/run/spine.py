@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..util import proc
 from ..util.errors import OneLineError
-from ..util.io import check_output_dir, check_replaceable, made_entries, read_json, remove_made, write_atomic
+from ..util.io import check_output_dir, check_replaceable, read_json, remove_made, write_atomic
 from ..util.lock import work_lock
 from ..util.settings import differences
 
@@ -196,11 +196,10 @@ class Runner:
 
     @staticmethod
     def _remove(out: str) -> None:
+        """An output made again: a directory goes only if it holds nothing but what the tool made (else one line
+        naming the other files), a file (results, a table: the tool's) goes."""
         if os.path.isdir(out) and not os.path.islink(out):
-            if made_entries(out):
-                remove_made(out)
-            if os.path.isdir(out) and not os.listdir(out):
-                os.rmdir(out)
+            remove_made(out)
         elif os.path.lexists(out):
             os.unlink(out)
 

@@ -14,6 +14,8 @@ def differences(before, now: dict) -> str:
 
 def _change(key: str, before, now) -> str:
     if isinstance(before, list) and isinstance(now, list):  # a flag list: only the part that changed
+        before, now = ([x if isinstance(x, (str, int, float, bool, type(None))) else json.dumps(x, sort_keys=True)
+                        for x in side] for side in (before, now))
         ops = difflib.SequenceMatcher(a=before, b=now, autojunk=False).get_opcodes()
         return f"{key}: " + "; ".join(f"{' '.join(map(str, before[i1:i2])) or '(none)'} -> "
                                       f"{' '.join(map(str, now[j1:j2])) or '(none)'}"
