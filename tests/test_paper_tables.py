@@ -99,7 +99,8 @@ def test_console_script_of_the_installed_package(installed):
 def test_rerun_resumes_without_redoing_work(work):
     before = {p: p.stat().st_mtime for p in (work / "results" / "memsizer_mt").glob("*.json")}
     proc = run("memsizer_mt", "--work", work, "--tiny", "--rows", "transformer,memsizer")
-    assert "already prepared, skipped" in proc.stdout and "finished earlier, skipped" in proc.stdout
+    assert "data/wmt16: done earlier with the same settings, skipped" in proc.stdout
+    assert "train/memsizer: done earlier with the same settings, skipped" in proc.stdout
     assert {p: p.stat().st_mtime for p in (work / "results" / "memsizer_mt").glob("*.json")} == before
     md = (work / "tables.md").read_text()
     assert md.count("| Transformer (tiny) | softmax / softmax / softmax |") == 1  # MT: a --tiny run, marked
@@ -112,7 +113,7 @@ def test_rerun_resumes_without_redoing_work(work):
 
 
 def test_other_settings_are_refused_or_redone_with_force_and_one_run_per_work(work, capsys):
-    from kvattn_fairseq.run import tables
+    from kvattn_fairseq.run.specs import paper_tables as tables
     from kvattn_fairseq.util.lock import work_lock
 
     results = work / "results" / "memsizer_mt"
@@ -125,9 +126,9 @@ def test_other_settings_are_refused_or_redone_with_force_and_one_run_per_work(wo
         return lines[0]
 
     line = refused("--rows", "transformer")  # the full run after the tiny one: nothing tiny is reused
-    assert "data wmt16" in line and "tiny True -> False" in line and "--force" in line
+    assert "data/wmt16" in line and "tiny True -> False" in line and "--force" in line
     line = refused("--tiny", "--rows", "transformer", "--", "--max-update", "5")
-    assert "train transformer" in line and "other settings" in line and "--force" in line
+    assert "train/transformer" in line and "other settings" in line and "--force" in line
     with work_lock(str(work)):  # another run holds the directory (flock: this process counts as another)
         line = refused("--tiny", "--rows", "transformer")
         assert f"is in use by another run (process {os.getpid()}: " in line
@@ -135,7 +136,8 @@ def test_other_settings_are_refused_or_redone_with_force_and_one_run_per_work(wo
     # --force redoes what changed, the evaluation of the retrained row included, and keeps the rest
     proc = run("memsizer_mt", "--work", work, "--tiny", "--rows", "transformer", "--force", "--",
                "--max-update", "5")
-    assert "--force: train it again" in proc.stdout and "--force: evaluate it again" in proc.stdout
+    assert "train/transformer: making it again" in proc.stdout
+    assert "evaluate/transformer: making it again" in proc.stdout
     redone = json.loads((results / "transformer.json").read_text())
     assert redone["training"]["settings"]["flags"][-2:] == ["--max-update", "5"]
     assert redone["training"]["finished"] and redone["model"]["num_updates"] == 5
@@ -152,7 +154,7 @@ def test_other_settings_are_refused_or_redone_with_force_and_one_run_per_work(wo
     (["memsizer_mt", "--bench", "/nonexistent/bench.json"], "--bench /nonexistent/bench.json: cannot read it"),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, args, expected, capsys):
-    from kvattn_fairseq.run import tables  # the command's main, in this process (saves starting one per case)
+    from kvattn_fairseq.run.specs import paper_tables as tables  # the command's main, in this process (saves starting one per case)
 
     assert tables.main([args[0], "--work", str(tmp_path / "w"), *args[1:]]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
@@ -174,8 +176,10 @@ def trained_row(tmp_path, monkeypatch):
     """A row of kv_synthetic trained by the runner's own train step, with a stand-in for fairseq-train that writes
     what it writes into --save-dir (checkpoints), so that the runner's bookkeeping is the real one."""
     from kvattn_fairseq.papers import TABLES
-    from kvattn_fairseq.run import tables
+    from kvattn_fairseq.run.spine import Runner, Step
+    from kvattn_fairseq.run.specs import paper_tables as tables
     from kvattn_fairseq.util import proc
+    from kvattn_fairseq.util.io import mark
 
     fake = tmp_path / "fake_train.py"
     fake.write_text(FAKE_TRAIN)
@@ -183,19 +187,25 @@ def trained_row(tmp_path, monkeypatch):
     monkeypatch.setattr(proc, "fairseq_tool", lambda name: [sys.executable, str(fake)] if name == "fairseq-train"
                         else real(name))
     work = tmp_path / "w"
-    data = work / "data" / "synthetic-copy"
-    (data / "data-bin").mkdir(parents=True)
-    for name in ("dict.src.txt", "dict.tgt.txt", "train.src-tgt.src.bin"):
-        (data / "data-bin" / name).write_text("")
-    from kvattn_fairseq.data import synthetic
 
-    (data / "synthetic.json").write_text(json.dumps(synthetic.settings("copy", **tables.TINY_SYNTHETIC)))
+    def fake_data(ctx):  # the dictionaries fairseq-train's check wants, nothing else
+        (Path(ctx.out) / "data-bin").mkdir(parents=True)
+        for name in ("dict.src.txt", "dict.tgt.txt", "train.src-tgt.src.bin"):
+            (Path(ctx.out) / "data-bin" / name).write_text("")
+        mark(ctx.out)
+
     table = TABLES["kv_synthetic"]
     row = next(r for r in table.rows if r.name == "copy-kv")
-    save = Path(tables.train(row, table, str(data), str(work), True, [], []))
+
+    def steps(extra=()):
+        return [Step("data/synthetic-copy", "data/synthetic-copy", {"fake": True}, fake_data),
+                tables.row_train_step(row, table, str(work), True, list(extra), [])]
+
+    Runner("test", str(work)).run(steps())
+    save = work / "runs" / "kv_synthetic" / "copy-kv"
     assert sorted(os.listdir(save)) == sorted([".kvattn-made.json", "kvattn-train.json", "checkpoint_1_4.pt",
                                                "checkpoint_best.pt", "checkpoint_last.pt"])
-    return work, table, row, data, save
+    return work, steps, save
 
 
 def _contents(root: Path):
@@ -203,9 +213,9 @@ def _contents(root: Path):
 
 
 def test_force_with_a_bad_plan_removes_nothing(trained_row, capsys):
-    from kvattn_fairseq.run import tables
+    from kvattn_fairseq.run.specs import paper_tables as tables
 
-    work, _, _, _, save = trained_row
+    work, _, save = trained_row
     (work / "results" / "kv_synthetic").mkdir(parents=True)
     (work / "results" / "kv_synthetic" / "copy-kv.json").write_text("{}")
     (work / "tables.md").write_text("the table")
@@ -213,30 +223,30 @@ def test_force_with_a_bad_plan_removes_nothing(trained_row, capsys):
     assert tables.main(["kv_synthetic", "--work", str(work), "--tiny", "--rows", "copy-kv", "--force", "--",
                         "--decoder-attention-type", "memsizer*3"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "train copy-kv: --decoder-attention-type: the plan 'memsizer*3' gives 3 layers" in \
+    assert len(lines) == 1 and "train/copy-kv: --decoder-attention-type: the plan 'memsizer*3' gives 3 layers" in \
         lines[0], lines
     assert _contents(work) == before  # checkpoints, results and table as they were
 
 
-def test_force_removes_only_the_files_the_tool_made(trained_row, capsys):
-    from kvattn_fairseq.run import tables
+def test_force_removes_only_the_files_the_tool_made(trained_row):
+    from kvattn_fairseq.run.spine import Runner
 
-    work, table, row, data, save = trained_row
+    work, steps, save = trained_row
     (save / "checkpoint_my_teacher.pt").write_text("the user's")
     (save / "important.tmp").write_text("the user's")
     before = _contents(save)
     with pytest.raises(OneLineError) as e:
-        tables.train(row, table, str(data), str(work), True, ["--max-update", "5"], [], force=True)
+        Runner("test", str(work), force=True).run(steps(["--max-update", "5"]))
     assert "holds files this tool did not make (checkpoint_my_teacher.pt, important.tmp)" in str(e.value)
     assert "\n" not in str(e.value) and _contents(save) == before
     for name in ("checkpoint_my_teacher.pt", "important.tmp"):
         (save / name).unlink()
-    tables.train(row, table, str(data), str(work), True, ["--max-update", "5"], [], force=True)  # redone
+    Runner("test", str(work), force=True).run(steps(["--max-update", "5"]))  # redone
     assert "--max-update 5" in (save / "checkpoint_last.pt").read_text()
 
 
 def test_a_work_that_is_a_file_is_one_line(tmp_path, capsys):
-    from kvattn_fairseq.run import tables
+    from kvattn_fairseq.run.specs import paper_tables as tables
 
     (tmp_path / "notes").write_text("the user's")
     assert tables.main(["kv_synthetic", "--work", str(tmp_path / "notes"), "--tiny", "--rows", "copy-kv"]) == 2

@@ -10,7 +10,7 @@ import torch
 from fairseq.data import Dictionary
 
 from kvattn_fairseq.data import recall as data
-from kvattn_fairseq.run import recall as runner
+from kvattn_fairseq.run.specs import recall as runner
 from kvattn_fairseq.tasks.associative_recall import answers, symbol_mask
 
 from conftest import build_model
@@ -92,10 +92,10 @@ def test_bad_settings_are_refused_in_one_line_before_any_work(capsys, tmp_path):
     assert runner.main(["--out", str(out), "--lengths", "256,40"]) == 2
     assert runner.main(["--out", str(out), "--pairs", "0"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == ("python -m kvattn_fairseq.recall: error: --kinds: unknown ['nope']; choose from "
+    assert err[0] == ("python -m kvattn_fairseq recall: error: --kinds: unknown ['nope']; choose from "
                       + ", ".join(runner.KINDS))
-    assert err[1].startswith("python -m kvattn_fairseq.recall: error: --lengths: 40 tokens leave")
-    assert err[2] == "python -m kvattn_fairseq.recall: error: --pairs: expected comma-separated positive integers, " \
+    assert err[1].startswith("python -m kvattn_fairseq recall: error: --lengths: 40 tokens leave")
+    assert err[2] == "python -m kvattn_fairseq recall: error: --pairs: expected comma-separated positive integers, " \
                      "got '0'"
     assert len(err) == 3 and not out.exists()
 
@@ -115,10 +115,11 @@ def test_tiny_chain_writes_table_plot_and_results_and_resumes(tmp_path, capsys):
     assert wd["state_bytes"] < soft["state_bytes"]  # the window's 3 keys and a 4 x 4 state per head, vs 24 tokens
     table = (out / "table.md").read_text()
     assert "| 3 | 24 | window_delta |" in table and (out / "recall.png").stat().st_size > 0
-    log = out / "runs" / "softmax" / "train.log"
+    log = out / "logs" / "runs-softmax.log"
     stamp = log.stat().st_mtime_ns
     capsys.readouterr()
     assert runner.main(argv) == 0  # resumed: nothing retrained
-    assert log.stat().st_mtime_ns == stamp and "[recall] train" not in capsys.readouterr().out
+    assert log.stat().st_mtime_ns == stamp
+    assert "train/softmax: done earlier with the same settings, skipped" in capsys.readouterr().out
     assert runner.main(argv[:-1] + ["2"]) == 2  # another window: refused
     assert "pass --force" in capsys.readouterr().err

@@ -107,7 +107,7 @@ def prepare_out(out: str, settings: Dict, force: bool) -> None:
     """Refuse (or with --force clear) an --out made with other settings, before anything is written."""
     import shutil
 
-    from ..data.build import differences
+    from ..util.settings import differences
 
     check_output_dir(out, "--out")
     present = [e for e in MADE if os.path.lexists(os.path.join(out, e))]

@@ -18,7 +18,7 @@ PROG = "python -m kvattn_fairseq"
 COMMANDS = {
     "experiments": ("kvattn_fairseq.commands.experiments:main",
                     "the papers' recipes as fairseq-train commands: list, show, train, hydra-configs"),
-    "paper-tables": ("kvattn_fairseq.run.tables:main",
+    "paper-tables": ("kvattn_fairseq.run.specs.paper_tables:main",
                      "a paper's table end to end: data, training, evaluation, Markdown (scripts/run-table.sh)"),
     "evaluate": ("kvattn_fairseq.evaluate.__main__:main", "score a checkpoint, one results JSON (scripts/evaluate.sh)"),
     "make-tables": ("kvattn_fairseq.run.report:main", "the papers' tables from a directory of results"),
@@ -37,6 +37,7 @@ COMMANDS = {
     "demo": ("kvattn_fairseq.demo:main", "MemSizer against a vanilla transformer on toy data (make demo)"),
     "recovery": ("kvattn_fairseq.recovery:main", "how much of a teacher conversion recovers"),
     "quality": ("kvattn_fairseq.quality:main", "real-text quality against decoding state"),
+    "recall": ("kvattn_fairseq.run.specs.recall:main", "associative recall beyond the window against decoding state"),
 }
 
 

@@ -6,7 +6,6 @@ last file, is written: an OUTDIR with prepare.json is complete, and a failed or 
 .tmp- directory, whose finished steps (stamped under work/.steps) a rerun of the same command skips.
 """
 import argparse
-import difflib
 import hashlib
 import importlib.util
 import json
@@ -19,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..util import proc
 from ..util.cli import ArgumentParser, positive_int, run_main
 from ..util.errors import OneLineError
+from ..util.settings import differences  # noqa: F401  (the data tools compare their records with it)
 from ..util.io import check_replaceable, install_dir, mark, write_atomic
 from . import common
 from .common import log
@@ -265,24 +265,6 @@ def options(args: argparse.Namespace, **extra) -> dict:
 def build_key(args: argparse.Namespace, **extra) -> dict:
     """options plus where the raw files come from, so a different --raw does not resume old steps."""
     return dict(options(args, **extra), raw=os.path.abspath(args.raw) if args.raw else None)
-
-
-def differences(before, now: dict) -> str:
-    """The settings that differ, as `name recorded -> now` (empty when equal); JSON types, as recorded."""
-    now = json.loads(json.dumps(now))
-    if not isinstance(before, dict):
-        return "none recorded" if before != now else ""
-    keys = sorted(set(before) | set(now))
-    return ", ".join(_change(k, before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k))
-
-
-def _change(key: str, before, now) -> str:
-    if isinstance(before, list) and isinstance(now, list):  # a flag list: only the part that changed
-        ops = difflib.SequenceMatcher(a=before, b=now, autojunk=False).get_opcodes()
-        return f"{key}: " + "; ".join(f"{' '.join(map(str, before[i1:i2])) or '(none)'} -> "
-                                      f"{' '.join(map(str, now[j1:j2])) or '(none)'}"
-                                      for tag, i1, i2, j1, j2 in ops if tag != "equal")
-    return f"{key} {before!r} -> {now!r}"
 
 
 def count_lines(path: str) -> int:

@@ -31,6 +31,7 @@ PROG = "prepare-cnndm"
 VOCAB = 32000
 SPM_SENTENCES = 4_000_000  # paragraphs sampled for the BPE (spm's own limit on its input)
 TFDS = "TFDS url_checksums/cnn_dailymail.txt"
+OPTIONS = {"max_source_positions": 1024}  # its own options and their defaults
 HF = "https://huggingface.co/datasets/cnn_dailymail/resolve/11343c3752184397d56efc19a8a7cceb68089318/data/"
 ABISEE = "https://raw.githubusercontent.com/abisee/cnn-dailymail/master/url_lists/"
 
@@ -228,7 +229,7 @@ def prepare(args) -> None:
 
 def command_parser():
     p = parser(PROG, __doc__.split("\n\n")[0], VOCAB)
-    p.add_argument("--max-source-positions", type=positive_int, default=1024, metavar="N",
+    p.add_argument("--max-source-positions", type=positive_int, default=OPTIONS["max_source_positions"], metavar="N",
                    help="sources are cut so that with </s> they fit N positions (default 1024, fairseq's BART "
                         "--truncate-source length)")
     return p

@@ -142,7 +142,7 @@ def read_settings(out: str) -> Dict:
             return json.load(f)
     except (OSError, ValueError) as e:
         raise OneLineError(f"--data: {path} is missing or unreadable ({e}); make the data with "
-                           f"python -m kvattn_fairseq.recall") from None
+                           f"python -m kvattn_fairseq recall") from None
 
 
 def generate(out: str, specs: Sequence[RecallData]) -> str:

@@ -29,6 +29,7 @@ VOCAB = 32000
 MAX_LEN, MAX_RATIO = 250, 1.5
 SPM_SENTENCES = 4_000_000  # sentences (both languages) sampled for the BPE
 TFDS = "TFDS url_checksums/wmt16_translate.txt"
+OPTIONS = {"source_lang": "en", "target_lang": "de"}  # its own options and their defaults
 
 
 def _mirrors(path: str, host: str = "www.statmt.org") -> Tuple[str, ...]:
@@ -248,8 +249,8 @@ def prepare(args) -> None:
 
 def command_parser():
     p = parser(PROG, __doc__.split("\n\n")[0], VOCAB)
-    p.add_argument("-s", "--source-lang", default="en", help="en (default) or de")
-    p.add_argument("-t", "--target-lang", default="de", help="de (default) or en")
+    p.add_argument("-s", "--source-lang", default=OPTIONS["source_lang"], help="en (default) or de")
+    p.add_argument("-t", "--target-lang", default=OPTIONS["target_lang"], help="de (default) or en")
     return p
 
 

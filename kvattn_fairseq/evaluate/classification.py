@@ -26,6 +26,20 @@ from ..util.io import write_atomic
 from . import checkpoints, fairseq_tools as tools, inputs, results
 from .synthetic import accuracy, recorded_task
 
+NAME = "classify"  # python -m kvattn_fairseq evaluate classify ...
+MAIN_METRIC = "position_accuracy"
+HELP = "per-position classification (kv_position_classification): accuracy"
+# this evaluator's own options and their defaults (its command line's too)
+OPTIONS = {"gen_subset": "test", "synthetic_task": None, "cpu": False}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--gen-subset", default=OPTIONS["gen_subset"], help="which binarized split to label (default test)")
+    p.add_argument("--synthetic-task", metavar="NAME",
+                   help="reverse, sort, copy, swap, sub, ... (default: the data directory's name)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
+
+
 MODEL = "kvattn_classifier"
 
 
@@ -106,7 +120,7 @@ def run(a) -> Dict:
                "synthetic_task": a.synthetic_task or recorded_task(data) or
                os.path.basename(os.path.normpath(os.path.abspath(data)))}
     hyp_path = f"{inputs.stem(a.out)}.hyp.tgt"
-    result = results.make("classify", name=inputs.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
+    result = results.make(NAME, main_metric=MAIN_METRIC, name=inputs.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
                           averaged_from=averaged or saved_avg, data=data,
                           settings={"subset": a.gen_subset, **tools.batch_settings(a), "device":
                                     "cpu" if a.cpu else "cuda if available"},

@@ -24,6 +24,26 @@ from ..util.errors import OneLineError
 from . import fairseq_tools as tools, generation, inputs
 from .wmt import spm_decode
 
+NAME = "cnndm"  # python -m kvattn_fairseq evaluate cnndm ...
+MAIN_METRIC = "rougeLsum"
+HELP = "CNN/DailyMail: ROUGE-1/2/L/Lsum"
+# this evaluator's own options and their defaults (its command line's too)
+OPTIONS = {"beam": 4, "lenpen": 2.0, "gen_subset": "test", "min_len": 55, "max_len_b": 140, "no_repeat_ngram_size": 3,
+           "no_truncate_source": False}
+
+
+def add_arguments(p) -> None:
+    generation.add_arguments(p, OPTIONS)
+    p.add_argument("--min-len", type=int, default=OPTIONS["min_len"],
+                   help=f"minimum summary length in tokens (default {OPTIONS['min_len']})")
+    p.add_argument("--max-len-b", type=int, default=OPTIONS["max_len_b"],
+                   help=f"maximum summary length in tokens (default {OPTIONS['max_len_b']})")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=OPTIONS["no_repeat_ngram_size"],
+                   help=f"default {OPTIONS['no_repeat_ngram_size']}")
+    p.add_argument("--no-truncate-source", action="store_true",
+                   help="do not pass --truncate-source (a too-long article then stops generation with an error)")
+
+
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # A sentence ends at . ! or ? (with any closing quotes or brackets after it), followed by whitespace and then
 # something that starts a sentence: an upper-case letter, a digit, or an opening quote / bracket.
@@ -97,7 +117,7 @@ def run(a) -> Dict:
     settings = {"min_len": a.min_len, "max_len_b": a.max_len_b, "no_repeat_ngram_size": a.no_repeat_ngram_size,
                 "truncate_source": not a.no_truncate_source, "detokenizer": "sentencepiece (DIR/spm.model)"}
     signature = "rouge-score use_stemmer=True; F1 x100, mean over examples; rougeLsum on newline-split sentences"
-    return generation.save(a, "cnndm", gen, data=data, hyp_suffix="txt", hypotheses=detok, settings=settings,
+    return generation.save(a, NAME, MAIN_METRIC, gen, data=data, hyp_suffix="txt", hypotheses=detok, settings=settings,
                            metrics=metrics, main_value=scores["rougeLsum"]["f"], signature=signature,
                            extra_versions=("rouge-score", "sentencepiece"))
 

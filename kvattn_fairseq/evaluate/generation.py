@@ -10,6 +10,15 @@ from . import checkpoints, fairseq_tools as tools, inputs, results
 GENERATE_SPEED = ("sentences_per_s", "tokens_per_s", "seconds")
 
 
+def add_arguments(p, options: Dict) -> None:
+    """The generation evaluators' beam, length penalty and split, with that evaluator's defaults."""
+    p.add_argument("--beam", type=int, default=options["beam"], help=f"beam size (default {options['beam']})")
+    p.add_argument("--lenpen", type=float, default=options["lenpen"],
+                   help=f"length penalty (default {options['lenpen']})")
+    p.add_argument("--gen-subset", default=options["gen_subset"], help="which binarized split to decode (default "
+                                                                       f"{options['gen_subset']})")
+
+
 @dataclasses.dataclass
 class Generation:
     hypotheses: List[str]            # one per reference line, in the reference's order
@@ -32,14 +41,15 @@ def generate_in_order(a, data_bin: str, reference: str, n_expected: int, flags: 
                       summary, args)
 
 
-def save(a, task: str, gen: Generation, *, data: str, hyp_suffix: str, hypotheses: Sequence[str], settings: Dict,
+def save(a, task: str, main_metric: str, gen: Generation, *, data: str, hyp_suffix: str, hypotheses: Sequence[str], settings: Dict,
          metrics: Dict, main_value: float, signature: str, extra_versions: Sequence[str] = ()) -> Dict:
     """Hypotheses to <out stem>.hyp.<suffix>, then the results file (both atomically); returns the results."""
     metrics["generate"] = {k: gen.summary.get(k) for k in GENERATE_SPEED}
     settings = {"subset": a.gen_subset, "beam": a.beam, "lenpen": a.lenpen, **settings, **tools.batch_settings(a),
                 "fairseq_flags": tools.settings_flags(gen.args)}
     hyp_path = f"{inputs.stem(a.out)}.hyp.{hyp_suffix}"
-    result = results.make(task, name=inputs.experiment_name(a, gen.checkpoint), model=gen.model,
+    result = results.make(task, main_metric=main_metric, name=inputs.experiment_name(a, gen.checkpoint),
+                          model=gen.model,
                           checkpoint=gen.checkpoint, averaged_from=gen.averaged_from, data=data, settings=settings,
                           metrics=metrics, main_value=main_value, signature=signature, sentences=len(hypotheses),
                           files={"hypotheses": hyp_path, "logs": [gen.log]}, results_path=a.out, table=a.table,

@@ -21,6 +21,24 @@ from typing import Dict
 from ..util.errors import OneLineError
 from . import checkpoints, fairseq_tools as tools, inputs, results
 
+NAME = "lm"  # python -m kvattn_fairseq evaluate lm ...
+MAIN_METRIC = "test_ppl"
+HELP = "language modelling: fairseq-eval-lm perplexity"
+# this evaluator's own options and their defaults (its command line's too)
+OPTIONS = {"context_window": 0, "tokens_per_sample": None, "score_block": None, "splits": "valid,test"}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--context-window", type=int, default=OPTIONS["context_window"], metavar="C",
+                   help="context tokens before each block")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--tokens-per-sample", type=int, metavar="M",
+                      help="the model's input window, context included (fairseq's meaning)")
+    size.add_argument("--score-block", type=int, metavar="B",
+                      help="tokens scored per window; passes --tokens-per-sample B + C")
+    p.add_argument("--splits", default=OPTIONS["splits"], help=f"comma-separated splits (default {OPTIONS['splits']})")
+
+
 
 def window(a, max_positions) -> Dict:
     if a.context_window < 0:
@@ -68,7 +86,7 @@ def run(a) -> Dict:
         logs.append(log)
     main_split = "test" if "test" in splits else splits[-1]
     settings = {"splits": splits, **win, **tools.batch_settings(a, 2), "fairseq_flags": tools.settings_flags(args)}
-    result = results.make("lm", name=inputs.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
+    result = results.make(NAME, main_metric=MAIN_METRIC, name=inputs.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
                           averaged_from=averaged, data=data, settings=settings, metrics=metrics,
                           main_value=metrics[main_split]["ppl"],
                           signature=(f"fairseq-eval-lm perplexity, context window {win['context_window']}, "

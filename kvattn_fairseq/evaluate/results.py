@@ -50,11 +50,8 @@ from ..util.io import write_atomic
 
 SCHEMA = "kvattn_fairseq.evaluate/1"
 TRAIN_RECORD = "kvattn-train.json"  # in a save directory: the settings its run was trained with
-TASKS = ("wmt", "cnndm", "lm", "synthetic", "classify")
 REQUIRED = ("schema", "task", "table", "name", "timestamp", "model", "checkpoint", "data", "settings", "sentences",
             "metrics", "main", "signature", "files", "versions")
-MAIN_METRIC = {"wmt": "sacrebleu", "cnndm": "rougeLsum", "lm": "test_ppl", "synthetic": "sequence_accuracy",
-               "classify": "position_accuracy"}
 
 
 def now_utc() -> str:
@@ -101,7 +98,7 @@ def versions(*extra: str) -> Dict[str, str]:
     return out
 
 
-def make(task: str, *, name: str, model: Dict[str, Any], checkpoint: str, averaged_from: Optional[List[str]],
+def make(task: str, *, main_metric: str, name: str, model: Dict[str, Any], checkpoint: str, averaged_from: Optional[List[str]],
          data: str, settings: Dict[str, Any], metrics: Dict[str, Any], main_value: float, signature: str,
          sentences: Optional[int], files: Dict[str, Any], results_path: str, table: Optional[str] = None,
          extra_versions: Iterable[str] = ()) -> Dict[str, Any]:
@@ -118,7 +115,7 @@ def make(task: str, *, name: str, model: Dict[str, Any], checkpoint: str, averag
         "settings": settings,
         "sentences": sentences,
         "metrics": metrics,
-        "main": {"metric": MAIN_METRIC[task], "value": main_value},
+        "main": {"metric": main_metric, "value": main_value},
         "signature": signature,
         "files": {k: (relative(v, results_path) if isinstance(v, str) else [relative(p, results_path) for p in v])
                   for k, v in files.items()},
@@ -137,8 +134,8 @@ def validate(result: Any, where: str = "results") -> Dict[str, Any]:
     missing = [k for k in REQUIRED if k not in result]
     if missing:
         raise OneLineError(f"{where}: missing field(s) {', '.join(missing)}")
-    if result["task"] not in TASKS:
-        raise OneLineError(f"{where}: unknown task {result['task']!r}")
+    if not isinstance(result["task"], str):  # the evaluators' names: evaluate/registry.py
+        raise OneLineError(f"{where}: task must be an evaluator's name")
     if result["table"] not in TABLES:
         raise OneLineError(f"{where}: unknown table {result['table']!r}")
     if not isinstance(result["model"], dict) or not isinstance(result["model"].get("attention"), dict):

@@ -21,6 +21,19 @@ from typing import Dict, List, Sequence
 from ..util.errors import OneLineError
 from . import fairseq_tools as tools, generation, inputs
 
+NAME = "synthetic"  # python -m kvattn_fairseq evaluate synthetic ...
+MAIN_METRIC = "sequence_accuracy"
+HELP = "synthetic sequence tasks: exact-match accuracy"
+# this evaluator's own options and their defaults (its command line's too)
+OPTIONS = {"beam": 1, "lenpen": 1.0, "gen_subset": "test", "synthetic_task": None}
+
+
+def add_arguments(p) -> None:
+    generation.add_arguments(p, OPTIONS)
+    p.add_argument("--synthetic-task", metavar="NAME",
+                   help="reverse, sort, copy, swap, sub, ... (default: the data directory's name)")
+
+
 
 def accuracy(hyps: Sequence[str], refs: Sequence[str]) -> Dict[str, float]:
     exact, right, total = 0, 0, 0
@@ -58,7 +71,7 @@ def run(a) -> Dict:
     gen = generation.generate_in_order(a, data_bin, ref_path, len(refs))
     metrics: Dict = accuracy(gen.hypotheses, refs)
     metrics["synthetic_task"] = task_name
-    return generation.save(a, "synthetic", gen, data=data, hyp_suffix="tgt", hypotheses=gen.hypotheses,
+    return generation.save(a, NAME, MAIN_METRIC, gen, data=data, hyp_suffix="tgt", hypotheses=gen.hypotheses,
                            settings={}, metrics=metrics, main_value=metrics["sequence_accuracy"],
                            signature="exact-match sequence accuracy on whitespace tokens")
 

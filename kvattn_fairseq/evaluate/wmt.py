@@ -18,6 +18,21 @@ from typing import Dict, List, Sequence, Tuple
 from ..util.errors import OneLineError
 from . import fairseq_tools as tools, generation, inputs
 
+NAME = "wmt"  # python -m kvattn_fairseq evaluate wmt ...
+MAIN_METRIC = "sacrebleu"
+HELP = "WMT En-De: sacreBLEU (+ compound-split tok-BLEU)"
+# this evaluator's own options and their defaults (its command line's too)
+OPTIONS = {"beam": 4, "lenpen": 0.6, "gen_subset": "test", "target_lang": "de", "sacrebleu_tokenize": "13a"}
+
+
+def add_arguments(p) -> None:
+    generation.add_arguments(p, OPTIONS)
+    p.add_argument("--target-lang", default=OPTIONS["target_lang"],
+                   help="reference suffix DIR/test.LANG and tokenizer language")
+    p.add_argument("--sacrebleu-tokenize", default=OPTIONS["sacrebleu_tokenize"],
+                   help=f"sacreBLEU tokenizer (default {OPTIONS['sacrebleu_tokenize']})")
+
+
 COMPOUND = re.compile(r"(\S)-(\S)")
 
 
@@ -86,7 +101,7 @@ def run(a) -> Dict:
     metrics = {"sacrebleu": round(bleu["score"], 2), "sacrebleu_signature": signature,
                "sacrebleu_detail": bleu["detail"], "tok_bleu_compound_split": round(tok["score"], 2),
                "tok_bleu_tokenizer": tok["tokenizer"], "tok_bleu_signature": tok["signature"]}
-    return generation.save(a, "wmt", gen, data=data, hyp_suffix=a.target_lang, hypotheses=detok,
+    return generation.save(a, NAME, MAIN_METRIC, gen, data=data, hyp_suffix=a.target_lang, hypotheses=detok,
                            settings={"detokenizer": "sentencepiece (DIR/spm.model)"}, metrics=metrics,
                            main_value=metrics["sacrebleu"], signature=signature,
                            extra_versions=("sacrebleu", "sacremoses", "sentencepiece"))

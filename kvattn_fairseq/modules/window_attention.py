@@ -8,7 +8,6 @@ constant in the output length, like the memory kinds' state.
 """
 from typing import Dict, List, Optional
 
-import torch
 from torch import Tensor, nn
 
 from ..ops import window as ops

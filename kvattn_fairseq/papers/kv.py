@@ -77,7 +77,7 @@ NOTEBOOK_STD = {"reverse": (0.38, 0.35, 0.37), "sort": (0.033, 0.038, 0.035), "c
 
 # The sweep of Reverse_sort_pos.py (its commented-out driver): d_model, layers, heads, sequence length, and 3 runs
 # of each configuration (in this order); lengths other than the data's 64 are datasets of their own
-# (run/tables.py prepares them).
+# (run/steps.py prepares them).
 SWEEP = dict(d_model=(64, 256), layers=(2, 4), heads=(2, 4), length=(64, 128), seeds=(1, 2, 3))
 
 
@@ -190,7 +190,7 @@ TABLES = (
                     {"encoder": kind, "decoder": kind, "cross": "softmax"}, kind=kind, data=f"synthetic-{task}",
                     published={"accuracy": NOTEBOOK[task][i]} if task in NOTEBOOK else {})
                 for task in TASKS for i, (_, kind) in enumerate(COLUMNS)),
-          _draw, tiny_eval_flags=("--", "--max-len-b", "20"), extra_kinds=False,
+          _draw, tiny_evaluation={"extra": ["--max-len-b", "20"]}, extra_kinds=False,
           notes=("Ours, not the paper's setup (that is the per-position classification table): cells are "
                  "exact-match sequence accuracy % (token accuracy %), fairseq encoder-decoder, greedy decoding "
                  "unless the run says otherwise; the attention kind is the one in encoder and decoder "

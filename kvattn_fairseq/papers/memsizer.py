@@ -135,11 +135,11 @@ TABLES = (
     Table("memsizer_mt", "MemSizer: machine translation (WMT16 En-De, newstest2014)", "wmt", "wmt16",
           (Row("transformer", "Transformer", "memsizer_wmt16_en_de", _SOFTMAX, kind="softmax"),
            Row("memsizer", "MemSizer", "memsizer_wmt16_en_de", _MT_LAYOUT)),
-          _draw_mt, tiny_eval_flags=("--", "--max-len-b", "20"), notes=(UNPUBLISHED,)),
+          _draw_mt, tiny_evaluation={"extra": ["--max-len-b", "20"]}, notes=(UNPUBLISHED,)),
     Table("memsizer_summarization", "MemSizer: abstractive summarization (CNN/DailyMail)", "cnndm", "cnndm",
           (Row("transformer", "Transformer", "memsizer_cnn_dm", _SOFTMAX, kind="softmax"),
            Row("memsizer", "MemSizer", "memsizer_cnn_dm", _MT_LAYOUT)),
-          _draw_summarization, tiny_eval_flags=("--min-len", "1", "--max-len-b", "20"),
+          _draw_summarization, tiny_evaluation={"min_len": 1, "max_len_b": 20},
           notes=("ROUGE F1 x100 (rouge-score, use_stemmer=True, mean over examples); R-Lsum on newline-separated "
                  "sentences. MemSizer's paper did not publish its summarization setup (docs/papers/memsizer.md, "
                  "Summarization).",)),
@@ -147,7 +147,7 @@ TABLES = (
     Table("memsizer_lm", "MemSizer: language modelling (WikiText-103)", "lm", "wikitext103",
           (Row("transformer", "Transformer", "memsizer_wikitext103", {"decoder": "softmax"}, kind="softmax"),
            Row("memsizer", "MemSizer", "memsizer_wikitext103", {"decoder": "memsizer"})),
-          _draw_lm, eval_flags=("--tokens-per-sample", "512", "--context-window", "384"),
-          tiny_eval_flags=("--tokens-per-sample", "64", "--context-window", "32"),
+          _draw_lm, evaluation={"tokens_per_sample": 512, "context_window": 384},
+          tiny_evaluation={"tokens_per_sample": 64, "context_window": 32},
           notes=("Perplexity from fairseq-eval-lm with a sliding context window.",)),
 )

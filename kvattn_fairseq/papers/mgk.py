@@ -83,8 +83,8 @@ def _draw(table: Table, results: List[Dict], bench: Optional[Dict]) -> List[str]
 TABLES = (
     # The MGK code evaluates 256-token blocks without memory (mem_len 0): no context window.
     Table("mgk_lm", "Transformer-MGK: language modelling (WikiText-103, Table 3)", "lm", "wikitext103",
-          ROWS, _draw, eval_flags=("--tokens-per-sample", "256", "--context-window", "0"),
-          tiny_eval_flags=("--tokens-per-sample", "64", "--context-window", "0"), extra_kinds=False,
+          ROWS, _draw, evaluation={"tokens_per_sample": 256, "context_window": 0},
+          tiny_evaluation={"tokens_per_sample": 64, "context_window": 0}, extra_kinds=False,
           notes=("Paper numbers: Nguyen et al., Table 3 (OpenReview text; the camera-ready may differ), 16 layers, "
                  "sliding window of 256 scoring the last position (here: --tokens-per-sample 256 "
                  "--context-window 255).",

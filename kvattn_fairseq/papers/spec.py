@@ -8,7 +8,7 @@ recipe builds.
 """
 import shlex
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 
 def flags(text: str) -> Tuple[str, ...]:
@@ -60,8 +60,10 @@ class Table:
     data: str                                      # dataset key: wmt16, cnndm, wikitext103 or synthetic-<task>
     rows: Tuple[Row, ...]
     draw: Callable[["Table", List[Dict], Optional[Dict]], List[str]]  # (table, its results, bench) -> lines
-    eval_flags: Tuple[str, ...] = ()               # the evaluator's options (fairseq's own after "--")
-    tiny_eval_flags: Tuple[str, ...] = ()          # instead, with --tiny (untrained models decode to max length)
+    # the evaluator's options (evaluate/registry.py: its OPTIONS; "extra": fairseq's own flags)
+    evaluation: Mapping[str, Any] = field(default_factory=dict)
+    tiny_evaluation: Mapping[str, Any] = field(default_factory=dict)  # instead, with --tiny (untrained models
+    #                                                                   decode to their maximum length)
     checkpoint: str = "checkpoint_best.pt"
     extra_kinds: bool = True                       # --kinds may add rows (the last row's recipe, kind everywhere)
     notes: Tuple[str, ...] = ()                    # lines under the table: settings, sources, caveats

@@ -19,8 +19,9 @@ MOVED = {
     "kvattn_fairseq.building": ("kvattn_fairseq.models.building", None),
     "kvattn_fairseq.toydata": ("kvattn_fairseq.data.toy", "toydata"),
     "kvattn_fairseq.experiments": ("kvattn_fairseq.commands.experiments", "experiments"),
-    "kvattn_fairseq.paper_tables": ("kvattn_fairseq.run.tables", "paper-tables"),
+    "kvattn_fairseq.paper_tables": ("kvattn_fairseq.run.specs.paper_tables", "paper-tables"),
     "kvattn_fairseq.synthetic": ("kvattn_fairseq.data.synthetic", "synthetic"),
+    "kvattn_fairseq.recall": ("kvattn_fairseq.run.specs.recall", "recall"),
 }
 # still imported under their old names by demo.py and recovery.py (moved in the next stage): served, not refused
 ALIASES = ("kvattn_fairseq.toydata", "kvattn_fairseq.convert_chain")

@@ -2,31 +2,31 @@
 further back than the attention window, every kind trained the same way, scored by the accuracy of the recalled
 values (beyond the window, and overall) against the decoding state each hypothesis carries at the task's length.
 
-    python -m kvattn_fairseq.recall --out runs/recall                 # the README's table (hours on 2 CPU cores)
-    python -m kvattn_fairseq.recall --out /tmp/r --tiny               # the whole chain on a tiny model
+    python -m kvattn_fairseq recall --out runs/recall                 # the README's table (hours on 2 CPU cores)
+    python -m kvattn_fairseq recall --out /tmp/r --tiny               # the whole chain on a tiny model
 
 The data of every (pairs, length) setting is generated once (deterministic by seed) and binarized with
 fairseq-preprocess; as in Zoology, the settings are trained together (one mixed training set) and tested apart.
 Every kind is trained once with fairseq-train (task associative_recall, criterion recall_accuracy: cross-entropy on
 the answers only), its last checkpoint is scored on each setting's test set (evaluate/recall.py) and its state
-measured after decoding `length` tokens through fairseq's incremental decoder (run/quality.py's state_bytes).
-Writes OUT/results.json, OUT/table.md and OUT/recall.png; a rerun skips the kinds that are done and refuses, in one
-line, a kind or data recorded with other settings unless --force.
+measured after decoding `length` tokens through fairseq's incremental decoder (evaluate/state.py).  The steps run
+on the experiment spine (run/spine.py): OUT/results.json, OUT/table.md and OUT/recall.png at the end; a rerun skips
+what is done and refuses, in one line, anything recorded with other settings unless --force.
 """
 import json
 import os
-import shutil
-import time
 from typing import Dict, List, Sequence
 
-from ..data import recall as recall_data
-from ..util import proc
-from ..util.cli import ArgumentParser, positive_int, run_main
-from ..util.errors import OneLineError
-from ..util.io import write_atomic
-from ..util.lock import work_lock
-from . import quality
+from ...data import recall as recall_data
+from ...util import proc
+from ...util.cli import ArgumentParser, positive_int, run_main
+from ...util.errors import OneLineError
+from ...util.io import write_atomic
+from ..spine import Context, Runner, Step, in_process
+from ..steps import train_step
+from ..train import Command
 
+PROG = "python -m kvattn_fairseq recall"
 WINDOW = 8
 LAYERS = 2
 MODEL = ["--arch", "kvattn_lm", "--decoder-layers", str(LAYERS), "--decoder-embed-dim", "64",
@@ -49,14 +49,6 @@ KINDS: Dict[str, List[str]] = {
     "delta": [],
     "window_delta": [],
 }
-RECORD = "recall-run.json"
-RESULT = "result.json"
-
-
-def log(msg: str) -> None:
-    print(f"[recall] {msg}", flush=True)
-
-
 def kind_flags(kind: str, window: int) -> List[str]:
     flags = ["--decoder-attention-type", kind] + KINDS[kind]
     return flags + (["--attention-window", str(window)] if kind.startswith("window") else [])
@@ -76,54 +68,65 @@ def train_flags(a, kind: str, length: int, save: str) -> List[str]:
         str(max(1, a.updates // 4)), "--keep-interval-updates", "1", "--save-dir", save]
 
 
-def run_kind(a, data_dir: str, specs: Sequence[recall_data.RecallData], kind: str) -> List[Dict]:
-    """Train `kind` once on every setting, score it on each: one row per setting."""
-    save = os.path.join(a.out, "runs", kind)
+def steps(a, kinds: Sequence[str], specs: Sequence[recall_data.RecallData]) -> List[Step]:
+    """The data (every setting, trained together), then per kind its training and its scores on each setting,
+    then the table, the plot and results.json from every kind's scores."""
     longest = max(s.length for s in specs)
-    record = json.loads(json.dumps({"kind": kind, "tiny": a.tiny, "flags": train_flags(a, kind, longest, "SAVE"),
-                                    "data": recall_data.settings(specs)}))
-    result_path = os.path.join(save, RESULT)
-    if os.path.isfile(os.path.join(save, RECORD)):
-        with open(os.path.join(save, RECORD), encoding="utf-8") as f:
-            before = json.load(f)
-        if before != record:
-            if not a.force:
-                raise OneLineError(f"{save} was trained with other settings ({_changed(before, record)}); pass "
-                                   f"--force to retrain it")
-            shutil.rmtree(save)
-        elif os.path.isfile(result_path):
-            with open(result_path, encoding="utf-8") as f:
-                return json.load(f)
-    os.makedirs(save, exist_ok=True)
-    write_atomic(os.path.join(save, RECORD), json.dumps(record, indent=1) + "\n")
-    started = time.time()
-    cmd = proc.python_module("fairseq_cli.train") + [os.path.join(data_dir, "data-bin"), "--user-dir",
-                                                      quality.user_dir()] + train_flags(a, kind, longest, save)
-    log(f"train {kind}   (log: {os.path.join(save, 'train.log')})")
-    proc.run(cmd, os.path.join(save, "train.log"), label="fairseq-train",
-             env=proc.tool_env({"OMP_NUM_THREADS": str(a.threads)}))
-    seconds = round(time.time() - started)
-    checkpoint = os.path.join(save, "checkpoint_last.pt")
-    from ..evaluate import recall as evaluate
+    work = os.path.abspath(a.out)
 
-    rows, states = [], {}
-    for spec in specs:
-        scores = evaluate.evaluate(checkpoint, data_dir, recall_data.name(spec))
-        if spec.length not in states:
-            states[spec.length] = quality.state_bytes(checkpoint, spec.length)
-        rows.append({"kind": kind, "pairs": spec.pairs, "length": spec.length, "window": a.window,
-                     "updates": a.updates, "flags": kind_flags(kind, a.window), "train_seconds": seconds,
-                     "state_bytes": states[spec.length], **scores})
-        log(f"{kind}, {spec.pairs} pairs, {spec.length} tokens: beyond the window "
-            f"{_pct(rows[-1]['beyond']['accuracy'])}, overall {_pct(rows[-1]['accuracy'])}, state "
-            f"{states[spec.length]:,} B")
-    write_atomic(result_path, json.dumps(rows, indent=1) + "\n")
-    return rows
+    def make_data(ctx: Context) -> None:
+        recall_data.generate(ctx.out, specs)
+
+    out = [Step("data", "data", recall_data.settings(specs), in_process(make_data, "data"),
+                command="(generated in process: kvattn_fairseq/data/recall.py)")]
+    for kind in kinds:
+        save = os.path.join("runs", kind)
+        argv = [*proc.fairseq_tool("fairseq-train"), os.path.join(work, "data", "data-bin"), "--user-dir",
+                _user_dir(), *train_flags(a, kind, longest, os.path.join(work, save))]
+        settings = {"kind": kind, "tiny": a.tiny, "flags": train_flags(a, kind, longest, "SAVE")}
+        out.append(train_step(f"train/{kind}", save, Command(argv, [], argv[len(proc.fairseq_tool("fairseq-train")):]),
+                              settings, needs=("data",)))
+        out.append(Step(f"score/{kind}", os.path.join("scores", f"{kind}.json"), {"kind": kind, "window": a.window},
+                        in_process(_scorer(a, kind, specs), f"score {kind}"), needs=("data", f"train/{kind}"),
+                        command="(in process: evaluate/recall.py, evaluate/state.py)"))
+
+    def draw(ctx: Context) -> None:
+        _write_summary(a, kinds, specs, ctx.work)
+
+    out.append(Step("table", "table.md", {}, in_process(draw, "table"), needs=tuple(f"score/{k}" for k in kinds),
+                    always=True))
+    return out
 
 
-def _changed(before: Dict, now: Dict) -> str:
-    keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-    return "differs in " + ", ".join(keys)
+def _user_dir() -> str:
+    from ...util.paths import USER_DIR
+
+    return USER_DIR
+
+
+def _scorer(a, kind: str, specs: Sequence[recall_data.RecallData]):
+    def score(ctx: Context) -> None:
+        from ...evaluate import recall as evaluate
+        from ...evaluate.state import state_bytes
+
+        import torch
+
+        torch.set_num_threads(a.threads)
+        checkpoint = os.path.join(ctx.inputs[f"train/{kind}"], "checkpoint_last.pt")
+        rows, states = [], {}
+        for spec in specs:
+            scores = evaluate.evaluate(checkpoint, ctx.inputs["data"], recall_data.name(spec))
+            if spec.length not in states:
+                states[spec.length] = state_bytes(checkpoint, spec.length)
+            rows.append({"kind": kind, "pairs": spec.pairs, "length": spec.length, "window": a.window,
+                         "updates": a.updates, "flags": kind_flags(kind, a.window),
+                         "state_bytes": states[spec.length], **scores})
+            ctx.say(f"{kind}, {spec.pairs} pairs, {spec.length} tokens: beyond the window "
+                    f"{_pct(rows[-1]['beyond']['accuracy'])}, overall {_pct(rows[-1]['accuracy'])}, state "
+                    f"{states[spec.length]:,} B")
+        write_atomic(ctx.out, json.dumps(rows, indent=1) + "\n")
+
+    return score
 
 
 def _pct(x) -> str:
@@ -214,7 +217,7 @@ def _ints(flag: str):
 
 
 def main(argv=None) -> int:
-    p = ArgumentParser(prog="python -m kvattn_fairseq.recall", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="directory for the data, runs, results.json, table.md, recall.png")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of: {', '.join(KINDS)}")
     p.add_argument("--pairs", default="4,8", help="numbers of key-value pairs per sequence (default 4,8)")
@@ -242,27 +245,25 @@ def compare(a) -> int:
     specs = [data_spec(a, n, t) for n in pairs for t in lengths]
     for spec in specs:
         spec.check()  # every setting before any work
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)  # the training runs'
+    Runner("recall", a.out, force=a.force, flag="--out").run(steps(a, kinds, specs), title="recall")
+    with open(os.path.join(a.out, "table.md"), encoding="utf-8") as f:
+        print(f.read())
+    return 0
+
+
+def _write_summary(a, kinds: Sequence[str], specs: Sequence[recall_data.RecallData], work: str) -> None:
     import torch
 
-    torch.set_num_threads(a.threads)
-    rows = []
-    with work_lock(a.out, "--out", note=log):
-        data_dir = os.path.join(a.out, "data")
-        if a.force and os.path.isfile(os.path.join(data_dir, recall_data.META)) and \
-                recall_data.read_settings(data_dir) != json.loads(json.dumps(recall_data.settings(specs))):
-            shutil.rmtree(data_dir)
-        recall_data.generate(data_dir, specs)
-        for kind in kinds:
-            rows += run_kind(a, data_dir, specs, kind)
-        rows.sort(key=lambda r: (r["pairs"], r["length"]))  # stable: kinds keep their order within a setting
-        summary = {"tiny": a.tiny, "window": a.window, "layers": LAYERS, "updates": a.updates, "threads": a.threads,
-                   "model": TINY_MODEL if a.tiny else MODEL, "train": TRAIN,
-                   "kinds": {k: kind_flags(k, a.window) for k in kinds},
-                   "data": recall_data.settings(specs),
-                   "torch": torch.__version__, "rows": rows}
-        md = table(rows)
-        write_atomic(os.path.join(a.out, "results.json"), json.dumps(summary, indent=1) + "\n")
-        write_atomic(os.path.join(a.out, "table.md"), md + "\n")
-        plot(rows, os.path.join(a.out, "recall.png"))
-    print(md)
-    return 0
+    rows: List[Dict] = []
+    for kind in kinds:
+        with open(os.path.join(work, "scores", f"{kind}.json"), encoding="utf-8") as f:
+            rows += json.load(f)
+    rows.sort(key=lambda r: (r["pairs"], r["length"]))  # stable: kinds keep their order within a setting
+    summary = {"tiny": a.tiny, "window": a.window, "layers": LAYERS, "updates": a.updates, "threads": a.threads,
+               "model": TINY_MODEL if a.tiny else MODEL, "train": TRAIN,
+               "kinds": {k: kind_flags(k, a.window) for k in kinds},
+               "data": recall_data.settings(specs), "torch": torch.__version__, "rows": rows}
+    write_atomic(os.path.join(work, "results.json"), json.dumps(summary, indent=1) + "\n")
+    write_atomic(os.path.join(work, "table.md"), table(rows) + "\n")
+    plot(rows, os.path.join(work, "recall.png"))

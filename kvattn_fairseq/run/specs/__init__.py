@@ -1,0 +1,8 @@
+"""The experiments, one spec file each: what to prepare, train, evaluate and draw, as steps of run/spine.py.
+
+    paper_tables.py  a paper's table (kvattn_fairseq/papers): data, one fairseq-train run per row, its evaluation,
+                     the Markdown of every table run in the work directory (`python -m kvattn_fairseq paper-tables`)
+
+A new experiment is a new file here with a `main(argv)` that builds its steps and hands them to spine.Runner, plus
+its line in commands/__init__.py.
+"""

@@ -1,0 +1,217 @@
+"""The experiment spine: every experiment of this repository (each paper table, conversion recovery, real-text
+quality, associative recall, the demo) is a list of Steps, declared by its spec (kvattn_fairseq/run/specs/), that
+one runner executes the same way.
+
+A Step makes one output under the run's work directory (a directory: prepared data, a training run; or a file:
+results, a table) from its settings and the outputs of the steps it needs.  For every experiment alike:
+
+- one run at a time per work directory (util/lock.py): a second is refused, naming the first;
+- one settings record per output, WORK/steps/<output path>.json: its settings, the records of the steps it read
+  (so a retrained model is evaluated again), when it started and when it finished;
+- one resume rule: a step whose record matches and finished is skipped; one that matches but did not finish is
+  continued where it can be (fairseq-train resumes from checkpoint_last.pt) and made again otherwise; one whose
+  output was made with other settings or from other inputs (or by something else) is refused in one line before any
+  step runs, unless --force is given: then it is made again, and only what the tool made is removed;
+- every step's checks (its inputs, fairseq-train's own parsing of its command line) run before the first step;
+- each step is announced with the command that does it by hand; its output goes to WORK/logs/<output path>.log.
+"""
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..util import proc
+from ..util.errors import OneLineError
+from ..util.io import check_output_dir, check_replaceable, read_json, remove_made, write_atomic
+from ..util.lock import work_lock
+from ..util.settings import differences
+
+RECORDS = "steps"   # WORK/steps/<output path, / as __>.json: outputs are unique in a work directory, step names
+#                     only within one experiment (two tables may both have a row "memsizer")
+LOGS = "logs"
+
+
+@dataclass
+class Step:
+    """One output of an experiment.  `run(ctx)` makes ctx.out; a directory output is marked with what the tool
+    made in it (util/io.py), so that --force removes only that."""
+    name: str                                   # unique in the experiment: "data/wmt16", "train/memsizer", ...
+    out: str                                    # relative to the work directory
+    settings: Dict[str, Any]                    # what the output is made from (JSON); other values: another output
+    run: Callable[["Context"], None]
+    needs: Tuple[str, ...] = ()                 # steps whose outputs this one reads
+    command: str = ""                           # the same step by hand, announced before it runs
+    resumable: bool = False                     # an unfinished output is continued, not made again
+    check: Optional[Callable[[], None]] = None  # raises OneLineError before any step of the experiment runs
+    always: bool = False                        # made at every run (e.g. a table of every result so far)
+
+
+@dataclass
+class Context:
+    work: str
+    step: Step
+    out: str                                    # absolute
+    log: str                                    # absolute path of this step's log
+    inputs: Dict[str, str]                      # needed step -> its absolute output
+    records: Dict[str, Dict[str, Any]]          # needed step -> its record
+    say: Callable[[str], None] = print
+    notes: List[str] = field(default_factory=list)
+
+
+def fingerprint(record: Optional[Dict[str, Any]]) -> Optional[str]:
+    """What a dependent step remembers of a step it read: its settings and when it finished."""
+    if not record or not record.get("finished"):
+        return None
+    blob = json.dumps({"settings": record.get("settings"), "finished": record["finished"]}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Runner:
+    def __init__(self, prog: str, work: str, force: bool = False, flag: str = "--work"):
+        self.prog, self.force, self.flag = prog, force, flag
+        self.work = os.path.abspath(work)
+
+    def say(self, msg: str) -> None:
+        print(f"[{self.prog}] {msg}", flush=True)
+
+    # --- records ----------------------------------------------------------------------------------------------
+    def record_path(self, out: str) -> str:
+        return os.path.join(self.work, RECORDS, os.path.normpath(out).replace(os.sep, "__") + ".json")
+
+    def record(self, step: Step) -> Optional[Dict[str, Any]]:
+        rec = read_json(self.record_path(step.out))
+        return rec if isinstance(rec, dict) and rec.get("out") == os.path.normpath(step.out) else None
+
+    def _write_record(self, step: Step, rec: Dict[str, Any]) -> None:
+        write_atomic(self.record_path(step.out), json.dumps(rec, indent=2, ensure_ascii=False) + "\n")
+
+    def out(self, step: Step) -> str:
+        return os.path.join(self.work, step.out)
+
+    # --- the plan -----------------------------------------------------------------------------------------------
+    def plan(self, steps: Sequence[Step]) -> Dict[str, str]:
+        """What each step will do: skip, continue, make (new), redo (made again); refusals first, in one line."""
+        names = [s.name for s in steps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate step names in {names}")  # a spec's bug, not the user's
+        done: Dict[str, str] = {}
+        refusals: List[str] = []
+        by_name = {s.name: s for s in steps}
+        for step in steps:
+            unknown = [n for n in step.needs if n not in done]
+            if unknown:
+                raise ValueError(f"step {step.name} needs {unknown}, which do not come before it")
+            if step.check is not None:
+                try:
+                    step.check()
+                except OneLineError as e:
+                    raise OneLineError(f"{step.name}: {e}") from None
+            out = self.out(step)
+            rec = self.record(step)
+            inputs = {n: (fingerprint(self.record(by_name[n])) if done[n] == "skip" else None) for n in step.needs}
+            exists = os.path.lexists(out) and (not os.path.isdir(out) or bool(os.listdir(out)))
+            if step.always:
+                done[step.name] = "redo" if exists else "make"
+            elif rec is None:
+                if exists:  # made by something else (an earlier version, the user): replaced only with --force
+                    why = "it has no record of this tool's"
+                    refusals += self._refusal(step, out, why)
+                    done[step.name] = "redo"
+                else:
+                    done[step.name] = "make"
+            else:
+                changed = [differences(rec.get("settings"), step.settings)] if rec.get("settings") != \
+                    json.loads(json.dumps(step.settings)) else []
+                changed += [f"made from another {n}" for n in step.needs
+                            if inputs[n] is None or (rec.get("inputs") or {}).get(n) != inputs[n]]
+                if not exists:
+                    done[step.name] = "make"  # nothing there to lose
+                elif changed:
+                    refusals += self._refusal(step, out, "; ".join(changed))
+                    done[step.name] = "redo"
+                elif not rec.get("finished"):  # interrupted: continued where it can be, else made again
+                    done[step.name] = "continue" if step.resumable else "redo"
+                else:
+                    done[step.name] = "skip"
+        if refusals:
+            raise OneLineError(refusals[0])
+        return done
+
+    def _refusal(self, step: Step, out: str, why: str) -> List[str]:
+        if not self.force:
+            return [f"{step.name} ({out}) was made with other settings ({why}); pass --force to make it again "
+                    f"(only what this tool made is removed)"]
+        if os.path.isdir(out):
+            check_replaceable(out, "--force")  # a file the user put there stops the run here, before any work
+        return []
+
+    # --- running ------------------------------------------------------------------------------------------------
+    def run(self, steps: Sequence[Step], *, title: str = "") -> Dict[str, str]:
+        """Plan, then run every step in order; returns each step's absolute output."""
+        check_output_dir(self.work, self.flag)
+        with work_lock(self.work, self.flag, note=self.say):
+            plan = self.plan(steps)
+            self.steps = {s.name: s for s in steps}
+            from ..util.paths import USER_DIR
+
+            if title:
+                self.say(f"{title}: {len(steps)} steps in {self.work}")
+            self.say(f"plugin: {USER_DIR}")  # the code every step runs (an installed copy, a checkout)
+            outputs: Dict[str, str] = {}
+            for step in steps:
+                outputs[step.name] = self.out(step)
+                self._run_one(step, plan[step.name], outputs)
+            return outputs
+
+    def _run_one(self, step: Step, what: str, outputs: Dict[str, str]) -> None:
+        out = outputs[step.name]
+        if what == "skip":
+            self.say(f"{step.name}: done earlier with the same settings, skipped")
+            return
+        if what == "redo":
+            self._remove(out)
+        rec = self.record(step) if what == "continue" else None
+        if rec is None:
+            rec = {"step": step.name, "out": os.path.normpath(step.out), "settings": step.settings,
+                   "started": now_utc(), "finished": None}
+        needed = {n: self.record(self.steps[n]) for n in step.needs}
+        rec["inputs"] = {n: fingerprint(r) for n, r in needed.items()}
+        self._write_record(step, rec)
+        log = os.path.join(self.work, LOGS, os.path.normpath(step.out).replace(os.sep, "-") + ".log")
+        ctx = Context(self.work, step, out, log, {n: outputs[n] for n in step.needs}, needed, self.say)
+        verb = {"continue": "continuing", "redo": "making it again", "make": "running"}[what]
+        self.say(f"{step.name}: {verb}" + (f": {step.command}" if step.command else ""))
+        start = time.time()
+        step.run(ctx)
+        rec["finished"] = now_utc()
+        self._write_record(step, rec)
+        self.say(f"{step.name}: done in {time.time() - start:.0f}s")
+
+    @staticmethod
+    def _remove(out: str) -> None:
+        """An output made again: a directory goes only if it holds nothing but what the tool made (else one line
+        naming the other files), a file (results, a table: the tool's) goes."""
+        if os.path.isdir(out) and not os.path.islink(out):
+            remove_made(out)
+        elif os.path.lexists(out):
+            os.unlink(out)
+
+
+def in_process(fn: Callable[[Context], None], label: str) -> Callable[[Context], None]:
+    """A step that runs Python code in this process, its output captured in the step's log."""
+    def run(ctx: Context) -> None:
+        with proc.logged(ctx.log, label):
+            fn(ctx)
+    return run
+
+
+def clean_dir(path: str) -> None:
+    """An output directory removed whole (a step's own temporary)."""
+    shutil.rmtree(path, ignore_errors=True)
