@@ -42,9 +42,9 @@ def test_architecture_checks_the_plan_once_with_the_layer_count(flags, expected)
                                          ["softmax"]), ("linear, softmax ,memsizer", ["linear", "softmax", "memsizer"]),
                                          ("softmax*3", ["softmax"] * 3)])
 def test_a_plan_gives_each_layer_its_kind(value, kinds):
-    from fairseq.modules import MultiheadAttention
+    from kvattn_fairseq.modules.softmax_attention import SoftmaxAttention  # fairseq's MultiheadAttention
 
-    types = {"memsizer": MemSizerAttention, "softmax": MultiheadAttention, "linear": LinearAttention}
+    types = {"memsizer": MemSizerAttention, "softmax": SoftmaxAttention, "linear": LinearAttention}
     model = ARCH_MODEL_REGISTRY["kvattn_lm_tiny"].build_model(
         parse_model_args("kvattn_lm_tiny", "--decoder-layers", "3", "--decoder-attention-type", value),
         DummyTask(make_dictionary()))
