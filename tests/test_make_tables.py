@@ -15,6 +15,7 @@ import pytest
 from kvattn_fairseq.bench import report as bench_report
 from kvattn_fairseq.data import synthetic
 from kvattn_fairseq.evaluate import results
+from kvattn_fairseq.evaluate.registry import EVALUATORS
 from kvattn_fairseq.papers import TABLES
 from kvattn_fairseq.papers.markdown import NOT_RUN
 from kvattn_fairseq.run import report as tables
@@ -32,7 +33,7 @@ def _model(arch, kinds, positions=MT, heads=8, params=1_000_000):
 def _write(root: Path, rel: str, task: str, model, metrics, main, name=None, table=None):
     out = root / rel
     out.parent.mkdir(parents=True, exist_ok=True)
-    r = results.make(task, name=name or out.parent.name, model=model, checkpoint=str(root / "ckpt.pt"),
+    r = results.make(task, main_metric=EVALUATORS[task].MAIN_METRIC, name=name or out.parent.name, model=model, checkpoint=str(root / "ckpt.pt"),
                      averaged_from=None, data=str(root / "data"), settings={}, metrics=metrics, main_value=main,
                      signature="sig", sentences=3, files={"logs": []}, results_path=str(out), table=table)
     results.save(r, str(out))

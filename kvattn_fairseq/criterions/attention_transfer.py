@@ -73,7 +73,7 @@ class AttentionTransferCriterion(FairseqCriterion):
             if teacher is None:
                 raise AttentionConfigError(f"--teacher-checkpoint: {self.teacher_path} has no {position} attention "
                                            f"in layer {layer}; give the checkpoint the model was converted from")
-            if type(teacher) is not type(module):
+            if _kind(teacher) is not _kind(module):
                 new.append((position, layer, prefix, module, teacher))
         if not new:
             raise AttentionConfigError(f"--teacher-checkpoint: every attention of the model is of the same kind as "
@@ -158,3 +158,13 @@ class AttentionTransferCriterion(FairseqCriterion):
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
         return True
+
+
+def _kind(module: nn.Module) -> type:
+    """The attention's kind: fairseq's MultiheadAttention and the plugin's softmax kind (the same weights and
+    function, with a fused training path) are one kind."""
+    from fairseq.modules import MultiheadAttention
+
+    from ..modules.softmax_attention import SoftmaxAttention
+
+    return MultiheadAttention if type(module) in (MultiheadAttention, SoftmaxAttention) else type(module)
