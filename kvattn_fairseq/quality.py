@@ -1,4 +1,4 @@
-"""`python -m kvattn_fairseq.quality --out DIR [--tiny]`: real-text quality against decoding state, every kind at the
+"""`python -m kvattn_fairseq.quality --out DIR [--context C] [--tiny]`: real-text quality against decoding state, every
 same size and updates (kvattn_fairseq/run/quality.py)."""
 import sys
 
