@@ -3,7 +3,7 @@ same size and the same number of updates, scored by test perplexity and by the d
 carries at 2048 tokens.
 
     python -m kvattn_fairseq.quality --out runs/quality                 # the README's table (hours on 2 CPU cores)
-    python -m kvattn_fairseq.quality --out runs/quality-long --context 1024 --updates 1000 --every 250
+    python -m kvattn_fairseq.quality --out runs/quality-long --context 1024 --updates 500 --every 250
     python -m kvattn_fairseq.quality --out /tmp/q --tiny                # the whole chain in about a minute
 
 --context C is the evaluation's context window: training blocks and fairseq-eval-lm's windows are 2C tokens, each
@@ -157,16 +157,25 @@ def prepare(out: str, tiny: bool) -> str:
     return data_bin
 
 
-def train(out: str, data_bin: str, name: str, updates: int, every: int, tiny: bool, context: int) -> str:
+def train(out: str, data_bin: str, name: str, updates: int, every: int, tiny: bool, context: int,
+          start: int = 0, start_context: int = 0) -> str:
+    """Train `name` to `updates`, checkpoints every `every`; with `start`, the first `start` updates on blocks of
+    2 * start_context, then the rest on blocks of 2 * context, resumed from there (optimizer and schedule kept,
+    the data order restarted for the new blocks)."""
     save = os.path.join(out, "runs", name)
     os.makedirs(save, exist_ok=True)
-    flags = (TINY_MODEL if tiny else MODEL) + CONFIGS[name] + TRAIN + block_flags(context, tiny) + [
-        "--max-update", str(updates), "--save-interval-updates", str(every), "--keep-interval-updates", "-1",
-        "--save-dir", save, "--user-dir", user_dir()]
-    if not os.path.isfile(os.path.join(save, f"checkpoint_1_{updates}.pt")) and not _done(save, updates):
-        started = time.time()
-        run("fairseq_cli.train", [data_bin] + flags, os.path.join(save, "train.log"))
-        write_atomic(os.path.join(save, "train_seconds.txt"), f"{time.time() - started:.0f}\n")
+    model = (TINY_MODEL if tiny else MODEL) + CONFIGS[name] + TRAIN + [
+        "--max-target-positions", str(2 * context), "--save-interval-updates", str(every),
+        "--keep-interval-updates", "-1", "--save-dir", save, "--user-dir", user_dir()]
+    phases = [(start, start_context, "train_start.log", [])] if start else []
+    phases.append((updates, context, "train.log", ["--reset-dataloader"] if start else []))
+    for until, ctx, logname, extra in phases:
+        if not _done(save, until):
+            started = time.time()
+            run("fairseq_cli.train", [data_bin] + model + block_flags(ctx, tiny) + ["--max-update", str(until)] +
+                extra, os.path.join(save, logname))
+            write_atomic(os.path.join(save, logname.replace(".log", "_seconds.txt")),
+                         f"{time.time() - started:.0f}\n")
     return save
 
 
@@ -212,13 +221,16 @@ def state_bytes(checkpoint: str, tokens: int) -> int:
 
 
 # --- the table ---------------------------------------------------------------------------------------------------
-def table(results: Dict, points: Sequence[int], context: int, state_at: int) -> str:
+def table(results: Dict, points: Sequence[int], context: int, state_at: int, start: Dict = None) -> str:
     base = results.get("softmax")
     last = str(points[-1])
     near = next((r["near"] for r in results.values() if r.get("near")), None)
     near_head = f" | test ppl @ {last}, context {near['context']} only | gain from the context beyond" if near else ""
     lines = [f"Test perplexity per character, context {context} (each scored character after {context} to "
-             f"{2 * context - 1} others), by training updates; state per hypothesis after {state_at} tokens.", "",
+             f"{2 * context - 1} others), by training updates" +
+             (f" (the first {start['updates']} on blocks of {2 * start['context']}, the rest on blocks of "
+              f"{2 * context})" if start else f" on blocks of {2 * context}") +
+             f"; state per hypothesis after {state_at} tokens.", "",
              "| attention | " + " | ".join(f"test ppl @ {p}" for p in points) +
              f" | vs softmax @ {last}{near_head} | state per hypothesis @ {state_at} tokens | vs softmax |",
              "|---|" + "---|" * (len(points) + 3 + (2 if near else 0))]
@@ -279,6 +291,10 @@ def main(argv=None) -> int:
     p.add_argument("--context", type=positive_int, default=None,
                    help="tokens of context before each scored one (training blocks and eval windows are twice "
                         "that; default 128, 32 with --tiny)")
+    p.add_argument("--start-updates", type=int, default=0,
+                   help="train the first N updates at --start-context, then continue at --context (scored from N on)")
+    p.add_argument("--start-context", type=positive_int, default=None,
+                   help="the context of the first --start-updates (default 128, 12 with --tiny)")
     p.add_argument("--tiny", action="store_true", help="a tiny model, corpus and run: checks the chain, not a result")
     a = p.parse_args(argv)
     return run_main(p.prog, lambda: compare(a))
@@ -290,7 +306,7 @@ def check_settings(out: str, settings: Dict) -> None:
     if os.path.isfile(path):
         with open(path) as f:
             before = json.load(f)
-        changed = [k for k in settings if before.get(k) != settings[k]]
+        changed = [k for k in sorted(set(before) | set(settings)) if before.get(k) != settings.get(k)]
         if changed:
             raise OneLineError(f"--out: {out} holds runs made with " + ", ".join(
                 f"{k} {before.get(k)}" for k in changed) + "; choose another --out")
@@ -305,20 +321,27 @@ def compare(a) -> int:
     if unknown or not names:
         raise OneLineError(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGS)}")
     if a.tiny:
-        a.updates, a.every = min(a.updates, 6), min(a.every, 3)
+        a.updates, a.every, a.start_updates = min(a.updates, 6), min(a.every, 3), min(a.start_updates, 3)
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models lose a lot to intra-op threads on a busy CPU
     if a.updates < 1 or a.every < 1 or a.updates % a.every:
         raise OneLineError(f"--updates ({a.updates}) must be a positive multiple of --every ({a.every})")
     context = a.context or (32 if a.tiny else 128)
     if context < 2:
         raise OneLineError(f"--context: must be at least 2, got {context}")
-    state_at = max(STATE_AT, 2 * context)
-    points = list(range(a.every, a.updates + 1, a.every))
-    check_settings(a.out, {"tiny": a.tiny, "context": context})
+    start_context = (a.start_context or (12 if a.tiny else 128)) if a.start_updates else 0
+    if a.start_updates and (a.start_updates < 0 or a.start_updates >= a.updates or a.start_updates % a.every):
+        raise OneLineError(f"--start-updates ({a.start_updates}) must be a multiple of --every ({a.every}) below "
+                           f"--updates ({a.updates})")
+    if a.start_updates and start_context >= context:
+        raise OneLineError(f"--start-context ({start_context}) must be smaller than --context ({context})")
+    state_at = max(512 if a.tiny else STATE_AT, 2 * context)  # tiny: enough to tell constant from growing
+    points = list(range(a.start_updates or a.every, a.updates + 1, a.every))
+    start = {"start_updates": a.start_updates, "start_context": start_context} if a.start_updates else {}
+    check_settings(a.out, {"tiny": a.tiny, "context": context, **start})
     data_bin = prepare(a.out, a.tiny)
     results: Dict = {}
     for name in names:
-        save = train(a.out, data_bin, name, a.updates, a.every, a.tiny, context)
+        save = train(a.out, data_bin, name, a.updates, a.every, a.tiny, context, a.start_updates, start_context)
         ppl = {str(u): evaluate(a.out, save, u, context) for u in points}
         last = checkpoint_at(save, a.updates)
         results[name] = {"flags": CONFIGS[name], "ppl": ppl, "state_bytes": state_bytes(last, state_at)}
@@ -331,9 +354,11 @@ def compare(a) -> int:
         corpus = json.load(f)
     summary = {"tiny": a.tiny, "context": context, "updates": a.updates, "points": points, "corpus": corpus,
                "model": TINY_MODEL if a.tiny else MODEL, "train": TRAIN + block_flags(context, a.tiny),
+               "start": {"updates": a.start_updates, "context": start_context,
+                         "train": block_flags(start_context, a.tiny)} if a.start_updates else None,
                "state_at": state_at, "results": results}
     write_atomic(os.path.join(a.out, "results.json"), json.dumps(summary, indent=1))
-    md = table(results, points, context, state_at)
+    md = table(results, points, context, state_at, summary["start"])
     write_atomic(os.path.join(a.out, "table.md"), md + "\n")
     plot(results, points, context, os.path.join(a.out, "test_ppl.png"))
     print(md)
