@@ -33,17 +33,37 @@ def test_bad_configs_are_refused_in_one_line(capsys, tmp_path):
     assert not (tmp_path / "q").exists()  # refused before any work
 
 
+def test_a_rerun_with_another_context_is_refused_before_any_work(capsys, tmp_path):
+    out = tmp_path / "q"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps({"tiny": False, "context": 128}))
+    assert quality.main(["--out", str(out), "--context", "1024"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"python -m kvattn_fairseq.quality: error: --out: {out} holds runs made with context 128; choose another --out"]
+    assert sorted(p.name for p in out.iterdir()) == ["settings.json"]
+
+
 @pytest.mark.slow
 def test_tiny_chain_writes_table_and_state_bytes(tmp_path):
     out = tmp_path / "q"
-    assert quality.main(["--out", str(out), "--tiny", "--configs", "softmax,window_memsizer"]) == 0
+    assert quality.main(["--out", str(out), "--tiny", "--configs", "softmax,window_memsizer", "--context", "24",
+                         "--start-updates", "3"]) == 0
     summary = json.loads((out / "results.json").read_text())
-    assert summary["tiny"] and summary["points"] == [3, 6]
+    assert summary["tiny"] and summary["points"] == [3, 6] and summary["context"] == 24
     res = summary["results"]
     assert set(res) == {"softmax", "window_memsizer"}
-    for r in res.values():
-        assert all(p > 1.0 for p in r["ppl"].values())
-    # softmax's cache grows with 2048 tokens; the window + memory state stays small and constant
+    for name, r in res.items():
+        assert all(p > 1.0 for p in r["ppl"].values()) and r["near"]["context"] == 12 and r["near"]["ppl"] > 1.0
+        # --start-updates 3: 3 updates on blocks of 24 (--start-context 12), then resumed on blocks of 48
+        # (--context 24), scored after 24 tokens of context (and after 12 only)
+        runs = out / "runs" / name
+        assert " --tokens-per-sample 24 " in (runs / "train_start.log").read_text().splitlines()[0]
+        second = (runs / "train.log").read_text()
+        assert " --tokens-per-sample 48 " in second.splitlines()[0] and "(epoch 1 @ 3 updates)" in second
+        for tag, window in (("", 24), ("_context12", 12)):
+            metrics = json.loads((out / "runs" / name / f"test_6{tag}.json").read_text())["metrics"]
+            assert (metrics["context_window"], metrics["tokens_per_sample"]) == (window, 2 * window)
+    # softmax's cache grows with 512 tokens; the window + memory state stays small and constant
     assert res["window_memsizer"]["state_bytes"] < res["softmax"]["state_bytes"] / 4
     table = (out / "table.md").read_text()
     assert "| window_memsizer |" in table and (out / "test_ppl.png").stat().st_size > 0

@@ -3,7 +3,13 @@ same size and the same number of updates, scored by test perplexity and by the d
 carries at 2048 tokens.
 
     python -m kvattn_fairseq.quality --out runs/quality                 # the README's table (hours on 2 CPU cores)
+    python -m kvattn_fairseq.quality --out runs/quality-long --context 1024 --updates 500 --every 250
     python -m kvattn_fairseq.quality --out /tmp/q --tiny                # the whole chain in about a minute
+
+--context C is the evaluation's context window: training blocks and fairseq-eval-lm's windows are 2C tokens, each
+window scoring its last C tokens after C of context, so every scored token sees between C and 2C - 1 earlier ones.
+The last checkpoint is also scored with a context of only the attention window (64), which shows what each kind
+gains from the text beyond it.
 
 The text is the English documentation that ships inside CPython itself, so every machine that runs the plugin has
 it and nobody tuned anything on it: the pydoc topic pages (`pydoc_data.topics`) and the docstrings of the standard
@@ -24,7 +30,7 @@ import time
 from typing import Dict, List, Sequence
 
 from ..util import proc
-from ..util.cli import ArgumentParser, run_main
+from ..util.cli import ArgumentParser, positive_int, run_main
 from ..util.errors import OneLineError, StepFailed
 from ..util.io import write_atomic
 
@@ -35,8 +41,7 @@ SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__
 # Model and training settings shared by every configuration (a small char-level LM: 3 layers of 192, 4 heads).
 MODEL = ["--arch", "kvattn_lm", "--decoder-layers", "3", "--decoder-embed-dim", "192", "--decoder-ffn-embed-dim",
          "768", "--decoder-attention-heads", "4", "--dropout", "0.1", "--share-decoder-input-output-embed"]
-TRAIN = ["--task", "language_modeling", "--tokens-per-sample", "256", "--sample-break-mode", "none",
-         "--max-tokens", "2048", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "1.0",
+TRAIN = ["--task", "language_modeling", "--sample-break-mode", "none", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "1.0",
          "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100", "--warmup-init-lr", "1e-7",
          "--criterion", "cross_entropy", "--seed", "1", "--num-workers", "0", "--no-epoch-checkpoints",
          "--disable-validation", "--log-format", "simple", "--log-interval", "50", "--cpu"]
@@ -54,6 +59,18 @@ CONFIGS: Dict[str, List[str]] = {
     "window_linear": ["--decoder-attention-type", "window_linear", "--attention-window", "64"],
 }
 STATE_AT = 2048
+WINDOW = 64  # the window configurations' W
+
+
+def block_flags(context: int, tiny: bool) -> List[str]:
+    """Training blocks of 2C tokens, at least two of them (and 2048 tokens) per batch."""
+    block = 2 * context
+    return ["--tokens-per-sample", str(block), "--max-tokens", str(max(256 if tiny else 2048, 2 * block))]
+
+
+def near_context(context: int) -> int:
+    """The short context the last checkpoint is also scored with: the window, or less in tiny runs."""
+    return min(WINDOW, context // 2)
 
 
 def log(msg: str) -> None:
@@ -140,18 +157,25 @@ def prepare(out: str, tiny: bool) -> str:
     return data_bin
 
 
-def train(out: str, data_bin: str, name: str, updates: int, every: int, tiny: bool) -> str:
+def train(out: str, data_bin: str, name: str, updates: int, every: int, tiny: bool, context: int,
+          start: int = 0, start_context: int = 0) -> str:
+    """Train `name` to `updates`, checkpoints every `every`; with `start`, the first `start` updates on blocks of
+    2 * start_context, then the rest on blocks of 2 * context, resumed from there (optimizer and schedule kept,
+    the data order restarted for the new blocks)."""
     save = os.path.join(out, "runs", name)
     os.makedirs(save, exist_ok=True)
-    flags = (TINY_MODEL if tiny else MODEL) + CONFIGS[name] + TRAIN + [
-        "--max-update", str(updates), "--save-interval-updates", str(every), "--keep-interval-updates", "-1",
-        "--save-dir", save, "--user-dir", user_dir()]
-    if tiny:
-        flags += ["--tokens-per-sample", "64", "--max-tokens", "256"]
-    if not os.path.isfile(os.path.join(save, f"checkpoint_1_{updates}.pt")) and not _done(save, updates):
-        started = time.time()
-        run("fairseq_cli.train", [data_bin] + flags, os.path.join(save, "train.log"))
-        write_atomic(os.path.join(save, "train_seconds.txt"), f"{time.time() - started:.0f}\n")
+    model = (TINY_MODEL if tiny else MODEL) + CONFIGS[name] + TRAIN + [
+        "--max-target-positions", str(2 * context), "--save-interval-updates", str(every),
+        "--keep-interval-updates", "-1", "--save-dir", save, "--user-dir", user_dir()]
+    phases = [(start, start_context, "train_start.log", [])] if start else []
+    phases.append((updates, context, "train.log", ["--reset-dataloader"] if start else []))
+    for until, ctx, logname, extra in phases:
+        if not _done(save, until):
+            started = time.time()
+            run("fairseq_cli.train", [data_bin] + model + block_flags(ctx, tiny) + ["--max-update", str(until)] +
+                extra, os.path.join(save, logname))
+            write_atomic(os.path.join(save, logname.replace(".log", "_seconds.txt")),
+                         f"{time.time() - started:.0f}\n")
     return save
 
 
@@ -166,13 +190,13 @@ def checkpoint_at(save: str, update: int) -> str:
     return os.path.join(save, found[0])
 
 
-def evaluate(out: str, save: str, update: int, tiny: bool) -> float:
-    result = os.path.join(save, f"test_{update}.json")
+def evaluate(out: str, save: str, update: int, context: int, tag: str = "") -> float:
+    """Test perplexity of the checkpoint at `update`, every scored token after `context` to 2 * context - 1 others."""
+    result = os.path.join(save, f"test_{update}{tag}.json")
     if not os.path.isfile(result):
-        window = ["--tokens-per-sample", "64", "--context-window", "32"] if tiny else \
-            ["--tokens-per-sample", "256", "--context-window", "128"]
+        window = ["--tokens-per-sample", str(2 * context), "--context-window", str(context)]
         run("kvattn_fairseq.evaluate", ["lm", "--data", out, "--checkpoint", checkpoint_at(save, update), "--splits",
-                                         "test", "--out", result, *window], os.path.join(save, f"evaluate_{update}.log"))
+                                         "test", "--out", result, *window], os.path.join(save, f"evaluate_{update}{tag}.log"))
     with open(result) as f:
         return json.load(f)["metrics"]["test"]["ppl"]
 
@@ -197,36 +221,62 @@ def state_bytes(checkpoint: str, tokens: int) -> int:
 
 
 # --- the table ---------------------------------------------------------------------------------------------------
-def table(results: Dict, points: Sequence[int]) -> str:
+def table(results: Dict, points: Sequence[int], context: int, state_at: int, start: Dict = None) -> str:
     base = results.get("softmax")
-    lines = ["| attention | " + " | ".join(f"test ppl @ {p}" for p in points) +
-             f" | vs softmax @ {points[-1]} | state per hypothesis @ {STATE_AT} tokens | vs softmax |",
-             "|---|" + "---|" * (len(points) + 3)]
+    last = str(points[-1])
+    near = next((r["near"] for r in results.values() if r.get("near")), None)
+    near_head = f" | test ppl @ {last}, context {near['context']} only | gain from the context beyond" if near else ""
+    lines = [f"Test perplexity per character, context {context} (each scored character after {context} to "
+             f"{2 * context - 1} others), by training updates" +
+             (f" (the first {start['updates']} on blocks of {2 * start['context']}, the rest on blocks of "
+              f"{2 * context})" if start else f" on blocks of {2 * context}") +
+             f"; state per hypothesis after {state_at} tokens.", "",
+             "| attention | " + " | ".join(f"test ppl @ {p}" for p in points) +
+             f" | vs softmax @ {last}{near_head} | state per hypothesis @ {state_at} tokens | vs softmax |",
+             "|---|" + "---|" * (len(points) + 3 + (2 if near else 0))]
     for name, r in results.items():
         ppl = " | ".join(f"{r['ppl'][str(p)]:.2f}" for p in points)
-        rel = f"{r['ppl'][str(points[-1])] / base['ppl'][str(points[-1])]:.3f}×" if base else "–"
+        rel = f"{r['ppl'][last] / base['ppl'][last]:.3f}×" if base else "–"
         srel = f"{r['state_bytes'] / base['state_bytes']:.3f}×" if base else "–"
-        lines.append(f"| {name} | {ppl} | {rel} | {r['state_bytes']:,} B | {srel} |")
+        gain = ""
+        if near:
+            short = r.get("near", {}).get("ppl")
+            gain = f" | {short:.2f} | {100 * (1 - r['ppl'][last] / short):.1f}%" if short else " | – | –"
+        lines.append(f"| {name} | {ppl} | {rel}{gain} | {r['state_bytes']:,} B | {srel} |")
     return "\n".join(lines)
 
 
-def plot(results: Dict, points: Sequence[int], path: str) -> None:
+def plot(results: Dict, points: Sequence[int], context: int, path: str) -> None:
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before its import, which logs at DEBUG
     import matplotlib
 
     matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    near = [n for n, r in results.items() if r.get("near")]
+    fig, axes = plt.subplots(1, 2 if near else 1, figsize=(11 if near else 6, 4), squeeze=False)
+    ax = axes[0][0]
     for name, r in results.items():
         ax.plot(points, [r["ppl"][str(p)] for p in points], marker="o", label=name)
     ax.set_xlabel("updates")
-    ax.set_ylabel("test perplexity (characters)")
+    ax.set_ylabel(f"test perplexity (characters), context {context}")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    if near:
+        ax = axes[0][1]
+        short = results[near[0]]["near"]["context"]
+        xs = range(len(near))
+        ax.bar([x - 0.2 for x in xs], [results[n]["near"]["ppl"] for n in near], 0.4, label=f"context {short}")
+        ax.bar([x + 0.2 for x in xs], [results[n]["ppl"][str(points[-1])] for n in near], 0.4,
+               label=f"context {context}")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(near, rotation=20, ha="right")
+        ax.set_ylabel(f"test perplexity @ {points[-1]} updates")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -238,9 +288,31 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of: {', '.join(CONFIGS)}")
     p.add_argument("--updates", type=int, default=1200, help="training updates per configuration (default 1200)")
     p.add_argument("--every", type=int, default=300, help="score the test set every N updates (default 300)")
+    p.add_argument("--context", type=positive_int, default=None,
+                   help="tokens of context before each scored one (training blocks and eval windows are twice "
+                        "that; default 128, 32 with --tiny)")
+    p.add_argument("--start-updates", type=int, default=0,
+                   help="train the first N updates at --start-context, then continue at --context (scored from N on)")
+    p.add_argument("--start-context", type=positive_int, default=None,
+                   help="the context of the first --start-updates (default 128, 12 with --tiny)")
     p.add_argument("--tiny", action="store_true", help="a tiny model, corpus and run: checks the chain, not a result")
     a = p.parse_args(argv)
     return run_main(p.prog, lambda: compare(a))
+
+
+def check_settings(out: str, settings: Dict) -> None:
+    """A directory's runs are reused only by a run with the same corpus and blocks."""
+    path = os.path.join(out, "settings.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            before = json.load(f)
+        changed = [k for k in sorted(set(before) | set(settings)) if before.get(k) != settings.get(k)]
+        if changed:
+            raise OneLineError(f"--out: {out} holds runs made with " + ", ".join(
+                f"{k} {before.get(k)}" for k in changed) + "; choose another --out")
+    else:
+        os.makedirs(out, exist_ok=True)
+        write_atomic(path, json.dumps(settings))
 
 
 def compare(a) -> int:
@@ -249,27 +321,45 @@ def compare(a) -> int:
     if unknown or not names:
         raise OneLineError(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGS)}")
     if a.tiny:
-        a.updates, a.every = min(a.updates, 6), min(a.every, 3)
+        a.updates, a.every, a.start_updates = min(a.updates, 6), min(a.every, 3), min(a.start_updates, 3)
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models lose a lot to intra-op threads on a busy CPU
     if a.updates < 1 or a.every < 1 or a.updates % a.every:
         raise OneLineError(f"--updates ({a.updates}) must be a positive multiple of --every ({a.every})")
-    points = list(range(a.every, a.updates + 1, a.every))
-    os.makedirs(a.out, exist_ok=True)
+    context = a.context or (32 if a.tiny else 128)
+    if context < 2:
+        raise OneLineError(f"--context: must be at least 2, got {context}")
+    start_context = (a.start_context or (12 if a.tiny else 128)) if a.start_updates else 0
+    if a.start_updates and (a.start_updates < 0 or a.start_updates >= a.updates or a.start_updates % a.every):
+        raise OneLineError(f"--start-updates ({a.start_updates}) must be a multiple of --every ({a.every}) below "
+                           f"--updates ({a.updates})")
+    if a.start_updates and start_context >= context:
+        raise OneLineError(f"--start-context ({start_context}) must be smaller than --context ({context})")
+    state_at = max(512 if a.tiny else STATE_AT, 2 * context)  # tiny: enough to tell constant from growing
+    points = list(range(a.start_updates or a.every, a.updates + 1, a.every))
+    start = {"start_updates": a.start_updates, "start_context": start_context} if a.start_updates else {}
+    check_settings(a.out, {"tiny": a.tiny, "context": context, **start})
     data_bin = prepare(a.out, a.tiny)
     results: Dict = {}
     for name in names:
-        save = train(a.out, data_bin, name, a.updates, a.every, a.tiny)
-        ppl = {str(u): evaluate(a.out, save, u, a.tiny) for u in points}
+        save = train(a.out, data_bin, name, a.updates, a.every, a.tiny, context, a.start_updates, start_context)
+        ppl = {str(u): evaluate(a.out, save, u, context) for u in points}
         last = checkpoint_at(save, a.updates)
-        results[name] = {"flags": CONFIGS[name], "ppl": ppl, "state_bytes": state_bytes(last, STATE_AT)}
-        log(f"{name}: test ppl {ppl}, state {results[name]['state_bytes']:,} B at {STATE_AT} tokens")
+        results[name] = {"flags": CONFIGS[name], "ppl": ppl, "state_bytes": state_bytes(last, state_at)}
+        short = near_context(context)
+        if short < context:
+            results[name]["near"] = {"context": short, "ppl": evaluate(a.out, save, a.updates, short,
+                                                                       tag=f"_context{short}")}
+        log(f"{name}: test ppl {ppl}, state {results[name]['state_bytes']:,} B at {state_at} tokens")
     with open(os.path.join(a.out, "corpus.json")) as f:
         corpus = json.load(f)
-    summary = {"tiny": a.tiny, "updates": a.updates, "points": points, "corpus": corpus,
-               "model": TINY_MODEL if a.tiny else MODEL, "train": TRAIN, "results": results}
+    summary = {"tiny": a.tiny, "context": context, "updates": a.updates, "points": points, "corpus": corpus,
+               "model": TINY_MODEL if a.tiny else MODEL, "train": TRAIN + block_flags(context, a.tiny),
+               "start": {"updates": a.start_updates, "context": start_context,
+                         "train": block_flags(start_context, a.tiny)} if a.start_updates else None,
+               "state_at": state_at, "results": results}
     write_atomic(os.path.join(a.out, "results.json"), json.dumps(summary, indent=1))
-    md = table(results, points)
+    md = table(results, points, context, state_at, summary["start"])
     write_atomic(os.path.join(a.out, "table.md"), md + "\n")
-    plot(results, points, os.path.join(a.out, "test_ppl.png"))
+    plot(results, points, context, os.path.join(a.out, "test_ppl.png"))
     print(md)
     return 0
