@@ -1,4 +1,4 @@
-# make demo   set up the environment if needed, then train and compare MemSizer vs a vanilla transformer on toy data
+# make demo   set up the environment if needed, then train and compare a window decoder (constant state) vs a vanilla transformer on toy data
 # make test   set up the environment if needed, then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python

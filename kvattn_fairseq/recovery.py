@@ -9,12 +9,17 @@ and (0), the converted model before any training, all against (d), the teacher. 
   mt  the project's generated reversal task (kvattn_fairseq.toydata), sacreBLEU of beam-4 fairseq-generate
   lm  character-level language modelling of real English prose: the Python Language Reference text shipped with
       every CPython (pydoc_data/topics.py), perplexity per character from fairseq-eval-lm
-Plans: `memsizer` and `linear` replace every decoder attention (self and cross), `hybrid` keeps the last decoder
-layer softmax and puts MemSizer in the others, `window` and `window_memsizer` replace decoder self-attention
-(MemSizer in cross-attention); encoders stay softmax.  The targets: (a) recovers >= 95% of the
+Plans (--plans): `memsizer` and `linear` replace every decoder attention (self and cross), `hybrid` keeps the last
+decoder layer softmax and puts MemSizer in the others; `window`, `window_memsizer` and `window_linear` replace decoder
+self-attention only, cross-attention staying the teacher's softmax (its cache is the source's keys and values, which
+do not grow with the output), with a window of --attention-window positions.  Any other plan is SELF or SELF/CROSS:
+a decoder self-attention plan and a cross-attention plan (default: the teacher's softmax), e.g.
+`window_memsizer/memsizer` or `memsizer*2,softmax/softmax` (separate entries with ';' once one holds a comma).
+Encoders stay softmax.  The targets: (a) recovers >= 95% of the
 teacher's BLEU / is within 5% of its perplexity with M <= 20% of N, and (c) is clearly worse (5 BLEU points
 lower, or a 5% higher perplexity, than (a)).
-Writes DIR/results.json and DIR/table.md; a rerun resumes (fairseq-train resumes; finished evaluations are kept).
+Writes DIR/results.json and DIR/table.md; a rerun resumes (fairseq-train resumes; finished evaluations are kept),
+and rows of plans a rerun does not name are kept when its teacher and budget are the same.
 """
 import argparse
 import json
@@ -22,10 +27,10 @@ import os
 import re
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from .convert_chain import chain, criterion_flags, finished, run, tool
-from .util.cli import ArgumentParser, run_main
+from .util.cli import ArgumentParser, positive_int, run_main
 from .util.errors import OneLineError, StepFailed
 from .util.io import write_atomic
 
@@ -42,18 +47,57 @@ TINY = {
                tiny=True),
 }
 TINY["mt"]["tiny"] = True  # (0), the converted model before training, is not evaluated
-PLANS = ("memsizer", "linear", "hybrid", "window", "window_memsizer")
+PLANS = ("memsizer", "linear", "hybrid", "window", "window_memsizer", "window_linear")
 VARIANTS = {"a": "convert + transfer + finetune", "b": "convert + finetune", "c": "from scratch",
             "0": "converted, no training"}
 SPACE = "\u2581"  # a character-level token for the space
 
 
-def plan_flags(plan: str, task: str, layers: int) -> List[str]:
-    kinds = {"hybrid": f"memsizer*{layers - 1},softmax"}.get(plan, plan)
-    flags = ["--decoder-attention-type", kinds]
-    # a window is a span of the decoder's own sequence: cross-attention takes MemSizer's memory instead
-    cross = "memsizer" if plan.startswith("window") else kinds
-    return flags + (["--cross-attention-type", cross] if task == "mt" else [])
+def split_plans(text: str) -> List[str]:
+    return [x.strip() for x in text.split(";" if ";" in text else ",") if x.strip()]
+
+
+def plan_kinds(plan: str, layers: int) -> Tuple[str, str]:
+    """(decoder self-attention plan, cross-attention plan) of a named plan or a SELF[/CROSS] entry."""
+    if plan == "hybrid":
+        return f"memsizer*{layers - 1},softmax", f"memsizer*{layers - 1},softmax"
+    if plan in ("memsizer", "linear"):
+        return plan, plan
+    self_kinds, _, cross = plan.partition("/")
+    return self_kinds, cross or "softmax"
+
+
+def plan_label(plan: str, window: int) -> str:
+    """The plan's name in results and its directory: a window plan names its window when it is not the default."""
+    from .modules.window_attention import DEFAULT_WINDOW
+
+    if "window" in plan and window != DEFAULT_WINDOW:
+        return f"{plan} W={window}"
+    return plan
+
+
+def plan_flags(plan: str, task: str, layers: int, window: int) -> List[str]:
+    self_kinds, cross = plan_kinds(plan, layers)
+    flags = ["--decoder-attention-type", self_kinds] + (["--cross-attention-type", cross] if task == "mt" else [])
+    return flags + (["--attention-window", str(window)] if "window" in self_kinds + cross else [])
+
+
+def check_plans(plans: List[str], layers: Dict[str, int]) -> None:
+    """Every plan builds at every task's size: refused in one line naming --plans before anything runs."""
+    import argparse as ap
+
+    from .models.layers import check_attention_args
+
+    for plan in plans:
+        for task, n in layers.items():
+            flags = plan_flags(plan, task, n, 64)
+            args = ap.Namespace(decoder_layers=n, encoder_layers=n, decoder_attention_type=flags[1],
+                                cross_attention_type=flags[3] if task == "mt" else None,
+                                encoder_attention_type="softmax")
+            try:
+                check_attention_args(args, ("decoder", "cross") if task == "mt" else ("decoder",))
+            except ValueError as e:
+                raise OneLineError(f"--plans: {plan!r} ({task}): {e}") from None
 
 
 # --- data ----------------------------------------------------------------------------------------------------------
@@ -173,7 +217,7 @@ def cached(path: str, fn):
 
 # --- one task ------------------------------------------------------------------------------------------------------
 def run_task(task: str, out: str, cfg: Dict, plans, budget: float, transfer_share: float, lrs: Dict,
-             record: List) -> Dict:
+             record: List, window: int = 64) -> Dict:
     work = os.path.join(out, task)
     os.makedirs(work, exist_ok=True)
     log = os.path.join(work, "runs.log")
@@ -190,8 +234,9 @@ def run_task(task: str, out: str, cfg: Dict, plans, budget: float, transfer_shar
                                 lambda: evaluate(task, data, work, teacher, cfg, log, record)), "plans": {}}
     extra = ["--seed", "1", "--dropout", "0.1", "--log-interval", "100"]
     for plan in plans:
-        flags = plan_flags(plan, task, cfg["layers"])
-        where = os.path.join(work, plan)
+        flags = plan_flags(plan, task, cfg["layers"], window)
+        label = plan_label(plan, window)
+        where = os.path.join(work, label.replace(" ", "_").replace("/", "+").replace("*", "x").replace(",", "-"))
         rows = {}
         a = chain(teacher, data, os.path.join(where, "a"), flags, transfer, m - transfer, extra=extra, **lrs)
         b = chain(teacher, data, os.path.join(where, "b"), flags, 0, m, extra=extra, **lrs,
@@ -204,8 +249,23 @@ def run_task(task: str, out: str, cfg: Dict, plans, budget: float, transfer_shar
         for key, ckpt in runs:
             rows[key] = cached(ckpt + ".eval.json", lambda ckpt=ckpt: evaluate(task, data, work, ckpt, cfg, log,
                                                                                 record))
-        result["plans"][plan] = {"flags": flags, "rows": rows}
+        result["plans"][label] = {"flags": flags, "rows": rows}
     return result
+
+
+def keep_earlier(path: str, results: Dict) -> None:
+    """Rows of plans this run did not name, from an earlier results file with the same teacher and budget."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        before = json.load(f)
+    same = ("teacher_updates", "budget_updates", "transfer_updates", "transfer_lr", "finetune_lr", "teacher")
+    for task, old in before.get("tasks", {}).items():
+        new = results["tasks"].get(task)
+        if new is None:
+            results["tasks"][task] = old
+        elif all(old.get(k) == new.get(k) for k in same):
+            new["plans"] = {**{k: v for k, v in old["plans"].items() if k not in new["plans"]}, **new["plans"]}
 
 
 # --- report --------------------------------------------------------------------------------------------------------
@@ -257,7 +317,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--tiny", action="store_true", help="tiny models and data, a few updates: the pipeline in minutes")
     p.add_argument("--tasks", default="mt,lm")
-    p.add_argument("--plans", default=",".join(PLANS), help=f"some of {', '.join(PLANS)}")
+    p.add_argument("--plans", default=",".join(PLANS),
+                   help=f"named plans ({', '.join(PLANS)}) or SELF[/CROSS] attention plans; ';' between entries "
+                        f"once one holds a comma")
+    p.add_argument("--attention-window", type=positive_int, default=64,
+                   help="W of the window plans (default 64, the kind's default)")
     p.add_argument("--teacher-updates", type=int, default=0, help="override the teacher's updates (N)")
     p.add_argument("--budget", type=float, default=0.2, help="updates after conversion, as a share of the teacher's")
     p.add_argument("--transfer-share", type=float, default=0.25, help="share of the budget spent on transfer in (a)")
@@ -265,11 +329,11 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-lr", default="1e-3", help="peak learning rate of the finetunes")
     a = p.parse_args(argv)
     tasks = [t for t in a.tasks.split(",") if t]
-    plans = [x for x in a.plans.split(",") if x]
+    plans = split_plans(a.plans)
     if not tasks or set(tasks) - {"mt", "lm"}:
         p.error(f"--tasks: expected some of mt, lm, got {a.tasks!r}")
-    if not plans or set(plans) - set(PLANS):
-        p.error(f"--plans: expected some of {', '.join(PLANS)}, got {a.plans!r}")
+    if not plans:
+        p.error(f"--plans: expected some of {', '.join(PLANS)} or SELF[/CROSS] plans, got {a.plans!r}")
     if a.teacher_updates < 0:
         p.error("--teacher-updates: expected a positive number")
     if not 0 < a.budget <= 1 or not 0 < a.transfer_share < 1:
@@ -280,8 +344,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    os.makedirs(a.out, exist_ok=True)
     sizes = {task: dict(cfg) for task, cfg in (TINY if a.tiny else FULL).items()}
+    try:
+        check_plans(plans, {t: sizes[t]["layers"] for t in tasks})
+    except OneLineError as e:
+        p.error(str(e))
+    os.makedirs(a.out, exist_ok=True)
     if a.teacher_updates:
         for cfg in sizes.values():
             cfg["updates"] = a.teacher_updates
@@ -296,10 +364,11 @@ def main(argv=None) -> int:
             for task in tasks:
                 results["tasks"][task] = run_task(task, a.out, sizes[task], plans, a.budget, a.transfer_share,
                                                   {"transfer_lr": a.transfer_lr, "finetune_lr": a.finetune_lr},
-                                                  record)
+                                                  record, a.attention_window)
         except ValueError as e:  # a conversion or attention flag refused: the message names the fix
             raise OneLineError(str(e)) from None
         results["seconds"] = round(time.time() - started)
+        keep_earlier(os.path.join(a.out, "results.json"), results)
         write_atomic(os.path.join(a.out, "results.json"), json.dumps(results, indent=1))
         md = table(results)
         write_atomic(os.path.join(a.out, "table.md"), md)

@@ -36,7 +36,7 @@ COMMANDS = {
     "bench": ("kvattn_fairseq.bench.__main__:main", "speed and memory against fairseq's transformer"),
     "demo": ("kvattn_fairseq.demo:main", "MemSizer against a vanilla transformer on toy data (make demo)"),
     "recovery": ("kvattn_fairseq.recovery:main", "how much of a teacher conversion recovers"),
-    "quality": ("kvattn_fairseq.quality:main", "real-text quality against decoding state"),
+    "quality": ("kvattn_fairseq.run.specs.quality:main", "real-text quality against decoding state"),
     "recall": ("kvattn_fairseq.run.specs.recall:main", "associative recall beyond the window against decoding state"),
 }
 

@@ -1,12 +1,16 @@
 """The steps experiments are made of (run/spine.py runs them): prepared data, a fairseq-train run, an evaluation,
 a table.  A spec (run/specs/) builds its list of steps from these."""
+import glob
 import json
 import os
+import re
+import shlex
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from ..checkpoints.files import written_by_fairseq_train
 from ..evaluate.results import TRAIN_RECORD
 from ..util import proc
+from ..util.errors import OneLineError
 from ..util.io import adopt_writes, mark, read_json, tracking_writes, write_atomic
 from .spine import Context, Step, in_process, now_utc
 
@@ -79,14 +83,16 @@ def train_step(name: str, out: str, command, settings: Dict[str, Any], *, needs:
 def evaluate_step(name: str, out: str, evaluator: str, *, data: Step, train: Step, checkpoint: str,
                   options: Mapping[str, Any], label: str, table: Optional[str] = None) -> Step:
     """The evaluator `evaluator` (evaluate/registry.py) on the checkpoint `checkpoint` of the training step `train`,
-    over the data of step `data`: a results file (its "training" field: the run that made the checkpoint)."""
+    over the data of step `data`: a results file (its "training" field: the run that made the checkpoint).
+    `checkpoint` is a file name in the run's directory, or a pattern that must match exactly one there (fairseq
+    names an interval checkpoint by epoch and update: checkpoint_*_300.pt)."""
     from ..evaluate.registry import evaluate, options as evaluator_options
 
     settings = {"evaluator": evaluator, "checkpoint": checkpoint, "options": dict(options)}
 
     def run(ctx: Context) -> None:
         a = evaluator_options(evaluator, data=ctx.inputs[data.name], out=ctx.out, name=label, table=table,
-                              checkpoint=os.path.join(ctx.inputs[train.name], checkpoint), **options)
+                              checkpoint=checkpoint_file(ctx.inputs[train.name], checkpoint), **options)
         evaluate(a)
 
     extra = list(options.get("extra", ()))
@@ -95,5 +101,24 @@ def evaluate_step(name: str, out: str, evaluator: str, *, data: Step, train: Ste
     by_hand = ["python", "-m", "kvattn_fairseq", "evaluate", evaluator, "--data", data.out, "--checkpoint",
                os.path.join(train.out, checkpoint), "--out", out, "--name", label] + \
         (["--table", table] if table else []) + flags + (["--", *extra] if extra else [])
-    return Step(name, out, settings, in_process(run, name), needs=(data.name, train.name),
-                command=proc.shell(by_hand))
+    command = proc.shell(by_hand)
+    if _is_pattern(checkpoint):  # left for the shell to expand
+        path = os.path.join(train.out, checkpoint)
+        command = command.replace(shlex.quote(path), "".join(
+            p if p in "*?" else shlex.quote(p) for p in re.split(r"([*?])", path) if p))
+    return Step(name, out, settings, in_process(run, name), needs=(data.name, train.name), command=command)
+
+
+def checkpoint_file(directory: str, name: str) -> str:
+    """`name` in a training run's directory; a pattern (* and ?) must match exactly one file there."""
+    if not _is_pattern(name):
+        return os.path.join(directory, name)
+    found = sorted(glob.glob(os.path.join(glob.escape(directory), name)))
+    if len(found) != 1:
+        raise OneLineError(f"{os.path.join(directory, name)}: {len(found) or 'no'} checkpoint(s) match, one expected "
+                           f"(see the run's training log)")
+    return found[0]
+
+
+def _is_pattern(name: str) -> bool:
+    return "*" in name or "?" in name

@@ -2,6 +2,9 @@
 
     paper_tables.py  a paper's table (kvattn_fairseq/papers): data, one fairseq-train run per row, its evaluation,
                      the Markdown of every table run in the work directory (`python -m kvattn_fairseq paper-tables`)
+    quality.py       real-text quality: the CPython documentation corpus, one fairseq-train run per configuration
+                     (a short-context start first where asked), test perplexity by the lm evaluator, state bytes,
+                     the table, plot and results.json (`python -m kvattn_fairseq quality`)
 
 A new experiment is a new file here with a `main(argv)` that builds its steps and hands them to spine.Runner, plus
 its line in commands/__init__.py.

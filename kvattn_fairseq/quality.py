@@ -1,8 +1,0 @@
-"""`python -m kvattn_fairseq.quality --out DIR [--tiny]`: real-text quality against decoding state, every kind at the
-same size and updates (kvattn_fairseq/run/quality.py)."""
-import sys
-
-from .run.quality import main
-
-if __name__ == "__main__":
-    sys.exit(main())
