@@ -13,7 +13,7 @@ $(STAMP): setup.py scripts/setup_env.sh
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m kvattn_fairseq.demo
+	$(PY) -m kvattn_fairseq demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -1,11 +1,13 @@
 """Toy data in fairseq's raw translation / language-modelling text formats, for tests and the demo.
 
 `python -m kvattn_fairseq toydata reverse OUTDIR` writes {train,valid,test}.{src,tgt}: random sequences over a small
-alphabet and their reversal, a task a model can only solve by attending across the whole source.
+alphabet and their reversal, a task a model can only solve by attending across the whole source.  prepare_reverse()
+also binarizes them for fairseq-train (the demo's data step).
 """
 import argparse
 import os
 import random
+import shutil
 from typing import List, Tuple
 
 ALPHABET = [chr(c) for c in range(ord("a"), ord("t"))]  # 20 symbols
@@ -29,6 +31,29 @@ def write_reverse(outdir: str, train: int = 2000, valid: int = 200, test: int = 
             with open(os.path.join(outdir, f"{split}.{side}"), "w", encoding="utf-8") as f:
                 f.writelines(p[col] + "\n" for p in pairs)
     return outdir
+
+
+def prepare_reverse(out: str, *, train: int, valid: int, test: int, min_len: int, max_len: int, seed: int = 1,
+                    workers: int = 1) -> str:
+    """OUT/raw (write_reverse) and OUT/data-bin (fairseq-preprocess, one dictionary for both sides), built beside
+    OUT and moved into place whole; returns OUT/data-bin."""
+    from ..util.io import install_dir, temp_dir_beside
+    from .build import fairseq_preprocess, scrub_log
+
+    tmp = temp_dir_beside(out)
+    try:
+        raw = write_reverse(os.path.join(tmp, "raw"), train, valid, test, min_len, max_len, seed)
+        data_bin = os.path.join(tmp, "data-bin")
+        fairseq_preprocess(["--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
+                            *(a for split in ("train", "valid", "test")
+                              for a in (f"--{split}pref", os.path.join(raw, split))),
+                            "--destdir", data_bin, "--workers", str(workers)])
+        scrub_log(os.path.join(data_bin, "preprocess.log"), tmp)
+        install_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return os.path.join(out, "data-bin")
 
 
 def write_lm(outdir: str, train: int = 2000, valid: int = 200, test: int = 200, seed: int = 2) -> str:

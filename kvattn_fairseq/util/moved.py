@@ -23,6 +23,7 @@ MOVED = {
     "kvattn_fairseq.synthetic": ("kvattn_fairseq.data.synthetic", "synthetic"),
     "kvattn_fairseq.recall": ("kvattn_fairseq.run.specs.recall", "recall"),
     "kvattn_fairseq.quality": ("kvattn_fairseq.run.specs.quality", "quality"),
+    "kvattn_fairseq.demo": ("kvattn_fairseq.run.specs.demo", "demo"),
 }
 # still imported under their old names by demo.py and recovery.py (moved in the next stage): served, not refused
 ALIASES = ("kvattn_fairseq.toydata", "kvattn_fairseq.convert_chain")
