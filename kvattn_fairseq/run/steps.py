@@ -76,24 +76,29 @@ def train_step(name: str, out: str, command, settings: Dict[str, Any], *, needs:
                 check=command.check)
 
 
-def evaluate_step(name: str, out: str, evaluator: str, *, data: Step, train: Step, checkpoint: str,
+def evaluate_step(name: str, out: str, evaluator: str, *, data: Step, train: Step, checkpoint: Optional[str],
                   options: Mapping[str, Any], label: str, table: Optional[str] = None) -> Step:
-    """The evaluator `evaluator` (evaluate/registry.py) on the checkpoint `checkpoint` of the training step `train`,
-    over the data of step `data`: a results file (its "training" field: the run that made the checkpoint)."""
+    """The evaluator `evaluator` (evaluate/registry.py) on the checkpoint `checkpoint` of the training step `train`
+    (None: the step's output is the checkpoint, e.g. a conversion's), over the data of step `data`: a results file
+    (its "training" field: the run that made the checkpoint)."""
     from ..evaluate.registry import evaluate, options as evaluator_options
 
     settings = {"evaluator": evaluator, "checkpoint": checkpoint, "options": dict(options)}
 
     def run(ctx: Context) -> None:
         a = evaluator_options(evaluator, data=ctx.inputs[data.name], out=ctx.out, name=label, table=table,
-                              checkpoint=os.path.join(ctx.inputs[train.name], checkpoint), **options)
+                              checkpoint=_within(ctx.inputs[train.name], checkpoint), **options)
         evaluate(a)
 
     extra = list(options.get("extra", ()))
     flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in options.items()
              if k != "extra" and v is not None and v is not False]
     by_hand = ["python", "-m", "kvattn_fairseq", "evaluate", evaluator, "--data", data.out, "--checkpoint",
-               os.path.join(train.out, checkpoint), "--out", out, "--name", label] + \
+               _within(train.out, checkpoint), "--out", out, "--name", label] + \
         (["--table", table] if table else []) + flags + (["--", *extra] if extra else [])
     return Step(name, out, settings, in_process(run, name), needs=(data.name, train.name),
                 command=proc.shell(by_hand))
+
+
+def _within(output: str, checkpoint: Optional[str]) -> str:
+    return os.path.join(output, checkpoint) if checkpoint else output
