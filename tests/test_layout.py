@@ -18,7 +18,7 @@ from kvattn_fairseq.util.errors import OneLineError
 from kvattn_fairseq.util.moved import ALIASES, MOVED
 
 PACKAGE = Path(kvattn_fairseq.__file__).parent
-TO_MOVE = {"demo.py", "recovery.py", "quality.py"}  # experiment drivers still at the top level
+TO_MOVE = {"demo.py", "quality.py"}  # experiment drivers still at the top level
 
 
 def test_the_top_level_holds_only_init_and_main():

@@ -1,6 +1,6 @@
-"""Module names that moved: `python -m kvattn_fairseq.<old>` says which command to run now, and the two old names
-that demo.py and recovery.py still import keep working until those files move too.  Only names that no longer
-exist reach this finder (it is the last one on sys.meta_path)."""
+"""Module names that moved: `python -m kvattn_fairseq.<old>` says which command to run now, and the old name that
+demo.py still imports keeps working until that file moves too.  Only names that no longer exist reach this finder
+(it is the last one on sys.meta_path)."""
 import importlib
 import importlib.abc
 import importlib.util
@@ -9,7 +9,8 @@ import sys
 # old module -> (where its code is now, the command that replaces `python -m` of it, or None)
 MOVED = {
     "kvattn_fairseq.convert": ("kvattn_fairseq.checkpoints.convert", "convert"),
-    "kvattn_fairseq.convert_chain": ("kvattn_fairseq.checkpoints.chain", "convert-chain"),
+    "kvattn_fairseq.convert_chain": ("kvattn_fairseq.run.specs.convert_chain", "convert-chain"),
+    "kvattn_fairseq.checkpoints.chain": ("kvattn_fairseq.run.specs.convert_chain", "convert-chain"),
     "kvattn_fairseq.average_checkpoints": ("kvattn_fairseq.checkpoints.average", "average-checkpoints"),
     "kvattn_fairseq.checkpoint_plan": ("kvattn_fairseq.checkpoints.plan", None),
     "kvattn_fairseq.checkpoint_files": ("kvattn_fairseq.checkpoints.files", None),
@@ -22,9 +23,10 @@ MOVED = {
     "kvattn_fairseq.paper_tables": ("kvattn_fairseq.run.specs.paper_tables", "paper-tables"),
     "kvattn_fairseq.synthetic": ("kvattn_fairseq.data.synthetic", "synthetic"),
     "kvattn_fairseq.recall": ("kvattn_fairseq.run.specs.recall", "recall"),
+    "kvattn_fairseq.recovery": ("kvattn_fairseq.run.specs.recovery", "recovery"),
 }
-# still imported under their old names by demo.py and recovery.py (moved in the next stage): served, not refused
-ALIASES = ("kvattn_fairseq.toydata", "kvattn_fairseq.convert_chain")
+# still imported under its old name by demo.py (moved in the next stage): served, not refused
+ALIASES = ("kvattn_fairseq.toydata",)
 
 
 def message(old: str, run: bool = False) -> str:
