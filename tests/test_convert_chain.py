@@ -1,6 +1,7 @@
 """The conversion chain through the real fairseq CLI: teacher (fairseq-train) -> convert -> attention transfer
 (fairseq-train --criterion attention_transfer) -> finetune (fairseq-train --finetune-from-model) -> fairseq-generate /
-fairseq-eval-lm with every sentence and token out, as `python -m kvattn_fairseq.recovery --tiny` runs it."""
+fairseq-eval-lm with every sentence and token out, as `python -m kvattn_fairseq recovery --tiny` runs it; and
+`convert-chain`'s reruns on the spine."""
 import json
 import os
 import re
@@ -13,16 +14,16 @@ import torch
 
 from conftest import run_cli
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("recovery")
-    proc = run_cli("-m kvattn_fairseq.recovery", "--tiny", "--plans", "hybrid", "--out", out, timeout=1800)
+    proc = run_cli("-m kvattn_fairseq recovery", "--tiny", "--plans", "hybrid", "--out", out, timeout=1800,
+                   env_extra={"OMP_NUM_THREADS": "1"})
     return out, proc.stdout
 
 
+@pytest.mark.slow
 def test_tiny_recovery_runs_every_stage_and_writes_the_table(tiny):
     out, stdout = tiny
     results = json.loads((out / "results.json").read_text())
@@ -37,19 +38,30 @@ def test_tiny_recovery_runs_every_stage_and_writes_the_table(tiny):
     assert table in stdout and "| hybrid (`--decoder-attention-type memsizer*1,softmax" in table
 
 
+@pytest.mark.slow
 def test_the_transfer_stage_trained_only_the_new_attention_and_logged_each_layer(tiny):
-    out, _ = tiny
-    chain = json.loads((out / "mt" / "hybrid" / "a" / "chain.json").read_text())
-    stages = [c["cmd"] for c in chain["commands"]]
-    assert any("attention_transfer" in cmd for cmd in stages)
-    assert any("--finetune-from-model" in cmd and "label_smoothed_cross_entropy" in cmd for cmd in stages)
-    log = (out / "mt" / "hybrid" / "a" / "transfer.log").read_text()
+    out, stdout = tiny
+    announced = {m.group(1): m.group(2) for m in re.finditer(r"^\[recovery\] (\S+): running: (.*)$", stdout, re.M)}
+    assert "--criterion attention_transfer --teacher-checkpoint" in announced["mt/hybrid/a/transfer"]
+    finetune = announced["mt/hybrid/a/finetune"]
+    assert "--finetune-from-model" in finetune and "label_smoothed_cross_entropy" in finetune
+    log = (out / "logs" / "mt-hybrid-a-transfer.log").read_text()
     assert re.search(r"train .*mse_cross0[ =][\d.]+.*mse_dec0[ =][\d.]+", log), log[-2000:]
     converted = torch.load(out / "mt" / "hybrid" / "a" / "converted.pt", weights_only=True)["model"]
     transferred = torch.load(out / "mt" / "hybrid" / "a" / "transfer" / "checkpoint_last.pt", weights_only=True)["model"]
     changed = {k for k in converted if not torch.equal(converted[k], transferred[k])}
     assert changed and all(k.startswith(("decoder.layers.0.self_attn.", "decoder.layers.0.encoder_attn."))
                            for k in changed)
+
+
+@pytest.mark.slow
+def test_a_rerun_of_the_tiny_recovery_redoes_nothing(tiny):
+    out, _ = tiny
+    before = (out / "mt" / "hybrid" / "a" / "converted.pt").stat().st_mtime_ns
+    stdout = run_cli("-m kvattn_fairseq recovery", "--tiny", "--plans", "hybrid", "--out", out).stdout
+    assert not re.search(r"^\[recovery\] (?!table)\S+: (running|continuing|making it again)", stdout, re.M), stdout
+    assert "mt/hybrid/a/transfer: done earlier with the same settings, skipped" in stdout
+    assert (out / "mt" / "hybrid" / "a" / "converted.pt").stat().st_mtime_ns == before
 
 
 def test_convert_sh_refuses_bad_input_in_one_line(tmp_path):
@@ -64,7 +76,7 @@ def test_convert_sh_refuses_bad_input_in_one_line(tmp_path):
 
 # --- reruns: the same settings resume, other settings are refused or (--force) redone ------------------------------
 def _chain(*argv):
-    from kvattn_fairseq.checkpoints import chain as convert_chain
+    from kvattn_fairseq.run.specs import convert_chain
 
     try:
         return convert_chain.main([str(a) for a in argv])
@@ -90,16 +102,21 @@ def test_a_rerun_with_other_settings_is_refused_or_redone_with_force(tmp_path, c
     other = ["--decoder-attention-type", "linear*2", "--cross-attention-type", "linear"]
     assert _chain(*base, *other) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and "was made with other settings (convert_flags: " in err[0] and "--force" in err[0], err
+    assert len(err) == 1 and "was made with other settings (" in err[0] and "decoder_attention_type" in err[0] \
+        and "--force" in err[0], err
     assert _plan(out / "converted.pt") == ["memsizer", "softmax"]  # the earlier model, untouched
     (out / "notes.txt").write_text("the user's")  # beside the chain's files: kept
     assert _chain(*base, *other, "--force") == 0
     assert _plan(out / "converted.pt") == ["linear", "linear"] and (out / "notes.txt").read_text() == "the user's"
     chain = json.loads((out / "chain.json").read_text())
-    assert chain["settings"]["convert_flags"][-2:] == ["--cross-attention-type", "linear"]
-    assert "skipped" not in chain["commands"][0]
+    assert chain["settings"]["convert"]["cross_attention_type"] == "linear"
+    assert chain["commands"][0]["step"] == "convert" and "--cross-attention-type linear" in chain["commands"][0]["cmd"]
+    assert chain["result"] == "converted.pt"
+    made = (out / "converted.pt").stat().st_mtime_ns
+    capsys.readouterr()
     assert _chain(*base, *other) == 0  # the same settings again: nothing redone
-    assert json.loads((out / "chain.json").read_text())["commands"][0]["skipped"] == "already done"
+    assert "convert: done earlier with the same settings, skipped" in capsys.readouterr().out
+    assert (out / "converted.pt").stat().st_mtime_ns == made
 
 
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):

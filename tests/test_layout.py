@@ -15,14 +15,13 @@ import kvattn_fairseq
 from kvattn_fairseq import commands, patches
 from kvattn_fairseq.patches.apply import is_patched, resolve
 from kvattn_fairseq.util.errors import OneLineError
-from kvattn_fairseq.util.moved import ALIASES, MOVED
+from kvattn_fairseq.util.moved import MOVED
 
 PACKAGE = Path(kvattn_fairseq.__file__).parent
-TO_MOVE = {"recovery.py"}  # experiment drivers still at the top level
 
 
 def test_the_top_level_holds_only_init_and_main():
-    assert {p.name for p in PACKAGE.glob("*.py")} - TO_MOVE == {"__init__.py", "__main__.py"}
+    assert {p.name for p in PACKAGE.glob("*.py")} == {"__init__.py", "__main__.py"}
 
 
 def _module_names():
@@ -133,11 +132,8 @@ def test_the_old_module_names_say_what_replaced_them(old):
     new, command = MOVED[old]
     importlib.import_module(new)
     spec = importlib.util.find_spec(old)
-    if old in ALIASES:  # still imported by the drivers at the top level
-        assert importlib.import_module(old).__name__ == old
-    else:
-        with pytest.raises(ImportError, match=f"{old} moved to {new}"):
-            importlib.import_module(old)
+    with pytest.raises(ImportError, match=f"{old} moved to {new}"):
+        importlib.import_module(old)
     if command:  # what `python -m OLD` prints
         with pytest.raises(ImportError, match=f"run `python -m kvattn_fairseq {command}`"):
             spec.loader.get_code(old)

@@ -1,10 +1,10 @@
-"""The recovery driver's plans and its results file, without training anything (the chain itself runs end to end in
-test_convert_chain.py)."""
+"""The recovery experiment's plans, its steps and its results file, without training anything (the chain itself runs
+end to end in test_convert_chain.py)."""
 import json
 
 import pytest
 
-from kvattn_fairseq import recovery
+from kvattn_fairseq.run.specs import recovery
 
 
 def test_window_plans_replace_decoder_self_attention_and_keep_softmax_cross_attention():
@@ -30,7 +30,34 @@ def test_a_plan_that_cannot_be_built_is_refused_in_one_line_before_any_work(caps
         recovery.main(["--out", str(tmp_path / "r"), "--plans", plans])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"python -m kvattn_fairseq.recovery: error: {message}")
+    assert len(err) == 1 and err[0].startswith(f"python -m kvattn_fairseq recovery: error: {message}")
+    assert not (tmp_path / "r").exists()
+
+
+def test_each_plan_is_a_chain_of_steps_sharing_one_conversion(tmp_path):
+    """(a) and (b) start from the same converted model, (a) transfers from the teacher first, (c) trains the plan
+    from scratch, and every row is evaluated; nothing is written while the steps are declared."""
+    a = recovery.build_parser().parse_args(["--out", str(tmp_path / "r"), "--tiny", "--plans", "hybrid"])
+    cfg = recovery.TINY["mt"]
+    steps, where = recovery.task_steps(a, "mt", cfg, ["hybrid"], str(tmp_path / "r"))
+    by = {s.name: s for s in steps}
+    assert list(by) == ["mt/data", "mt/teacher", "mt/evaluate/teacher", "mt/hybrid/a/convert", "mt/hybrid/a/transfer",
+                        "mt/hybrid/a/finetune", "mt/hybrid/b/finetune", "mt/hybrid/c", "mt/evaluate/hybrid/a",
+                        "mt/evaluate/hybrid/b", "mt/evaluate/hybrid/c"]
+    assert by["mt/hybrid/a/convert"].needs == ("mt/teacher",)
+    assert by["mt/hybrid/b/finetune"].needs[0] == by["mt/hybrid/a/transfer"].needs[0] == "mt/hybrid/a/convert"
+    assert "--criterion attention_transfer --teacher-checkpoint" in by["mt/hybrid/a/transfer"].command
+    assert "label_smoothed_cross_entropy" in by["mt/hybrid/a/finetune"].command
+    assert "--arch kvattn_transformer" in by["mt/hybrid/c"].command
+    assert "--decoder-attention-type 'memsizer*1,softmax'" in by["mt/hybrid/c"].command
+    n, m, transfer = recovery.budget(cfg, a.budget, a.transfer_share)
+    assert transfer >= 2  # a run's first update has the warmup's initial learning rate, 0: --tiny must train too
+    assert by["mt/hybrid/a/transfer"].settings["updates"] + by["mt/hybrid/a/finetune"].settings["updates"] == m
+    assert by["mt/hybrid/b/finetune"].settings["updates"] == m <= 0.2 * n
+    assert set(where["plans"]["hybrid"]["rows"]) == {"a", "b", "c"}
+    for step in steps:
+        if step.check is not None:  # fairseq-train's own parser accepts every run's command line
+            step.check()
     assert not (tmp_path / "r").exists()
 
 

@@ -16,7 +16,7 @@ kvattn_plan the new attention plan (plan.py).
 import argparse
 import copy
 import os
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Mapping, Tuple, Union
 
 import torch
 from omegaconf import OmegaConf, open_dict
@@ -147,11 +147,34 @@ def _kinds(args, target: str) -> Dict[str, Tuple[str, ...]]:
     return {p: plan[p].kinds for p in positions}
 
 
-def new_args(source: argparse.Namespace, target: str, flags: argparse.Namespace) -> argparse.Namespace:
+Values = Union[argparse.Namespace, Mapping[str, Any]]  # the position and kind options, by destination
+
+
+def conversion_values(flags: Values) -> Dict[str, Any]:
+    """The position and kind options set in `flags` (parsed flags, or values by destination: decoder_attention_type,
+    attention_window, ...); what is unset is left out."""
+    from ..modules.registry import all_options
+
+    get = flags.get if isinstance(flags, Mapping) else lambda dest: getattr(flags, dest, None)
+    dests = [position_dest(p) for p in POSITIONS] + [opt.dest for opt in all_options()]
+    return {dest: get(dest) for dest in dests if get(dest) is not None}
+
+
+def conversion_flags(values: Mapping[str, Any]) -> List[str]:
+    """The same values as flags of `python -m kvattn_fairseq convert` (to show a step by hand; never parsed back)."""
+    from ..modules.registry import all_options
+
+    flag_of = {**{position_dest(p): POSITION_FLAGS[p] for p in POSITIONS},
+               **{opt.dest: opt.flag for opt in all_options()}}
+    return [tok for dest, value in values.items() for tok in (flag_of[dest], _flag_value(value))]
+
+
+def new_args(source: argparse.Namespace, target: str, flags: Values) -> argparse.Namespace:
     """The source's model args with the plugin's model and the requested attention; unset flags keep the
     source's own setting (softmax for fairseq's models)."""
     from ..modules.registry import all_options
 
+    flags = argparse.Namespace(**conversion_values(flags))
     args = copy.deepcopy(source)
     args._name = target
     args.arch = target
@@ -310,9 +333,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def convert_file(checkpoint: str, out: str, flags: argparse.Namespace, seed: int = 1, force: bool = False) -> Dict:
-    """Convert `checkpoint` into `out` with the position and kind flags in `flags`; checks everything before
-    writing, and writes atomically.  Returns the report: what each attention got, and the fairseq-train flags."""
+def converted_flags(source_args: argparse.Namespace, target: str, flags: Values) -> List[str]:
+    """The fairseq-train flags of the model a conversion with `flags` makes from a model with `source_args`,
+    without converting anything: a bad plan or option is one line here (the chains check their commands with it
+    before any work)."""
+    args = new_args(source_args, target, flags)
+    _kinds(args, target)
+    return model_flags(args)
+
+
+def source_args_of(arch: str, flags) -> Tuple[argparse.Namespace, str]:
+    """(model args, plugin model it converts to) of the model fairseq-train builds from `--arch ARCH FLAGS`, as
+    load_source reads them from that model's checkpoint, less what the task fills in when it builds the model (the
+    maximum positions; --share-all-embeddings' implied sharing), which it fills in again for the converted model:
+    the chain of an experiment that trains its own teacher knows the converted model before the teacher exists."""
+    args = building.parse_model_args(arch, *map(str, flags))
+    model = model_of(arch) or arch
+    if model not in TARGETS:
+        raise ConversionError(f"--arch {arch}: convert reads fairseq's transformer and transformer_lm and the "
+                              f"plugin's kvattn_transformer and kvattn_lm")
+    _dataclass_defaults(args, model)
+    return args, TARGETS[model]
+
+
+def convert_file(checkpoint: str, out: str, flags: Values, seed: int = 1, force: bool = False) -> Dict:
+    """Convert `checkpoint` into `out` with the position and kind options in `flags` (parsed flags, or values by
+    destination); checks everything before writing, and writes atomically.  Returns the report: what each
+    attention got, and the fairseq-train flags."""
     from ..util.io import check_output_file
 
     check_output_file(out, "--out", [("--checkpoint", checkpoint)], force=force)
@@ -325,6 +372,19 @@ def convert_file(checkpoint: str, out: str, flags: argparse.Namespace, seed: int
     converted = converted_checkpoint(state, model, args, report, checkpoint)
     write_atomic(out, lambda tmp: torch.save(converted, tmp))  # never a half-written checkpoint under the final name
     return {"sites": report, "kept": sum(1 for _ in attention_sites(model)) - len(report), "flags": train_flags}
+
+
+def report_lines(done: Dict, checkpoint: str, out: str) -> List[str]:
+    """What convert_file did, as the command prints it."""
+    from ..util.paths import USER_DIR
+
+    lines = []
+    for position, layer, before, after, carried in done["sites"]:
+        what = ", ".join(carried) if carried else "own initialisation (no mapping from " + before + ")"
+        lines.append(f"{position} layer {layer}: {before} -> {after}: {what}")
+    return lines + [f"kept {done['kept']} attention modules and every other weight of {checkpoint}",
+                    f"wrote {out}; finetune it with: fairseq-train DATA --user-dir {USER_DIR} "
+                    f"--finetune-from-model {out} {_shell(done['flags'])} ..."]
 
 
 def plugin_model_flags(path: str) -> List[str]:
@@ -347,7 +407,6 @@ def _given(p: argparse.ArgumentParser, a: argparse.Namespace, *besides: str) -> 
 
 def main(argv=None) -> int:
     from ..util.cli import run_main
-    from ..util.paths import USER_DIR
 
     p = parser()
     a = p.parse_args(argv)
@@ -363,12 +422,7 @@ def main(argv=None) -> int:
         if not a.out:
             raise ConversionError("--out: required with --checkpoint")
         done = convert_file(a.checkpoint, a.out, a, a.seed, a.force)
-        for position, layer, before, after, carried in done["sites"]:
-            what = ", ".join(carried) if carried else "own initialisation (no mapping from " + before + ")"
-            print(f"{position} layer {layer}: {before} -> {after}: {what}")
-        print(f"kept {done['kept']} attention modules and every other weight of {a.checkpoint}")
-        print(f"wrote {a.out}; finetune it with: fairseq-train DATA --user-dir {USER_DIR} "
-              f"--finetune-from-model {a.out} {_shell(done['flags'])} ...")
+        print("\n".join(report_lines(done, a.checkpoint, a.out)))
         return 0
 
     return run_main(p.prog, body)

@@ -35,7 +35,8 @@ metrics per task:
                rouge-score's use_stemmer=True; rougeLsum on newline-separated sentences; sentence_splitter
     lm         per split ("valid", "test"): {"loss_base2", "ppl", "tokens"}; plus context_window,
                tokens_per_sample (the model's input window) and scored_block (= tokens_per_sample - context_window)
-    synthetic  sequence_accuracy and token_accuracy (fractions in [0, 1]), synthetic_task (e.g. "reverse")
+    synthetic  sequence_accuracy and token_accuracy (fractions in [0, 1]), synthetic_task (e.g. "reverse"),
+               sacrebleu and sacrebleu_signature (the hypotheses as fairseq prints them)
     classify   position_accuracy (the main number) and sequence_accuracy (fractions in [0, 1]), synthetic_task
 """
 import datetime

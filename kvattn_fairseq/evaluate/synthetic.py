@@ -11,6 +11,9 @@ else the "task" of DIR/synthetic.json (written by `python -m kvattn_fairseq synt
                        hypothesis shorter than its reference gets the missing positions wrong; extra tokens are
                        not counted).  This is the closest to the paper's per-position accuracy, which came from
                        an encoder-only classifier (docs/papers/kv-transformer.md), so neither number is the paper's.
+    sacrebleu          corpus sacreBLEU of the hypotheses as fairseq prints them against the references (sacreBLEU's
+                       default 13a tokenization; no subword model to undo), with its signature: the conversion
+                       recovery experiment's number on the reversal task (run/specs/recovery.py)
 
 Decoding defaults to greedy (--beam 1): the tasks are deterministic.
 """
@@ -20,6 +23,7 @@ from typing import Dict, List, Sequence
 
 from ..util.errors import OneLineError
 from . import fairseq_tools as tools, generation, inputs
+from .wmt import sacrebleu_score
 
 NAME = "synthetic"  # python -m kvattn_fairseq evaluate synthetic ...
 MAIN_METRIC = "sequence_accuracy"
@@ -71,6 +75,8 @@ def run(a) -> Dict:
     gen = generation.generate_in_order(a, data_bin, ref_path, len(refs))
     metrics: Dict = accuracy(gen.hypotheses, refs)
     metrics["synthetic_task"] = task_name
+    bleu, signature = sacrebleu_score(gen.hypotheses, refs)
+    metrics.update(sacrebleu=round(bleu["score"], 2), sacrebleu_signature=signature)
     return generation.save(a, NAME, MAIN_METRIC, gen, data=data, hyp_suffix="tgt", hypotheses=gen.hypotheses,
                            settings={}, metrics=metrics, main_value=metrics["sequence_accuracy"],
                            signature="exact-match sequence accuracy on whitespace tokens")
@@ -79,4 +85,4 @@ def run(a) -> Dict:
 def summary_line(result: Dict) -> str:
     m = result["metrics"]
     return (f"{m['synthetic_task']}: sequence accuracy {100 * m['sequence_accuracy']:.1f}%, token accuracy "
-            f"{100 * m['token_accuracy']:.1f}%; {result['sentences']} sequences")
+            f"{100 * m['token_accuracy']:.1f}%, sacreBLEU {m['sacrebleu']:.2f}; {result['sentences']} sequences")

@@ -69,6 +69,11 @@ def fingerprint(record: Optional[Dict[str, Any]]) -> Optional[str]:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def log_path(work: str, out: str) -> str:
+    """Where the step making `out` logs: WORK/logs/<output path, / as ->.log."""
+    return os.path.join(work, LOGS, os.path.normpath(out).replace(os.sep, "-") + ".log")
+
+
 def now_utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -184,7 +189,7 @@ class Runner:
         needed = {n: self.record(self.steps[n]) for n in step.needs}
         rec["inputs"] = {n: fingerprint(r) for n, r in needed.items()}
         self._write_record(step, rec)
-        log = os.path.join(self.work, LOGS, os.path.normpath(step.out).replace(os.sep, "-") + ".log")
+        log = log_path(self.work, step.out)
         ctx = Context(self.work, step, out, log, {n: outputs[n] for n in step.needs}, needed, self.say)
         verb = {"continue": "continuing", "redo": "making it again", "make": "running"}[what]
         self.say(f"{step.name}: {verb}" + (f": {step.command}" if step.command else ""))

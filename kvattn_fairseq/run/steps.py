@@ -80,12 +80,13 @@ def train_step(name: str, out: str, command, settings: Dict[str, Any], *, needs:
                 check=command.check)
 
 
-def evaluate_step(name: str, out: str, evaluator: str, *, data: Step, train: Step, checkpoint: str,
+def evaluate_step(name: str, out: str, evaluator: str, *, data: Step, train: Step, checkpoint: Optional[str],
                   options: Mapping[str, Any], label: str, table: Optional[str] = None) -> Step:
-    """The evaluator `evaluator` (evaluate/registry.py) on the checkpoint `checkpoint` of the training step `train`,
-    over the data of step `data`: a results file (its "training" field: the run that made the checkpoint).
-    `checkpoint` is a file name in the run's directory, or a pattern that must match exactly one there (fairseq
-    names an interval checkpoint by epoch and update: checkpoint_*_300.pt)."""
+    """The evaluator `evaluator` (evaluate/registry.py) on the checkpoint `checkpoint` of the training step `train`
+    (None: the step's output is the checkpoint, e.g. a conversion's), over the data of step `data`: a results file
+    (its "training" field: the run that made the checkpoint).  `checkpoint` is a file name in the run's directory,
+    or a pattern that must match exactly one there (fairseq names an interval checkpoint by epoch and update:
+    checkpoint_*_300.pt)."""
     from ..evaluate.registry import evaluate, options as evaluator_options
 
     settings = {"evaluator": evaluator, "checkpoint": checkpoint, "options": dict(options)}
@@ -99,20 +100,21 @@ def evaluate_step(name: str, out: str, evaluator: str, *, data: Step, train: Ste
     flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in options.items()
              if k != "extra" and v is not None and v is not False]
     by_hand = ["python", "-m", "kvattn_fairseq", "evaluate", evaluator, "--data", data.out, "--checkpoint",
-               os.path.join(train.out, checkpoint), "--out", out, "--name", label] + \
+               _within(train.out, checkpoint), "--out", out, "--name", label] + \
         (["--table", table] if table else []) + flags + (["--", *extra] if extra else [])
     command = proc.shell(by_hand)
-    if _is_pattern(checkpoint):  # left for the shell to expand
+    if checkpoint and _is_pattern(checkpoint):  # left for the shell to expand
         path = os.path.join(train.out, checkpoint)
         command = command.replace(shlex.quote(path), "".join(
             p if p in "*?" else shlex.quote(p) for p in re.split(r"([*?])", path) if p))
     return Step(name, out, settings, in_process(run, name), needs=(data.name, train.name), command=command)
 
 
-def checkpoint_file(directory: str, name: str) -> str:
-    """`name` in a training run's directory; a pattern (* and ?) must match exactly one file there."""
-    if not _is_pattern(name):
-        return os.path.join(directory, name)
+def checkpoint_file(directory: str, name: Optional[str]) -> str:
+    """`name` in a training run's directory (None: the directory is the checkpoint); a pattern (* and ?) must match
+    exactly one file there."""
+    if not name or not _is_pattern(name):
+        return _within(directory, name)
     found = sorted(glob.glob(os.path.join(glob.escape(directory), name)))
     if len(found) != 1:
         raise OneLineError(f"{os.path.join(directory, name)}: {len(found) or 'no'} checkpoint(s) match, one expected "
@@ -122,3 +124,7 @@ def checkpoint_file(directory: str, name: str) -> str:
 
 def _is_pattern(name: str) -> bool:
     return "*" in name or "?" in name
+
+
+def _within(output: str, checkpoint: Optional[str]) -> str:
+    return os.path.join(output, checkpoint) if checkpoint else output

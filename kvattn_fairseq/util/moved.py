@@ -1,6 +1,6 @@
-"""Module names that moved: `python -m kvattn_fairseq.<old>` says which command to run now, and the two old names
-that demo.py and recovery.py still import keep working until those files move too.  Only names that no longer
-exist reach this finder (it is the last one on sys.meta_path)."""
+"""Module names that moved: `python -m kvattn_fairseq.<old>` says which command to run now, and `import` of an old
+name says where its code went.  Only names that no longer exist reach this finder (it is the last one on
+sys.meta_path)."""
 import importlib
 import importlib.abc
 import importlib.util
@@ -9,7 +9,8 @@ import sys
 # old module -> (where its code is now, the command that replaces `python -m` of it, or None)
 MOVED = {
     "kvattn_fairseq.convert": ("kvattn_fairseq.checkpoints.convert", "convert"),
-    "kvattn_fairseq.convert_chain": ("kvattn_fairseq.checkpoints.chain", "convert-chain"),
+    "kvattn_fairseq.convert_chain": ("kvattn_fairseq.run.specs.convert_chain", "convert-chain"),
+    "kvattn_fairseq.checkpoints.chain": ("kvattn_fairseq.run.specs.convert_chain", "convert-chain"),
     "kvattn_fairseq.average_checkpoints": ("kvattn_fairseq.checkpoints.average", "average-checkpoints"),
     "kvattn_fairseq.checkpoint_plan": ("kvattn_fairseq.checkpoints.plan", None),
     "kvattn_fairseq.checkpoint_files": ("kvattn_fairseq.checkpoints.files", None),
@@ -24,9 +25,8 @@ MOVED = {
     "kvattn_fairseq.recall": ("kvattn_fairseq.run.specs.recall", "recall"),
     "kvattn_fairseq.quality": ("kvattn_fairseq.run.specs.quality", "quality"),
     "kvattn_fairseq.demo": ("kvattn_fairseq.run.specs.demo", "demo"),
+    "kvattn_fairseq.recovery": ("kvattn_fairseq.run.specs.recovery", "recovery"),
 }
-# still imported under their old names by demo.py and recovery.py (moved in the next stage): served, not refused
-ALIASES = ("kvattn_fairseq.toydata", "kvattn_fairseq.convert_chain")
 
 
 def message(old: str, run: bool = False) -> str:
@@ -44,10 +44,7 @@ class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def exec_module(self, module):
-        if module.__name__ not in ALIASES:
-            raise ImportError(message(module.__name__), name=module.__name__)
-        new = importlib.import_module(MOVED[module.__name__][0])
-        module.__getattr__ = lambda attr: getattr(new, attr)  # the moved module's names, live (PEP 562)
+        raise ImportError(message(module.__name__), name=module.__name__)
 
     def get_code(self, name):  # `python -m OLD` asks for code to run
         raise ImportError(message(name, run=True), name=name)
