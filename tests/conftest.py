@@ -20,18 +20,27 @@ def build_model(arch: str, *flags: str, dictionary: Dictionary = None, seed: int
     return building.build_model(arch, *flags, dictionary=dictionary, **task_args)
 
 
-def run_cli(tool: str, *args, cwd=None, input: str = None, timeout: int = 900, check: bool = True,
-            env_extra: dict = None) -> subprocess.CompletedProcess:
-    """Run a fairseq console script (or `python -m ...` when tool starts with '-m') and capture its output."""
-    cmd = [sys.executable, *tool.split()] if tool.startswith("-m ") else fairseq_tool(tool)
-    cmd += [str(a) for a in args]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    env.update(env_extra or {})
-    proc = subprocess.run(cmd, cwd=cwd, input=input, capture_output=True, text=True, timeout=timeout, env=env)
+def run(cmd, *, cwd=None, input: str = None, timeout=900, env: dict = None, env_extra: dict = None,
+        check: bool = False, stdin=None, preexec_fn=None) -> subprocess.CompletedProcess:
+    """The one way the tests run a command: text output captured, a timeout (None for none), `env` (default: this
+    process's environment) plus `env_extra`; with check, a non-zero exit fails with the tails of both streams."""
+    cmd = [str(c) for c in cmd]
+    if env_extra:
+        env = dict(os.environ if env is None else env, **env_extra)
+    proc = subprocess.run(cmd, cwd=cwd, input=input, stdin=stdin, preexec_fn=preexec_fn, capture_output=True,
+                          text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}"
                              f"\n--- stderr ---\n{proc.stderr[-6000:]}")
     return proc
+
+
+def run_cli(tool: str, *args, cwd=None, input: str = None, timeout: int = 900, check: bool = True,
+            env_extra: dict = None) -> subprocess.CompletedProcess:
+    """Run a fairseq console script (or `python -m ...` when tool starts with '-m') and capture its output."""
+    cmd = [sys.executable, *tool.split()] if tool.startswith("-m ") else fairseq_tool(tool)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    return run([*cmd, *args], cwd=cwd, input=input, timeout=timeout, env=env, env_extra=env_extra, check=check)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from kvattn_fairseq.models import building
 from kvattn_fairseq.util.errors import OneLineError
 
 import fairseq_runs as runs
-from conftest import build_model, fairseq_tool, make_dictionary, run_cli
+from conftest import build_model, fairseq_tool, make_dictionary, run, run_cli
 
 TINY = ["--encoder-layers", "1", "--decoder-layers", "2", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
         "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2",
@@ -284,8 +284,7 @@ def test_a_run_killed_during_the_checkpoint_copy_resumes(reverse_bin, tmp_path):
     assert not last.exists() or checkpoint_files.unreadable(str(last)) is None  # never a half-copied file
 
     env.pop("PYTHONPATH")
-    resumed = subprocess.run(_train_cmd(reverse_bin, save_dir, 8), capture_output=True, text=True, env=env,
-                             timeout=900)
+    resumed = run(_train_cmd(reverse_bin, save_dir, 8), env=env, timeout=900)
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-3000:]
     assert re.search(r"resuming from .*checkpoint_1_4\.pt, the readable checkpoint .* with the most updates", log), \
@@ -299,8 +298,7 @@ def test_a_run_killed_during_the_checkpoint_copy_resumes(reverse_bin, tmp_path):
 @pytest.mark.slow
 def test_a_truncated_checkpoint_last_is_skipped_and_generate_refuses_another_plan(reverse_bin, tmp_path):
     save_dir = tmp_path / "save"
-    first = subprocess.run(_train_cmd(reverse_bin, save_dir, 4), capture_output=True, text=True, timeout=900,
-                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    first = run(_train_cmd(reverse_bin, save_dir, 4), timeout=900, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt = save_dir / "checkpoint_1_4.pt"
     assert torch.load(ckpt, weights_only=True)["kvattn_plan"]["decoder"]["kinds"] == ["memsizer"] * 2
@@ -320,16 +318,15 @@ def test_a_truncated_checkpoint_last_is_skipped_and_generate_refuses_another_pla
 
     last = save_dir / "checkpoint_last.pt"
     last.write_bytes(last.read_bytes()[:720_896 if last.stat().st_size > 720_896 else 2048])
-    resumed = subprocess.run(_train_cmd(reverse_bin, save_dir, 6), capture_output=True, text=True, timeout=900,
-                             env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    resumed = run(_train_cmd(reverse_bin, save_dir, 6), timeout=900, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-3000:]
     assert "checkpoint_last.pt is unreadable" in log and "Loaded checkpoint" in log
     assert checkpoint_files.unreadable(str(last)) is None
 
     # a rerun that builds another plan on these weights is refused in one line
-    other = subprocess.run(_train_cmd(reverse_bin, save_dir, 8) + ["--decoder-attention-type", "linear"],
-                           capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    other = run(_train_cmd(reverse_bin, save_dir, 8) + ["--decoder-attention-type", "linear"],
+                timeout=900, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert other.returncode == 2 and "kvattn_fairseq convert" in other.stderr, other.stderr[-3000:]
     assert "Traceback" not in other.stderr and "decoder attention memsizer*2 in the checkpoint, linear*2" in \
         other.stderr.strip().splitlines()[-1]

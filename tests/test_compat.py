@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run
+
 
 def run_python(code: str, with_plugin: bool) -> subprocess.CompletedProcess:
     prelude = "import kvattn_fairseq\n" if with_plugin else "import fairseq\n"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env, timeout=300)
 
 
 def test_checkpoints_with_namespace_load_with_weights_only(tmp_path):
@@ -142,7 +143,7 @@ def test_plugin_objects_work_in_a_spawned_process():
 
 @pytest.mark.parametrize("argv", [["--user-dir"]])
 def test_user_dir_command(argv):
-    proc = subprocess.run([sys.executable, "-m", "kvattn_fairseq", *argv], capture_output=True, text=True)
+    proc = run([sys.executable, "-m", "kvattn_fairseq", *argv], timeout=None)
     assert proc.returncode == 0
     path = proc.stdout.strip().splitlines()[-1]
     assert os.path.isfile(os.path.join(path, "__init__.py")) and os.path.basename(path) == "kvattn_fairseq"

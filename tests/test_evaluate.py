@@ -10,7 +10,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import sacrebleu
 import torch
 
 import fairseq_runs as runs
-from conftest import run_cli
+from conftest import run, run_cli
 from kvattn_fairseq.checkpoints import average as avg
 from kvattn_fairseq.data import toy as toydata
 from kvattn_fairseq.evaluate import __main__ as evaluate
@@ -126,8 +125,7 @@ def test_wmt_end_to_end_command_line(wmt_dir, wmt_ckpts, tmp_path):
     cmd = ["bash", REPO / "scripts" / "evaluate.sh", "wmt", "--data", wmt_dir, "--checkpoint",
            wmt_ckpts / "checkpoint_last.pt", "--out", out, "--name", "memsizer-tiny", "--batch-size", "5", "--",
            "--max-len-b", "30", "--cpu"]
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHON=sys.executable, PYTHONWARNINGS="ignore"))
+    proc = run(cmd, timeout=600, env=dict(os.environ, PYTHON=sys.executable, PYTHONWARNINGS="ignore"))
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "sacreBLEU" in proc.stdout and "wrote" in proc.stdout
     r = _load(out)
@@ -202,8 +200,8 @@ def test_tok_bleu_tokenizer_moses_or_labelled_fallback(monkeypatch):
 @pytest.mark.skipif(shutil.which("perl") is None, reason="perl not installed")
 def test_compound_split_matches_the_perl_one_liner():
     """fairseq's scripts/compound_split_bleu.sh and tensor2tensor's get_ende_bleu.sh use this perl substitution."""
-    perl = subprocess.run(["perl", "-ple", "s{(\\S)-(\\S)}{$1 ##AT##-##AT## $2}g"], input=COMPOUNDS + "\n",
-                          capture_output=True, text=True, check=True)
+    perl = run(["perl", "-ple", "s{(\\S)-(\\S)}{$1 ##AT##-##AT## $2}g"], input=COMPOUNDS + "\n", timeout=None,
+               check=True)
     assert perl.stdout.rstrip("\n") == wmt.compound_split(COMPOUNDS)
 
 

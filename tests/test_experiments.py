@@ -4,7 +4,6 @@ with fairseq's own parser, --kind placement, passthrough overrides, --tiny, bad 
 resumes, and fairseq-hydra-train on a generated config."""
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from kvattn_fairseq.run import train as E
 from kvattn_fairseq.util.errors import OneLineError
 from kvattn_fairseq.models.building import DictionaryTask, make_dictionary, parse_model_args
 from kvattn_fairseq.modules.registry import ATTENTION_KINDS, position_dest
-from conftest import USER_DIR, fairseq_tool
+from conftest import USER_DIR, fairseq_tool, run
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SH = ROOT / "scripts" / "train.sh"
@@ -307,8 +306,8 @@ def test_bad_input_is_one_line_and_nothing_starts(tmp_path, capsys, reverse_data
 
 @pytest.mark.slow
 def test_train_sh_bad_input_exits_2(tmp_path):
-    proc = subprocess.run([str(TRAIN_SH), "kv_synthetic_reverse", str(tmp_path / "none"), str(tmp_path / "s")],
-                          capture_output=True, text=True, env=_env(), timeout=300)
+    proc = run([str(TRAIN_SH), "kv_synthetic_reverse", str(tmp_path / "none"), str(tmp_path / "s")],
+               env=_env(), timeout=300)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert errors == [f"train.sh: error: DATA_BIN: {tmp_path / 'none'} is not a directory (the fairseq-preprocess "
@@ -330,8 +329,8 @@ def _losses(log):
 def tiny_run(reverse_data, tmp_path_factory):
     """scripts/train.sh EXPERIMENT DATA_BIN SAVE_DIR --tiny, run once for the tests below: (save dir, output)."""
     save = tmp_path_factory.mktemp("train_sh") / "ckpt"
-    proc = subprocess.run([str(TRAIN_SH), "kv_synthetic_reverse", str(reverse_data), str(save), "--tiny"],
-                          capture_output=True, text=True, env=_env(), timeout=600)
+    proc = run([str(TRAIN_SH), "kv_synthetic_reverse", str(reverse_data), str(save), "--tiny"],
+               env=_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return save, proc
 
@@ -349,8 +348,8 @@ def test_train_sh_tiny_run_writes_a_checkpoint_and_resumes(tiny_run, reverse_dat
     assert (model_cfg.arch, model_cfg.encoder_attention_type, model_cfg.decoder_attention_type) == \
         ("kvattn_transformer_tiny", "kv", "kv")
 
-    again = subprocess.run([str(TRAIN_SH), "kv_synthetic_reverse", str(reverse_data), str(save), "--tiny", "--",
-                            "--max-update", "6"], capture_output=True, text=True, env=_env(), timeout=600)
+    again = run([str(TRAIN_SH), "kv_synthetic_reverse", str(reverse_data), str(save), "--tiny", "--",
+                 "--max-update", "6"], env=_env(), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
     assert "Loaded checkpoint" in log and "(epoch 1 @ 4 updates)" in log
@@ -373,11 +372,10 @@ def test_fairseq_hydra_train_runs_a_tiny_config(tmp_path, reverse_data, tiny_run
     configs = tmp_path / "configs"
     assert experiments.main(["hydra-configs", "--tiny", "--out", str(configs)]) == 0
     save = tmp_path / "hydra_ckpt"
-    proc = subprocess.run([*fairseq_tool("fairseq-hydra-train"), "--config-dir", str(configs),
-                           "--config-name", "kv_synthetic_reverse", f"common.user_dir={kvattn_fairseq.USER_DIR}",
-                           f"task.data={reverse_data}", f"checkpoint.save_dir={save}",
-                           "optimization.max_update=2"], capture_output=True, text=True, env=_env(), timeout=600,
-                          cwd=tmp_path)
+    proc = run([*fairseq_tool("fairseq-hydra-train"), "--config-dir", str(configs),
+                "--config-name", "kv_synthetic_reverse", f"common.user_dir={kvattn_fairseq.USER_DIR}",
+                f"task.data={reverse_data}", f"checkpoint.save_dir={save}",
+                "optimization.max_update=2"], env=_env(), timeout=600, cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     losses = _losses(log)
@@ -393,9 +391,9 @@ def test_fairseq_hydra_train_runs_a_tiny_config(tmp_path, reverse_data, tiny_run
         ("kvattn_transformer_tiny", "kv")
     assert ckpt["kvattn_plan"]["encoder"]["kinds"] == ["kv", "kv"]  # a hydra run records its plan too
     # and the checkpoint decodes with fairseq-generate, every sentence out
-    gen = subprocess.run([*fairseq_tool("fairseq-generate"), str(reverse_data), "--path",
-                          str(save / "checkpoint_last.pt"), "--user-dir", USER_DIR, "--beam", "2", "--cpu"],
-                         capture_output=True, text=True, env=_env(), timeout=600)
+    gen = run([*fairseq_tool("fairseq-generate"), str(reverse_data), "--path",
+               str(save / "checkpoint_last.pt"), "--user-dir", USER_DIR, "--beam", "2", "--cpu"],
+              env=_env(), timeout=600)
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert "Translated 20 sentences" in gen.stdout + gen.stderr
 

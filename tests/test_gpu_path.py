@@ -5,10 +5,8 @@ report, results and plots."""
 import hashlib
 import importlib.metadata as md
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -19,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYVER = "%d.%d" % sys.version_info[:2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import wheelhouse  # noqa: E402
+from conftest import run as run_command  # noqa: E402
 
 # Any attempt to reach an index fails fast: nothing listens on port 9.
 NO_NETWORK = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "http_proxy": "http://127.0.0.1:9",
@@ -27,8 +26,7 @@ NO_NETWORK = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "http_proxy": "http:
 
 
 def run(*cmd, env_extra=None, timeout=1200):
-    env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([str(c) for c in cmd], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    return run_command(cmd, cwd=ROOT, timeout=timeout, env_extra=env_extra)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +92,7 @@ def _machine_with_torch(tmp: Path, claims=None) -> Path:
     not meet its own torch's declared requirements while everything imports and runs."""
     claims = claims or {}
     node = tmp / "node"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", node], check=True)
+    run_command([sys.executable, "-m", "venv", "--without-pip", node], timeout=None, check=True)
     site = next(node.glob("lib/python*/site-packages"))
     todo, seen = list(NODE_HAS), set()
     while todo:
@@ -134,9 +132,9 @@ def test_offline_setup_uses_the_machines_torch_and_only_the_wheelhouse(house, tm
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "stack check: every requirement of the plugin's stack is met" in proc.stdout
     assert re.search(r"note, the machine's own package: torch \S+ requires sympy>=\S+, found 1\.12", proc.stdout)
-    probe = subprocess.run([venv / "bin" / "python", "-c",
-                            "import torch, fairseq, kvattn_fairseq, sacrebleu, rouge_score; print(torch.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path)
+    probe = run_command([venv / "bin" / "python", "-c",
+                         "import torch, fairseq, kvattn_fairseq, sacrebleu, rouge_score; print(torch.__file__)"],
+                        cwd=tmp_path, timeout=None)
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert str(tmp_path / "node") in probe.stdout  # the machine's torch, not a copy
     assert not list(venv.glob("lib/python*/site-packages/torch"))

@@ -6,7 +6,6 @@ numbers themselves.  The benchmark file goes through kvattn_fairseq.bench.report
 """
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from kvattn_fairseq.evaluate.registry import EVALUATORS
 from kvattn_fairseq.papers import TABLES
 from kvattn_fairseq.papers.markdown import NOT_RUN
 from kvattn_fairseq.run import report as tables
+from conftest import run
 
 REPO = Path(__file__).resolve().parents[1]
 MT = ("encoder", "decoder", "cross")
@@ -243,9 +243,8 @@ def test_bench_adds_speed_and_memory_columns(results_dir, tmp_path):
 
 def test_command_line_writes_the_file(results_dir, tmp_path):
     out = tmp_path / "out" / "tables.md"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(results_dir), "--out",
-                           str(out), "--bench", str(_bench(tmp_path))], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    proc = run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(results_dir), "--out",
+                str(out), "--bench", str(_bench(tmp_path))], timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout and "11 results" in proc.stdout
     text = out.read_text(encoding="utf-8")

@@ -3,7 +3,6 @@ responsibility of each component over the batch's real query-key pairs, per head
 inference, identical on every data-parallel worker, saved and restored with checkpoints."""
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 import fairseq_runs as runs
-from conftest import run_cli
+from conftest import run, run_cli
 from kvattn_fairseq.modules import MGKAttention
 from kvattn_fairseq.modules.mgk_attention import MixtureWeights
 
@@ -198,10 +197,10 @@ def test_em_trains_on_two_workers_decodes_and_resumes_through_the_cli(tmp_path):
     data = runs.prepare_reverse(tmp_path, train=300, valid=40, test=30)
     save = tmp_path / "ckpt"
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29519", "-m", "fairseq_cli.train", *_train_argv(data, save, 1),
-                           "--distributed-world-size", "2", "--distributed-backend", "gloo"],
-                          capture_output=True, text=True, env=env, timeout=900)
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                "29519", "-m", "fairseq_cli.train", *_train_argv(data, save, 1),
+                "--distributed-world-size", "2", "--distributed-backend", "gloo"],
+               env=env, timeout=900)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "distributed init (rank 1)" in log and "MixtureWeights(mode=em" in log

@@ -4,13 +4,13 @@ directory; a rerun resumes without redoing work; bad input is one line."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from kvattn_fairseq.util.errors import OneLineError
+from conftest import run as run_command
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -22,13 +22,8 @@ CASES = [("memsizer_mt", "transformer,memsizer", ()), ("memsizer_summarization",
 
 
 def run(*args, check=True, env_extra=None, cwd=None):
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    env.update(env_extra or {})
-    proc = subprocess.run([*RUNNER, *map(str, args)], capture_output=True, text=True, env=env, timeout=1200,
-                          cwd=cwd)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_command([*RUNNER, *args], env=dict(os.environ, PYTHONWARNINGS="ignore"), env_extra=env_extra,
+                       timeout=1200, cwd=cwd, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +59,8 @@ def installed(tmp_path_factory):
     for name in ("setup.py", "README.md"):
         shutil.copy(REPO / name, src / name)
     site = root / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                           "--quiet", "--target", str(site), str(src)], capture_output=True, text=True, timeout=600)
+    proc = run_command([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                        "--quiet", "--target", str(site), str(src)], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return site
 
@@ -88,11 +83,9 @@ def test_console_script_of_the_installed_package(installed):
     """setup.py's `kvattn-fairseq` entry point (kvattn_fairseq.commands:main); importing kvattn_fairseq.__main__ runs
     nothing."""
     env = dict(os.environ, PYTHONPATH=str(installed), PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(installed / "bin" / "kvattn-fairseq"), "--user-dir"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = run_command([sys.executable, str(installed / "bin" / "kvattn-fairseq"), "--user-dir"], env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == str(installed / "kvattn_fairseq"), proc.stderr[-2000:]
-    proc = subprocess.run([sys.executable, "-c", "import kvattn_fairseq.__main__"], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = run_command([sys.executable, "-c", "import kvattn_fairseq.__main__"], env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout == "", proc.stderr[-2000:]
 
 

@@ -18,7 +18,7 @@ from kvattn_fairseq.data import cnndm, download, fixtures, wmt16
 from kvattn_fairseq.data.common import clean
 from kvattn_fairseq.util.errors import OneLineError
 
-from conftest import USER_DIR, run_cli
+from conftest import USER_DIR, run, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = {"wmt16": "prepare-wmt16-en-de.sh", "cnndm": "prepare-cnndm.sh", "wikitext103": "prepare-wikitext103.sh"}
@@ -26,11 +26,8 @@ SCRIPTS = {"wmt16": "prepare-wmt16-en-de.sh", "cnndm": "prepare-cnndm.sh", "wiki
 
 def prepare(dataset: str, *args, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(["bash", str(REPO / "scripts" / SCRIPTS[dataset]), *map(str, args), "--workers", "2"],
-                          capture_output=True, text=True, env=env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{dataset} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run(["bash", REPO / "scripts" / SCRIPTS[dataset], *args, "--workers", "2"], env=env, timeout=600,
+               check=check)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, prog: str, *needles: str) -> str:
@@ -74,8 +71,8 @@ def decode_split(data_bin: Path, prefix: str, lang: str):
 @pytest.fixture(scope="module")
 def raw_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw")
-    proc = subprocess.run([sys.executable, "-m", "kvattn_fairseq.data.fixtures", "wmt16", str(root / "wmt16")],
-                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = run([sys.executable, "-m", "kvattn_fairseq.data.fixtures", "wmt16", str(root / "wmt16")],
+               env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=None)
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(root / "wmt16")) == sorted(os.path.basename(p) for p in proc.stdout.split())
     fixtures.cnndm(str(root / "cnndm"))

@@ -14,7 +14,7 @@ from kvattn_fairseq.modules.registry import AttentionConfigError, positive_float
 from kvattn_fairseq.util.errors import OneLineError
 
 import fairseq_runs as runs
-from conftest import USER_DIR, build_model, fairseq_tool, run_cli
+from conftest import USER_DIR, build_model, fairseq_tool, run, run_cli
 
 
 def test_an_empty_entry_in_a_number_list_is_refused():
@@ -143,10 +143,9 @@ def test_generate_interactive_and_train_refuse_in_one_line(mt, tmp_path):
                    check=False)
     assert "memsizer" in _refused(proc, "fairseq-generate", "--print-alignment:")
 
-    closed = subprocess.run([*fairseq_tool("fairseq-interactive"), str(bin_dir), "--path", str(ckpt), "--cpu",
-                             "--user-dir", USER_DIR, "--source-lang", "src", "--target-lang", "tgt"],
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
-                            preexec_fn=lambda: os.close(0))
+    closed = run([*fairseq_tool("fairseq-interactive"), str(bin_dir), "--path", str(ckpt), "--cpu",
+                  "--user-dir", USER_DIR, "--source-lang", "src", "--target-lang", "tgt"],
+                 stdin=subprocess.DEVNULL, timeout=600, preexec_fn=lambda: os.close(0))
     assert closed.returncode == 2 and "no standard input" in closed.stderr.strip().splitlines()[-1], \
         closed.stderr[-3000:]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fairseq_runs as runs
-from conftest import fairseq_tool
+from conftest import fairseq_tool, run
 
 pytestmark = pytest.mark.slow
 FLAGS = ["--max-tokens", "500", "--dropout", "0", "--warmup-updates", "20"]
@@ -39,9 +39,9 @@ def test_bf16_training_stays_finite_and_learns(kind, reverse_bin, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fp16_training_on_cuda_keeps_the_loss_scaler_alive(reverse_bin, tmp_path):
     flags = [f for f in runs.TRAIN_FLAGS if f != "--cpu"]
-    proc = subprocess.run([*fairseq_tool("fairseq-train"), str(reverse_bin), "--arch", "memsizer_tiny",
-                           "--save-dir", str(tmp_path), "--max-epoch", "8", "--lr", "5e-3", "--fp16", *flags, *FLAGS],
-                          capture_output=True, text=True, timeout=900)
+    proc = run([*fairseq_tool("fairseq-train"), str(reverse_bin), "--arch", "memsizer_tiny",
+                "--save-dir", str(tmp_path), "--max-epoch", "8", "--lr", "5e-3", "--fp16", *flags, *FLAGS],
+               timeout=900)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     train = losses(log, "train")
@@ -56,8 +56,7 @@ def _train_cmd(reverse_bin, save_dir):
 
 def test_sigkill_mid_epoch_then_resume_reaches_the_same_loss(reverse_bin, tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    straight = subprocess.run(_train_cmd(reverse_bin, tmp_path / "straight"), capture_output=True, text=True,
-                              env=env, timeout=900)
+    straight = run(_train_cmd(reverse_bin, tmp_path / "straight"), env=env, timeout=900)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     save = tmp_path / "killed"
@@ -75,7 +74,7 @@ def test_sigkill_mid_epoch_then_resume_reaches_the_same_loss(reverse_bin, tmp_pa
         proc.wait()
     first = log_path.read_text()
     assert "done training" not in first
-    resumed = subprocess.run(_train_cmd(reverse_bin, save), capture_output=True, text=True, env=env, timeout=900)
+    resumed = run(_train_cmd(reverse_bin, save), env=env, timeout=900)
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-3000:]
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ [1-9]\d* updates\)", log)
@@ -91,14 +90,13 @@ def test_two_process_gloo_training_matches_one_process(reverse_bin, tmp_path):
     --update-freq 2: the same batches per update, so the same losses up to float summation order."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     common = ["--arch", "memsizer_tiny", "--max-epoch", "3", "--lr", "5e-3", *runs.TRAIN_FLAGS, *FLAGS]
-    single = subprocess.run([*fairseq_tool("fairseq-train"), str(reverse_bin), "--save-dir",
-                             str(tmp_path / "single"), "--update-freq", "2", *common], capture_output=True, text=True,
-                            env=env, timeout=900)
+    single = run([*fairseq_tool("fairseq-train"), str(reverse_bin), "--save-dir",
+                  str(tmp_path / "single"), "--update-freq", "2", *common], env=env, timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]
-    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29517", "-m", "fairseq_cli.train", str(reverse_bin), "--save-dir", str(tmp_path / "dist"),
-                           "--distributed-world-size", "2", "--distributed-backend", "gloo", *common],
-                          capture_output=True, text=True, env=env, timeout=900)
+    dist = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                "29517", "-m", "fairseq_cli.train", str(reverse_bin), "--save-dir", str(tmp_path / "dist"),
+                "--distributed-world-size", "2", "--distributed-backend", "gloo", *common],
+               env=env, timeout=900)
     log = dist.stdout + dist.stderr
     assert dist.returncode == 0, log[-4000:]
     assert "distributed init (rank 1)" in log
