@@ -3,16 +3,14 @@
 fairseq-eval-lm with every sentence and token out, as `python -m kvattn_fairseq recovery --tiny` runs it; and
 `convert-chain`'s reruns on the spine."""
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +64,8 @@ def test_a_rerun_of_the_tiny_recovery_redoes_nothing(tiny):
 
 def test_convert_sh_refuses_bad_input_in_one_line(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "convert.sh"
-    proc = subprocess.run([str(script), "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tmp_path),
-                           "--out", str(tmp_path / "out"), "--decoder-attention-type", "memsizer"],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable))
+    proc = run([script, "--checkpoint", tmp_path / "missing.pt", "--data", tmp_path, "--out", tmp_path / "out",
+                "--decoder-attention-type", "memsizer"], env_extra={"PYTHON": sys.executable}, timeout=None)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith(f"error: --checkpoint: no such file: {tmp_path}/missing.pt")
     assert not (tmp_path / "out").exists()
