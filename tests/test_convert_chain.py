@@ -16,7 +16,7 @@ from conftest import run, run_cli
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("recovery")
-    proc = run_cli("-m kvattn_fairseq recovery", "--tiny", "--plans", "hybrid", "--out", out, timeout=1800,
+    proc = run_cli("-m kvattn_fairseq recovery", "--tiny", "--plans", "hybrid,window", "--out", out, timeout=1800,
                    env_extra={"OMP_NUM_THREADS": "1"})
     return out, proc.stdout
 
@@ -27,13 +27,15 @@ def test_tiny_recovery_runs_every_stage_and_writes_the_table(tiny):
     results = json.loads((out / "results.json").read_text())
     for task, metric in (("mt", "bleu"), ("lm", "ppl")):
         r = results["tasks"][task]
-        rows = r["plans"]["hybrid"]["rows"]
-        assert set(rows) == {"a", "b", "c"} and r["metric"] == metric
+        assert set(r["plans"]) == {"hybrid", "window"} and r["metric"] == metric
         assert r["budget_updates"] <= 0.2 * r["teacher_updates"]
-        for row in [r["teacher"], *rows.values()]:  # every sentence / token was scored (checked while running)
-            assert row.get("sentences", 0) > 0 or row.get("tokens", 0) > 0
+        for plan in r["plans"].values():
+            assert set(plan["rows"]) == {"a", "b", "c"}
+            for row in [r["teacher"], *plan["rows"].values()]:  # every sentence / token was scored
+                assert row.get("sentences", 0) > 0 or row.get("tokens", 0) > 0
     table = (out / "table.md").read_text()
     assert table in stdout and "| hybrid (`--decoder-attention-type memsizer*1,softmax" in table
+    assert "| window" in table and "--cross-attention-type softmax" in table  # the window plans keep softmax cross
 
 
 @pytest.mark.slow
@@ -56,7 +58,7 @@ def test_the_transfer_stage_trained_only_the_new_attention_and_logged_each_layer
 def test_a_rerun_of_the_tiny_recovery_redoes_nothing(tiny):
     out, _ = tiny
     before = (out / "mt" / "hybrid" / "a" / "converted.pt").stat().st_mtime_ns
-    stdout = run_cli("-m kvattn_fairseq recovery", "--tiny", "--plans", "hybrid", "--out", out).stdout
+    stdout = run_cli("-m kvattn_fairseq recovery", "--tiny", "--plans", "hybrid,window", "--out", out).stdout
     assert not re.search(r"^\[recovery\] (?!table)\S+: (running|continuing|making it again)", stdout, re.M), stdout
     assert "mt/hybrid/a/transfer: done earlier with the same settings, skipped" in stdout
     assert (out / "mt" / "hybrid" / "a" / "converted.pt").stat().st_mtime_ns == before
