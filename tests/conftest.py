@@ -43,6 +43,20 @@ def run_cli(tool: str, *args, cwd=None, input: str = None, timeout: int = 900, c
     return run([*cmd, *args], cwd=cwd, input=input, timeout=timeout, env=env, env_extra=env_extra, check=check)
 
 
+def decode_token_by_token(module, x):
+    """Feed self-attention `module` the time-first input x one position per call, as fairseq's incremental decoder
+    does -> (the outputs concatenated, the state's element count after each step, the last step's state buffer);
+    every floating-point state tensor must be fp32."""
+    state, outs, sizes = {}, [], []
+    for t in range(x.size(0)):
+        step = x[t:t + 1]
+        outs.append(module(step, step, step, incremental_state=state)[0])
+        buf = next(iter(state.values()))
+        sizes.append(sum(v.numel() for v in buf.values()))
+        assert all(v.dtype == torch.float32 for v in buf.values() if v.is_floating_point())
+    return torch.cat(outs), sizes, buf
+
+
 @pytest.fixture
 def fresh_rng():
     torch.manual_seed(1234)

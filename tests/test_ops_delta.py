@@ -10,6 +10,8 @@ from kvattn_fairseq.modules import DeltaAttention, WindowAttention, WindowMemory
 from kvattn_fairseq.modules.registry import AttentionConfigError, check_kind
 from kvattn_fairseq.ops import delta as ops
 
+from conftest import decode_token_by_token
+
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
@@ -120,16 +122,11 @@ def test_module_steps_equal_the_full_pass_with_a_constant_fp32_state(make):
     x = torch.randn(30, 2, 16, generator=torch.Generator().manual_seed(5))  # time first, as fairseq calls it
     with torch.no_grad():
         full, _ = m(x, x, x)
-        state, outs, sizes = {}, [], []
-        for t in range(30):
-            outs.append(m(x[t:t + 1], x[t:t + 1], x[t:t + 1], incremental_state=state)[0])
-            buf = next(iter(state.values()))
-            sizes.append(sum(v.numel() for v in buf.values()))
-            assert all(v.dtype == torch.float32 for v in buf.values() if v.is_floating_point())
+        stepped, sizes, buf = decode_token_by_token(m, x)
         prefill = {}
         head, _ = m(x[:17], x[:17], x[:17], incremental_state=prefill)  # a prompt in one call, then steps
         tail = [m(x[t:t + 1], x[t:t + 1], x[t:t + 1], incremental_state=prefill)[0] for t in range(17, 30)]
-    torch.testing.assert_close(torch.cat(outs), full, **TOL)
+    torch.testing.assert_close(stepped, full, **TOL)
     torch.testing.assert_close(torch.cat([head] + tail), full, **TOL)
     assert sizes[5:] == [sizes[5]] * 25
     assert buf["S" if "S" in buf else "memory.S"].shape == (2, 4, 4, 4)  # batch, heads, d_h x d_h

@@ -10,6 +10,8 @@ from kvattn_fairseq.modules import WindowAttention, WindowMemoryAttention
 from kvattn_fairseq.ops import softmax_kv
 from kvattn_fairseq.ops import window as ops
 
+from conftest import decode_token_by_token
+
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
@@ -100,13 +102,8 @@ def test_decoding_state_is_constant_fp32_and_steps_equal_the_full_pass(make):
     x = rand(30, 2, 16, seed=4)  # time first, as fairseq calls it
     with torch.no_grad():
         full, _ = m(x, x, x)
-        state, outs, sizes = {}, [], []
-        for t in range(30):
-            outs.append(m(x[t:t + 1], x[t:t + 1], x[t:t + 1], incremental_state=state)[0])
-            buf = next(iter(state.values()))
-            sizes.append(sum(v.numel() for v in buf.values()))
-            assert all(v.dtype == torch.float32 for v in buf.values() if v.is_floating_point())
-    torch.testing.assert_close(torch.cat(outs), full, **TOL)
+        stepped, sizes, buf = decode_token_by_token(m, x)
+    torch.testing.assert_close(stepped, full, **TOL)
     assert sizes == [sizes[0]] * 30  # constant from the first token: the ring's slots
     keys = [v for name, v in buf.items() if name.endswith("ring_key")]
     assert [t.size(2) for t in keys] == [5]  # W slots: the new token and the W - 1 before it
