@@ -115,11 +115,8 @@ def longest_source(data: str) -> int:
 
 def _state(key: str):
     def measure(ctx: Context) -> None:
-        import torch
-
         from ...evaluate.state import state_bytes_after
 
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         data = ctx.inputs["data"]
         source = longest_source(data)
         sizes = state_bytes_after(os.path.join(ctx.inputs[f"train/{key}"], EVALUATE["checkpoint"]), STATE_AFTER,
