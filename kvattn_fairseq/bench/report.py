@@ -3,6 +3,7 @@ plots (shared with the GPU mode)."""
 import os
 from typing import Dict, List, Optional
 
+from ..util.io import save_figure
 from ..util.markdown import table
 from .common import VANILLA
 from .floor import FLOOR
@@ -96,7 +97,7 @@ def plots(results: Dict, out_dir: str) -> List[str]:
     def save(fig, name):
         path = os.path.join(out_dir, name)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
 
