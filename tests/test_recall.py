@@ -123,3 +123,22 @@ def test_tiny_chain_writes_table_plot_and_results_and_resumes(tmp_path, capsys):
     assert "train/softmax: done earlier with the same settings, skipped" in capsys.readouterr().out
     assert runner.main(argv[:-1] + ["2"]) == 2  # another window: refused
     assert "pass --force" in capsys.readouterr().err
+
+
+def _row(kind, beyond, state, pairs=8):
+    return {"kind": kind, "pairs": pairs, "length": 64, "window": 8, "chance": 1 / 64, "state_bytes": state,
+            "beyond": {"accuracy": beyond}, "within": {"accuracy": beyond}, "accuracy": beyond}
+
+
+def test_the_target_needs_a_softmax_that_recalls_and_a_kind_above_no_recall():
+    """90% of a softmax at chance is no target: a kind at chance beside it is not 'met'."""
+    floor = runner.no_recall(8, 1 / 64)
+    assert floor == pytest.approx(sum(1 / i for i in range(1, 9)) / 8)
+    at_chance = runner.table([_row("softmax", 1 / 64, 65536), _row("delta", 1 / 64, 4096)])
+    assert at_chance.splitlines()[-1].endswith("| n/a: softmax does not recall |") and "met" not in at_chance
+    assert runner.target(_row("delta", floor, 4096), _row("softmax", floor, 65536)) == \
+        "n/a: softmax does not recall"
+    assert runner.target(_row("delta", 0.95, 4096), _row("softmax", 1.0, 65536)) == "**met**"
+    assert runner.target(_row("delta", 0.95, 8192), _row("softmax", 1.0, 65536)) == "missed"  # state > 1/10
+    low = runner.target(_row("delta", floor, 4096, pairs=8), _row("softmax", 1.05 * floor, 65536))
+    assert low == "missed"  # 90% of a barely-recalling softmax, but no recall of its own

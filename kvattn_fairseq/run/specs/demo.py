@@ -26,7 +26,7 @@ from ...util import proc
 from ...util.cli import ArgumentParser, positive_int, run_main
 from ...util.io import write_atomic
 from ...util.markdown import table
-from ..spine import Context, Runner, Step, in_process
+from ..spine import Context, Runner, Step, in_process, work_dir
 from ..steps import train_step
 from ..train import Command
 
@@ -207,7 +207,7 @@ def demo(a) -> int:
     # fairseq-train down many times over (measured: 0.19 vs 3.45 updates/s on a busy 2-core machine).  An
     # OMP_NUM_THREADS the user set is kept.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    work = os.path.abspath(a.workdir)
+    work = work_dir(a.workdir, "--workdir")
     Runner("demo", work, force=a.force, flag="--workdir").run(
         steps(a, work), title=f"demo: {', '.join(MODELS[m][0] for m in a.models)} on the reversal task")
     return 0

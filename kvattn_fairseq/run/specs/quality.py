@@ -28,9 +28,9 @@ from ...data import cpython_docs as corpus
 from ...util import proc
 from ...util.cli import ArgumentParser, positive_int, run_main
 from ...util.errors import OneLineError
-from ...util.io import write_atomic
+from ...util.io import save_figure, write_atomic
 from ...util.markdown import table as markdown_table
-from ..spine import Context, Runner, Step, in_process
+from ..spine import Context, Runner, Step, in_process, work_dir
 from ..steps import evaluate_step, train_step
 from ..train import Command
 
@@ -177,7 +177,7 @@ def steps(plan: Plan, work: str) -> List[Step]:
         write_summary(plan, ctx.work, corpus.read_info(os.path.join(ctx.work, "data")))
 
     out.append(Step("table", "table.md", {}, in_process(draw, "table"), needs=("data", *scored), always=True,
-                    command="(in process: results.json, table.md and test_ppl.png from scores/)"))
+                    also=("results.json", "test_ppl.png"), command="(in process: results.json, table.md and test_ppl.png from scores/)"))
     return out
 
 
@@ -295,7 +295,7 @@ def plot(results: Dict, points: Sequence[int], context: int, path: str) -> None:
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -325,7 +325,7 @@ def compare(a) -> int:
     plan = Plan(a)  # every setting before any work
     if a.tiny:  # tiny models lose a lot to intra-op threads on a busy CPU
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-    work = os.path.abspath(a.out)
+    work = work_dir(a.out, "--out")
     Runner("quality", work, force=a.force, flag="--out").run(steps(plan, work), title="quality")
     with open(os.path.join(work, "table.md"), encoding="utf-8") as f:
         print(f.read(), end="")

@@ -21,8 +21,8 @@ from ...data import recall as recall_data
 from ...util import proc
 from ...util.cli import ArgumentParser, positive_int, run_main
 from ...util.errors import OneLineError
-from ...util.io import write_atomic
-from ..spine import Context, Runner, Step, in_process
+from ...util.io import save_figure, write_atomic
+from ..spine import Context, Runner, Step, in_process, work_dir
 from ..steps import train_step
 from ..train import Command
 
@@ -72,7 +72,7 @@ def steps(a, kinds: Sequence[str], specs: Sequence[recall_data.RecallData]) -> L
     """The data (every setting, trained together), then per kind its training and its scores on each setting,
     then the table, the plot and results.json from every kind's scores."""
     longest = max(s.length for s in specs)
-    work = os.path.abspath(a.out)
+    work = work_dir(a.out, "--out")
 
     def make_data(ctx: Context) -> None:
         recall_data.generate(ctx.out, specs)
@@ -94,7 +94,7 @@ def steps(a, kinds: Sequence[str], specs: Sequence[recall_data.RecallData]) -> L
         _write_summary(a, kinds, specs, ctx.work)
 
     out.append(Step("table", "table.md", {}, in_process(draw, "table"), needs=tuple(f"score/{k}" for k in kinds),
-                    always=True))
+                    always=True, also=("results.json", "recall.png")))
     return out
 
 
@@ -134,11 +134,23 @@ def _pct(x) -> str:
 
 
 # --- the table and the plot --------------------------------------------------------------------------------------
+def no_recall(pairs: int, chance: float) -> float:
+    """The accuracy beyond the window reachable without recalling anything: knowing which values occur, not which
+    key they go with, and ruling out those already answered (H_N / N for N pairs), or chance if that is higher."""
+    return max(chance, sum(1 / i for i in range(1, pairs + 1)) / pairs)
+
+
 def target(row: Dict, base: Dict) -> str:
-    """>= 90% of softmax's accuracy beyond the window with <= 1/10 of its state (constant-state kinds only)."""
+    """>= 90% of softmax's accuracy beyond the window with <= 1/10 of its state (constant-state kinds only), and
+    above what no recall reaches: 90% of a softmax that does not recall either would be no target at all."""
     if row["kind"] == "softmax" or base is None:
         return "–"
-    ok = row["beyond"]["accuracy"] >= 0.9 * base["beyond"]["accuracy"] and row["state_bytes"] <= base["state_bytes"] / 10
+    floor = no_recall(row["pairs"], row["chance"])
+    if base["beyond"]["accuracy"] <= floor:
+        return "n/a: softmax does not recall"
+    beyond = row["beyond"]["accuracy"]
+    ok = beyond > floor and beyond >= 0.9 * base["beyond"]["accuracy"] and \
+        row["state_bytes"] <= base["state_bytes"] / 10
     return "**met**" if ok else "missed"
 
 
@@ -185,8 +197,7 @@ def plot(rows: Sequence[Dict], path: str) -> None:
             ax.fill_between([min(r["state_bytes"] for r in here) / 2, base["state_bytes"] / 10],
                             90 * base["beyond"]["accuracy"], 102, color="green", alpha=0.08, label="target")
         ax.axhline(100 * here[0]["chance"], color="grey", ls="--", lw=1, label="chance")
-        # knowing which values occur, not which key they go with, and ruling out those already answered: H_N / N
-        guess = 100 * sum(1 / i for i in range(1, pairs + 1)) / pairs
+        guess = 100 * no_recall(pairs, 0.0)
         ax.axhline(guess, color="grey", ls=":", lw=1, label="values present, no recall")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -198,7 +209,7 @@ def plot(rows: Sequence[Dict], path: str) -> None:
     handles, labels = flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8)
     fig.tight_layout(rect=(0, 0.9 / (3.6 * nrows + 0.8), 1, 1))
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
