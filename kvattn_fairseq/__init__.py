@@ -8,6 +8,7 @@ criterion, and the task `kv_position_classification` with its criterion.  The co
 `python -m kvattn_fairseq COMMAND` (commands/).
 """
 import logging
+import sys
 
 # fairseq's import logs an optional-dependency hint on stderr in front of every one-line error; it is not actionable.
 logging.getLogger("fairseq.tasks.text_to_speech").addFilter(lambda r: "tensorboardX" not in r.getMessage())
@@ -15,8 +16,16 @@ logging.getLogger("fairseq.tasks.text_to_speech").addFilter(lambda r: "tensorboa
 from .util.moved import install_aliases  # noqa: E402
 from .util.paths import USER_DIR  # noqa: E402,F401
 from . import patches  # noqa: E402
+from .kernels import check_environment  # noqa: E402
 
 patches.apply()
+try:  # a bad KVATTN_KERNELS stops every command and fairseq tool here, in one line (patches' error hook)
+    check_environment()
+except Exception as e:  # noqa: BLE001
+    if sys.argv[:1] == ["-m"]:  # `python -m kvattn_fairseq ...` imports the package before it names its program
+        print(f"python -m kvattn_fairseq: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise
 
 from . import modules  # noqa: E402  (kinds first: the models' flags list them)
 from . import models  # noqa: E402,F401

@@ -5,25 +5,50 @@ computes the same function and is parity-tested against them (tests/test_kernels
 CPU through Triton's interpreter where it runs there).  Nothing here imports triton or fla unless a CUDA tensor
 asks for a fast path, so a CPU-only machine never loads the GPU stack.
 
-KVATTN_KERNELS (read at each call):
+KVATTN_KERNELS (read at each call; checked when the plugin is imported, so a bad value stops every command and
+every fairseq tool given --user-dir in one line before any work):
   auto       (default) the fast paths for CUDA tensors, when the GPU stack imports
   torch      never: the PyTorch ops everywhere (to compare, or to rule the kernels out)
-  interpret  also for CPU tensors, through Triton's interpreter (tests; TRITON_INTERPRET=1 must be set before
-             triton is first imported); fla's kernels do not run there, so the chunked training path stays PyTorch
+  interpret  also for CPU tensors, through Triton's interpreter; fla's kernels do not run there, so the chunked
+             training path stays PyTorch.  The interpreter is chosen when a kernel is defined (triton.jit reads
+             TRITON_INTERPRET then), and the plugin's kernels are defined at their first use: importing the plugin
+             sets TRITON_INTERPRET=1 when it is unset; one set to another value is refused
 """
 import functools
 import os
 
 import torch
 
+from ..util.errors import OneLineError
+
 MODES = ("auto", "torch", "interpret")
+
+
+class KernelsSettingError(OneLineError, ValueError):
+    """KVATTN_KERNELS (or TRITON_INTERPRET with it) holds a value the kernels cannot run with."""
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes", "y")
 
 
 def mode() -> str:
     value = os.environ.get("KVATTN_KERNELS", "auto")
     if value not in MODES:
-        raise ValueError(f"KVATTN_KERNELS: expected one of {', '.join(MODES)}, got {value!r}")
+        raise KernelsSettingError(f"KVATTN_KERNELS: expected one of {', '.join(MODES)}, got {value!r} (unset: auto)")
+    if value == "interpret" and not _interpreting():
+        raise KernelsSettingError(f"KVATTN_KERNELS=interpret needs TRITON_INTERPRET=1 (it is "
+                                  f"{os.environ.get('TRITON_INTERPRET', 'unset')!r}): without it triton compiles "
+                                  f"for a GPU driver; set both, or KVATTN_KERNELS=torch")
     return value
+
+
+def check_environment() -> None:
+    """At the plugin's import: KVATTN_KERNELS=interpret with TRITON_INTERPRET unset sets it to 1 (no kernel of the
+    plugin is defined yet), then mode() refuses what is left in one line."""
+    if os.environ.get("KVATTN_KERNELS") == "interpret" and "TRITON_INTERPRET" not in os.environ:
+        os.environ["TRITON_INTERPRET"] = "1"
+    mode()
 
 
 @functools.lru_cache(maxsize=None)
