@@ -255,6 +255,8 @@ def test_an_input_replaced_at_the_same_path_is_another_input(tmp_path):
     os.utime(teacher, (1, 1))  # touched, same bytes: still the same input, not read again for nothing
     Runner("toy", str(work)).run(steps)
     assert runs == ["convert"]
+    seen = json.loads((work / "steps" / "converted.pt.json").read_text())["sources"]["--checkpoint"]["stat"]
+    assert seen[1] == 10 ** 9  # the record knows the touched file now
     teacher.write_text("model two")  # another trained model at the same path
     with pytest.raises(OneLineError, match=rf"^convert \(.*\) was made with other settings \(made from another "
                                            rf"--checkpoint \({teacher}: its content changed\)\); pass --force"):

@@ -240,6 +240,10 @@ class Runner:
         out = outputs[step.name]
         if what == "skip":
             self.say(f"{step.name}: done earlier with the same settings, skipped")
+            rec = self.record(step)
+            if rec is not None and step.sources and rec.get("sources") != self.contents.get(step.name):
+                rec["sources"] = self.contents[step.name]  # the same bytes, touched since: not hashed again
+                self._write_record(step, rec)
             return
         if what == "redo":
             self._remove(out)
