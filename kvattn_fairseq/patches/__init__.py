@@ -9,8 +9,8 @@ keeps the two equal); docs/papers/fairseq-pitfalls.md has the background.
 import textwrap
 from typing import List
 
-from . import (atomic_checkpoints, attention_plan, bf16, checkpoint_globals, cpu_distributed, last_batch,
-               numpy_compat, one_line_errors, teacher_check, tool_refusals, unsafe_checkpoints)
+from . import (atomic_checkpoints, attention_plan, bf16, broadcast_state, checkpoint_globals, cpu_distributed,
+               last_batch, numpy_compat, one_line_errors, teacher_check, tool_refusals, unsafe_checkpoints)
 from .apply import Patch
 
 PATCHES = (
@@ -43,11 +43,16 @@ PATCHES = (
     Patch("fairseq.models.distributed_fairseq_model.DistributedDataParallel", "fairseq passes `device_ids` to "
           "DistributedDataParallel for CPU modules, which it refuses: dropped for them",
           (cpu_distributed.cpu_aware_ddp,)),
+    Patch("fairseq.distributed.utils._broadcast_object_slow", "a resume or `--finetune-from-model` with several "
+          "workers died on every rank but 0 (`UnpicklingError ... DictConfig`): rank 0 reads the checkpoint through "
+          "the checked loader and broadcasts what it read, which the other ranks now unpickle in full",
+          (broadcast_state.full_unpickle_on_receivers,)),
     Patch("fairseq.distributed.utils.call_main", "fairseq's argparse path turns `--bf16` into `--tpu` and crashes "
           "looking for torch_xla: without torch_xla, `--bf16` trains in bfloat16 on the CPU or GPU, states in fp32 "
           "(innermost); then each tool's whole config is checked before any work: `fairseq-train --fp16` without CUDA, "
           "`fairseq-eval-lm` with a `--context-window` that leaves nothing to score, `fairseq-interactive` with "
-          "stdin closed are one line", (bf16.without_tpu, tool_refusals.refuse_before_running)),
+          "stdin closed, `fairseq-train --distributed-world-size 2` without CUDA or torchrun (it names torchrun) are "
+          "one line", (bf16.without_tpu, tool_refusals.refuse_before_running)),
     Patch("fairseq.tasks.language_modeling.LanguageModelingTask.eval_lm_dataloader", "`fairseq-eval-lm` skips "
           "blocks longer than the model's positions unscored (\"Evaluated 0 tokens … Perplexity: 1.00\"): refused "
           "in one line", (tool_refusals.eval_lm_dataloader,)),
