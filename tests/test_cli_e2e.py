@@ -164,3 +164,6 @@ def test_generate_refuses_a_crafted_checkpoint_in_one_line(reverse_bin, tmp_path
     last = proc.stderr.strip().splitlines()[-1]
     assert "refusing to load checkpoint" in last and re.search(r"\b(posix|os|nt)\.system\b", last), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+    shown = run_cli("fairseq-generate", reverse_bin, "--path", evil, "--user-dir", USER_DIR, "--cpu", cwd=tmp_path,
+                    check=False, env_extra={"KVATTN_TRACEBACK": "1"})  # the traceback on request, then the line
+    assert shown.returncode == 2 and "Traceback" in shown.stderr and shown.stderr.strip().splitlines()[-1] == last

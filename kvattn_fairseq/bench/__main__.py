@@ -9,6 +9,7 @@ import torch
 
 from ..models.building import make_dictionary
 from ..modules.registry import ATTENTION_KINDS
+from ..util.cli import run_main
 from . import decode, gpu, gpu_report, report, train, translate
 from .common import (VANILLA, Size, build_lm, build_translation, constant_state, decoder_kinds, fits, machine,
                      skipped, split_kinds)
@@ -199,4 +200,4 @@ def _int_keys(d):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("python -m kvattn_fairseq.bench", main))

@@ -5,6 +5,12 @@ the wrapper layers (innermost first) from the file named for what it fixes; appl
 No function appears twice, so nothing depends on the order in which modules are imported.  The README's section
 "fairseq fixes applied on import" is readme_section() (`python -m kvattn_fairseq --patches` prints it; a test
 keeps the two equal); docs/papers/fairseq-pitfalls.md has the background.
+
+What is changed is fairseq's own functions and what fairseq runs on (torch's allow-list of checkpoint globals,
+`numpy.compat`).  The process itself is left alone: a plain `import kvattn_fairseq` (a notebook, a script) leaves
+`sys.excepthook`, `argparse` and the import machinery as they were; the one-line error hook goes on only where the
+program is fairseq's console tool (one_line_errors.py), and the plugin's own commands report their errors through
+util.cli.run_main.
 """
 import textwrap
 from typing import List
@@ -67,13 +73,18 @@ PATCHES = (
     Patch("fairseq.checkpoint_utils.load_checkpoint", "a resume gets past an unreadable or missing "
           "`checkpoint_last.pt`: it continues from the readable checkpoint with the most updates, saying so in one "
           "line (see Reliability below)", (atomic_checkpoints.resume_past_damage,)),
-    Patch("argparse.ArgumentParser.error", "a bad value of a flag the plugin adds is one line, without fairseq's "
-          "usage block of a few hundred lines in front of it (other flags keep argparse's usage + error)",
+    Patch("fairseq.options.parse_args_and_arch", "a bad value of a flag the plugin adds is one line, without "
+          "fairseq's usage block of a few hundred lines in front of it (other flags keep argparse's usage + error); "
+          "only the parser fairseq parses with, during that call: `argparse` itself is not changed",
           (one_line_errors.usage_free,)),
-    Patch("sys.excepthook", "a refusal raised inside fairseq's tools (the plugin's errors, an input longer than the "
-          "model admits, weights that do not fit the model, an allocation too large for the machine) is printed as "
-          "one line naming the fix instead of a traceback (`--memsizer-self-slots 1000000000`: out of memory, "
-          "with the flags that size the model and the batch)", (one_line_errors.excepthook,)),
+    Patch("sys.excepthook", "only where the program is one of fairseq's console tools (`fairseq-train`, "
+          "`python -m fairseq_cli.generate`, ...: fairseq's CLI loaded the plugin as its `--user-dir`), never on a "
+          "plain import: a refusal raised inside the tool (the plugin's errors, an input longer than the model "
+          "admits, weights that do not fit the model, an allocation too large for the machine) is printed as one "
+          "line naming the fix instead of a traceback (`--memsizer-self-slots 1000000000`: out of memory, with the "
+          "flags that size the model and the batch); every other exception keeps its traceback, and "
+          "`KVATTN_TRACEBACK=1` prints the traceback in front of the one line",
+          install=one_line_errors.install_hook, installed=one_line_errors.hook_as_due),
 )
 
 
