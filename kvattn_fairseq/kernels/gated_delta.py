@@ -45,8 +45,8 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor,
     state [N, dk, dv] -> (out [N, T, dv] fp32, final state [N, dk, dv] fp32)."""
     dtype, dk, width = v.dtype, k.size(-1), _width(k.size(-1))
     q4, k4 = (F.pad(x.to(dtype), (0, width - dk)).unsqueeze(2) for x in (q, k))
-    out, final = _chunk()(q4, k4, v.unsqueeze(2), g.float().unsqueeze(2), beta.to(dtype).unsqueeze(2), scale=1.0,
-                          initial_state=_state(state, width), output_final_state=True)
+    out, final = _chunk()(q4, k4, v.unsqueeze(2), g=g.float().unsqueeze(2), beta=beta.to(dtype).unsqueeze(2),
+                          scale=1.0, initial_state=_state(state, width), output_final_state=True)
     return out.squeeze(2).float(), final.squeeze(1)[:, :dk].float()
 
 
@@ -56,7 +56,7 @@ def step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor,
     beta, g [N], state [N, dk, dv] -> (out [N, dv] fp32, new state [N, dk, dv] fp32)."""
     dtype, dk, width = v.dtype, k.size(-1), _width(k.size(-1))
     q4, k4 = (F.pad(x.to(dtype), (0, width - dk)).view(x.size(0), 1, 1, width) for x in (q, k))
-    out, final = _recurrent()(q4, k4, v.view(v.size(0), 1, 1, -1), g.float().view(-1, 1, 1),
-                              beta.to(dtype).view(-1, 1, 1), scale=1.0, initial_state=_state(state, width),
-                              output_final_state=True)
+    out, final = _recurrent()(q4, k4, v.view(v.size(0), 1, 1, -1), g=g.float().view(-1, 1, 1),
+                              beta=beta.to(dtype).view(-1, 1, 1), scale=1.0, initial_state=_state(state, width),
+                              output_final_state=True)  # by name: its fifth parameter is gk, not beta
     return out.view(out.size(0), -1).float(), final.squeeze(1)[:, :dk].float()
