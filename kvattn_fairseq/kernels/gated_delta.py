@@ -4,9 +4,9 @@ for one decoding token (fla's fused_recurrent_gated_delta_rule: forward only, so
 no gradient is asked for).
 
 Heads are folded into the batch, so every call has one head: [N, T, 1, d].  q, k, v go in the model's half
-precision (fla's kernels take fp16/bf16; bounded inputs: unit q and k, SiLU'd v), the log-decay g in fp32 (its
+precision (fla's kernels take fp16/bf16; bounded inputs: q and k of length <= 1, SiLU'd v), the log-decay g in fp32 (its
 cumulative sums are what the kernel exponentiates), the state in fp32.  The caller folds padding into k, beta and g
-(k = 0, beta = 0, g = 0 there) and L2-normalises q and k (scale=1.0: no 1/sqrt(d) on q).  Keys narrower than 16
+(k = 0, beta = 0, g = 0 there), L2-normalises q and k and scales q itself (scale=1.0 here).  Keys narrower than 16
 are zero-padded like kernels/chunked.py does (the tensor cores' smallest tile): a zero key feature adds nothing to
 k.k or to the state, whose padded rows stay zero.
 """

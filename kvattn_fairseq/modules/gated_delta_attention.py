@@ -4,7 +4,8 @@ docs/papers/gated-delta.md.
 
 Per head (fairseq's q/k/v/out projections, everything after them in fp32):
 
-    q, k, v = SiLU(ShortConv_K(W_Q x)), SiLU(ShortConv_K(W_K x)), SiLU(ShortConv_K(W_V x));  q, k L2-normalised
+    q, k, v = SiLU(ShortConv_K(W_Q x)), SiLU(ShortConv_K(W_K x)), SiLU(ShortConv_K(W_V x));  q, k L2-normalised,
+    q scaled by 1/sqrt(d_h)
     beta_t = sigmoid(W_beta x_t),  g_t = -exp(A_log) softplus(W_a x_t + dt_bias)  (alpha_t = exp(g_t))
     S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t        (ops/gated_delta.py)
     out = W_O [RMSNorm(o_t) * SiLU(W_G x_t) over heads]
@@ -81,7 +82,10 @@ class GatedDeltaAttention(ProjectedAttention):
         work = qkv.dtype  # the projections' precision (bf16 under autocast or a bf16 model): what v goes in as
         qkv = qkv.float() if self.conv is None else self.conv.run(qkv, pad, state)
         q, k, v = (_flat(self.split_heads(t)) for t in F.silu(qkv).chunk(3, dim=-1))
-        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
+        # the released layer's read scale 1/sqrt(d_h) on the unit q: the output norm's eps then damps near-zero
+        # reads as it does there (docs/papers/gated-delta.md, "The output")
+        q = F.normalize(q, dim=-1, eps=1e-6) * self.head_dim ** -0.5
+        k = F.normalize(k, dim=-1, eps=1e-6)
         v = v.to(work)
         beta, g = self.gates(x)
         fpad = None if pad is None else pad.repeat_interleave(h, dim=0)
