@@ -169,8 +169,8 @@ def test_generate_refuses_a_crafted_checkpoint_in_one_line(reverse_bin, tmp_path
 def test_gated_delta_language_model_learns_and_evaluates(lm_bin, tmp_path):
     """Both gated delta kinds through fairseq-train and fairseq-eval-lm (whole sentences, and a sliding context
     window): the model learns the determined half of each line."""
-    log = runs.train_lm(lm_bin, tmp_path, "kvattn_lm_tiny", "--decoder-attention-type", "gated_delta,window_gated_delta",
-                        "--attention-window", "8", epochs=6)
+    log = runs.train_lm(lm_bin, tmp_path, "kvattn_lm_tiny", "--decoder-attention-type",
+                        "gated_delta,window_gated_delta", "--attention-window", "8", epochs=6)
     assert "GatedDeltaAttention" in log
     lines = runs.read_lines(lm_bin.parent / "lmraw" / "test.txt")
     uniform = 20 + 2
