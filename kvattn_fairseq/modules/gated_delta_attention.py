@@ -14,7 +14,7 @@ The decoding state is one d_h x d_h fp32 matrix per head and the convolution's l
 (short_conv.py), both constant in the output length.
 """
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,8 @@ from .short_conv import SHORT_CONV_OPTION, ShortConvolution, short_conv_size
 
 DEFAULT_SHORT_CONV = 4  # the paper's kernel size
 NORM_EPS = 1e-5  # fla's GatedDeltaNet output norm
-# The initial decay: A ~ U(0, 16) per head, dt = softplus(W_a x + dt_bias) log-uniform in [1e-3, 0.1] at W_a x = 0
-# (Mamba2's ranges, as the paper's released layer sets them); g = -A * dt.
+# The initial decay, as the paper's released layer sets it: A ~ U(0, 16) per head, dt = softplus(W_a x + dt_bias)
+# log-uniform in [1e-3, 0.1] at W_a x = 0 (Mamba's range for dt); g = -A * dt.
 A_RANGE = (0.0, 16.0)
 DT_RANGE = (1e-3, 0.1)
 DT_FLOOR = 1e-4
@@ -48,7 +48,8 @@ class GatedDeltaAttention(ProjectedAttention):
         self.conv = ShortConvolution.maybe(3 * inner, short_conv)  # over [W_Q x | W_K x | W_V x]
         self.b_proj = nn.Linear(embed_dim, num_heads, bias=False)
         self.a_proj = nn.Linear(embed_dim, num_heads, bias=False)
-        self.A_log = nn.Parameter(torch.log(torch.empty(num_heads).uniform_(*A_RANGE)))
+        a = torch.empty(num_heads).uniform_(*A_RANGE).clamp(min=1e-6)  # a draw of exactly 0 would give log 0
+        self.A_log = nn.Parameter(torch.log(a))
         dt = torch.exp(torch.empty(num_heads).uniform_(math.log(DT_RANGE[0]), math.log(DT_RANGE[1])))
         dt = dt.clamp(min=DT_FLOOR)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
@@ -67,12 +68,13 @@ class GatedDeltaAttention(ProjectedAttention):
             done.append("conv: identity (last tap 1)")
         return done
 
-    def gates(self, x: Tensor):
+    def gates(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """beta, g [B * H, T] in fp32."""
         bsz, tlen, h = x.size(0), x.size(1), self.num_heads
         beta = torch.sigmoid(self.b_proj(x).float())
         g = -torch.exp(self.A_log.float()) * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
-        return tuple(t.transpose(1, 2).reshape(bsz * h, tlen) for t in (beta, g))
+        beta, g = (t.transpose(1, 2).reshape(bsz * h, tlen) for t in (beta, g))
+        return beta, g
 
     def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
         bsz, tlen, h = x.size(0), x.size(1), self.num_heads
