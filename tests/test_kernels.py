@@ -344,3 +344,103 @@ def test_delta_training_path_through_fla(device, monkeypatch):
     for a, b in zip(got, want):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+# --- the gated delta rule through fla --------------------------------------------------------------------------------
+@pytest.fixture
+def gated_fla(monkeypatch):
+    """fla's gated delta-rule kernels: the real ones on a GPU; on the CPU (they do not run in Triton's interpreter)
+    fla's own recurrence in both kernels' place, taken to their calling convention, so that the glue (layouts, key
+    padding, the state's layout, dtypes, gradients) runs."""
+    if CUDA:
+        pytest.importorskip("fla.ops.gated_delta_rule", reason="the gpu extra (fla-core) is not installed")
+        return
+    naive = pytest.importorskip("fla.ops.gated_delta_rule.naive")
+    from kvattn_fairseq.kernels import gated_delta as glue
+
+    def stand_in(q, k, v, g=None, beta=None, scale=None, initial_state=None, output_final_state=False, **_):
+        assert q.dim() == 4 and q.size(2) == 1 and q.size(-1) % 16 == 0 and g.dtype == torch.float32
+        assert q.dtype == k.dtype == v.dtype == beta.dtype and v.dtype in (torch.float16, torch.bfloat16)
+        assert initial_state is None or initial_state.dtype == torch.float32 and output_final_state
+        out, final = naive.naive_recurrent_gated_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                                                             output_final_state=True)
+        return out.to(v.dtype), final
+
+    monkeypatch.setattr(glue, "_chunk", lambda: stand_in)
+    monkeypatch.setattr(glue, "_recurrent", lambda: stand_in)
+    monkeypatch.setattr(kernels, "fla_ok", lambda t: True)
+
+
+def _gated_inputs(n, t, dk, dv, device):
+    q = torch.nn.functional.normalize(rand(n, t, dk, seed=1, device=device), dim=-1)
+    k = torch.nn.functional.normalize(rand(n, t, dk, seed=2, device=device), dim=-1)
+    v = rand(n, t, dv, seed=3, device=device).bfloat16()
+    beta = torch.rand(n, t, generator=torch.Generator().manual_seed(4)).to(device)
+    g = -torch.rand(n, t, generator=torch.Generator().manual_seed(5)).to(device)
+    pad = torch.zeros(n, t, dtype=torch.bool, device=device)
+    pad[2, -6:] = True
+    pad[1, :3] = True
+    return q, k, v, beta, g, pad, rand(n, dk, dv, seed=6, device=device) * 0.1
+
+
+def _torch_path(monkeypatch):
+    torch_only(monkeypatch)
+    monkeypatch.setattr(kernels, "fla_ok", lambda t: False)
+
+
+@pytest.mark.parametrize("dk", [16, 8])  # 8: keys narrower than the kernel's tile, zero-padded by the glue
+@pytest.mark.parametrize("device", DEVICES)
+def test_gated_delta_training_path_through_fla(device, dk, gated_fla, monkeypatch):
+    """Outputs, final state and gradients of the chunked path through fla's kernel (half-precision q, k, v in, fp32
+    state out) against the PyTorch path on the same rounded inputs."""
+    from kvattn_fairseq.ops import gated_delta as gops
+
+    q, k, v, beta, g, pad, state = _gated_inputs(3, 40, dk, 8, device)
+    results = []
+    for fla in (True, False):
+        if not fla:
+            _torch_path(monkeypatch)
+            q, k, beta = (t.bfloat16().float() for t in (q, k, beta))  # what the kernel was given
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, beta, g, state)]
+        out, final = gops.causal_parallel(*leaves[:5], state=leaves[5], pad=pad)
+        assert out.dtype == final.dtype == torch.float32 and final.shape == state.shape
+        ((out * rand(*out.shape, seed=7, device=device)).sum() + final.sum()).backward()
+        results.append([out, final] + [t.grad for t in leaves])
+    for name, a, b in zip(("out", "state", "dq", "dk", "dv", "dbeta", "dg", "dstate"), *results):
+        # bf16 intermediates inside fla's kernel (w, u, the chunk states) on a GPU
+        tol = 5e-2 if CUDA and name.startswith("d") else 3e-2
+        torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gated_delta_step_through_fla(device, gated_fla, monkeypatch):
+    from kvattn_fairseq.ops import gated_delta as gops
+
+    q, k, v, beta, g, pad, state = _gated_inputs(5, 1, 8, 12, device)
+    order = torch.tensor([4, 4, 0, 2, 1], device=device)
+    with torch.no_grad():
+        for s, p, o in ((None, None, None), (state, pad[:, 0], None), (state, None, order)):
+            got = gops.causal_step(q[:, 0], k[:, 0], v[:, 0], beta[:, 0], g[:, 0], state=s, pad=p, order=o)
+            with monkeypatch.context() as m:
+                _torch_path(m)
+                want = gops.causal_step(q[:, 0].bfloat16().float(), k[:, 0].bfloat16().float(), v[:, 0],
+                                        beta[:, 0].bfloat16().float(), g[:, 0], state=s, pad=p, order=o)
+            for a, b in zip(got, want):
+                assert a.dtype == torch.float32
+                torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gated_delta_model_decodes_through_fla_like_its_full_pass(device, gated_fla):
+    """A bf16 language model with gated delta layers: steps through fla's recurrent kernel, the full pass through its
+    chunked kernel, the state between them fp32."""
+    d = parity.make_dictionary()
+    model = parity.build_model("kvattn_lm_tiny", "--decoder-attention-type", "gated_delta,window_gated_delta",
+                               "--attention-window", "4", dictionary=d).to(device=device, dtype=torch.bfloat16)
+    prev = parity._targets(d, 2, 70, torch.Generator().manual_seed(1)).to(device)  # past one chunk (64)
+    with torch.no_grad():
+        full, _ = model(prev)
+        inc, state = parity._incremental(model.decoder, prev)
+    assert all(t.dtype == torch.float32 for buf in state.values() for t in buf.values() if t.is_floating_point())
+    full, inc = torch.log_softmax(full.float(), -1), torch.log_softmax(inc.float(), -1)
+    assert (inc - full).abs().max() < 0.1  # bf16 activations on both sides
