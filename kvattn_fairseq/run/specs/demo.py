@@ -15,7 +15,7 @@ The steps run on the experiment spine (run/spine.py): the data, then per model i
 shown as it trains), its evaluation and its state, then results.json and table.md, made at every run.  A rerun skips
 what is done, and says which results it reused, and continues an interrupted training from checkpoint_last.pt; one
 with other settings (--epochs, --train-size) is refused in one line unless --force, which makes those steps again.
-The committed copy of results.json and table.md is docs/demo/ (the README's figures are checked against it).
+The committed copy of results.json and table.md is docs/demo/ (the README's figures are generated from it).
 """
 import calendar
 import json
@@ -248,5 +248,6 @@ def demo(a) -> int:
     # fairseq's runs get one thread unless OMP_NUM_THREADS says otherwise (util/proc.py: cpu_threads)
     work = os.path.abspath(a.workdir)
     Runner("demo", work, force=a.force, flag="--workdir").run(
-        steps(a, work), title=f"demo: {', '.join(MODELS[m][0] for m in a.models)} on the reversal task")
+        steps(a, work), title=f"demo: {', '.join(MODELS[m][0] for m in a.models)} on the reversal task, fairseq "
+                              f"with OMP_NUM_THREADS={proc.cpu_threads()}")
     return 0
