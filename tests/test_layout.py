@@ -1,6 +1,6 @@
 """The package's shape: only __init__ and __main__ at its top level, an import graph without cycles, one list of
-fairseq patches applied exactly once (and the README's list generated from it), one error base, one command entry
-point that the old `python -m` module names point to."""
+fairseq patches applied exactly once (and the list in docs/reliability.md generated from it), one error base, one
+command entry point that the old `python -m` module names point to."""
 import ast
 import importlib
 import pickle
@@ -95,10 +95,10 @@ def test_applying_the_patches_again_changes_nothing():
     assert list(torch.serialization.get_safe_globals()) == safe_globals and np.compat is compat
 
 
-def test_the_readme_lists_the_patches():
-    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index(patches.README_BEGIN) + len(patches.README_BEGIN):readme.index(patches.README_END)]
-    assert section == patches.readme_section(), "paste the output of `python -m kvattn_fairseq --patches`"
+def test_the_docs_list_the_patches():
+    page = (PACKAGE.parent / patches.DOCS_PAGE).read_text(encoding="utf-8")
+    section = page[page.index(patches.DOCS_BEGIN) + len(patches.DOCS_BEGIN):page.index(patches.DOCS_END)]
+    assert section == patches.docs_section(), f"run `python scripts/docs_sections.py` ({patches.DOCS_PAGE} is stale)"
 
 
 def test_every_user_facing_error_has_the_one_base_and_keeps_its_own():

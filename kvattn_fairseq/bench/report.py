@@ -149,7 +149,7 @@ def plots(results: Dict, out_dir: str) -> List[str]:
 
 
 def targets(rows: List[Dict]) -> List[str]:
-    """The benchmark's targets for constant-state kinds (the README's benchmark section), checked where this run
+    """The benchmark's targets for constant-state kinds (docs/benchmark.md, GPU kernels), checked where this run
     measured what they name (informational: timings are never tests)."""
     out = []
     for r in rows:

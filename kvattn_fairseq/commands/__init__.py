@@ -87,9 +87,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for model, arch, plan in arch_plans():
             print(f"{model:<20} {arch:<28} " + " ".join(f"{p}={kinds}" for p, kinds in plan.items()))
     else:
-        from ..patches import readme_section
+        from ..patches import docs_section
 
-        print(readme_section(), end="")
+        print(docs_section(), end="")
     return 0
 
 

@@ -2,9 +2,10 @@
 
 PATCHES is the one list of what is changed, in which order, and why: each entry names the function it wraps and
 the wrapper layers (innermost first) from the file named for what it fixes; apply.py puts each on exactly once.
-No function appears twice, so nothing depends on the order in which modules are imported.  The README's section
-"fairseq fixes applied on import" is readme_section() (`python -m kvattn_fairseq --patches` prints it; a test
-keeps the two equal); docs/papers/fairseq-pitfalls.md has the background.
+No function appears twice, so nothing depends on the order in which modules are imported.  The section "fairseq
+fixes applied on import" of docs/reliability.md is docs_section() (`python -m kvattn_fairseq --patches` prints it,
+scripts/docs_sections.py pastes it there; a test keeps the two equal); docs/papers/fairseq-pitfalls.md has the
+background.
 
 What is changed is fairseq's own functions and what fairseq runs on (torch's allow-list of checkpoint globals,
 `numpy.compat`).  The process itself is left alone: a plain `import kvattn_fairseq` (a notebook, a script) leaves
@@ -88,9 +89,10 @@ PATCHES = (
 )
 
 
-# the README's generated section lies between these two lines
-README_BEGIN = "<!-- generated from kvattn_fairseq/patches/__init__.py (PATCHES): edit the list there -->\n"
-README_END = "<!-- end of the generated list -->\n"
+# the generated list lies between these two lines of DOCS_PAGE
+DOCS_PAGE = "docs/reliability.md"
+DOCS_BEGIN = "<!-- generated from kvattn_fairseq/patches/__init__.py (PATCHES): edit the list there -->\n"
+DOCS_END = "<!-- end of the generated list -->\n"
 
 
 def apply() -> None:
@@ -99,8 +101,8 @@ def apply() -> None:
         patch.apply()
 
 
-def readme_section(width: int = 118) -> str:
-    """The README's numbered list of the fixes, rendered from PATCHES."""
+def docs_section(width: int = 118) -> str:
+    """DOCS_PAGE's numbered list of the fixes, rendered from PATCHES."""
     lines: List[str] = []
     for i, patch in enumerate(PATCHES, 1):
         head = f"{i}. "
