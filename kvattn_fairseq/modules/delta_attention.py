@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import delta as ops
-from .headwise_linear import HeadwiseLinearAttention, _flat
+from ..ops.linear_scan import as_dtype
+from .headwise_linear import HeadwiseLinearAttention
 from .registry import AttentionSite, register_attention_kind
 
 
@@ -32,15 +33,15 @@ class DeltaAttention(HeadwiseLinearAttention):
 
     def features(self, proj: nn.Linear, x: Tensor) -> Tensor:
         """[B, T, C] -> [B * H, T, d], SiLU then unit length, in fp32."""
-        return F.normalize(F.silu(_flat(self.heads(proj, x)).float()), dim=-1, eps=1e-6)
+        return F.normalize(F.silu(as_dtype(self.flat_heads(proj, x), torch.float32)), dim=-1, eps=1e-6)
 
     def inputs(self, x: Tensor) -> Tuple[Tensor, ...]:
         """q, k (features), v [B * H, T, d] and beta [B * H, T]."""
         bsz, tlen = x.shape[:2]
         q, k = self.features(self.q_proj, x), self.features(self.k_proj, x)
-        v = _flat(self.heads(self.v_proj, x))
-        beta = torch.sigmoid(self.b_proj(x).float()).transpose(1, 2).reshape(bsz * self.num_heads, tlen)
-        return q, k, v, beta
+        beta = torch.sigmoid(as_dtype(self.b_proj(x), torch.float32))
+        beta = beta.view(bsz * self.num_heads, 1) if tlen == 1 else beta.transpose(1, 2).reshape(-1, tlen)
+        return q, k, self.flat_heads(self.v_proj, x), beta
 
 
 _CAUSAL_ONLY = {p: "the delta rule is a causal recurrence (each token corrects the memory the earlier ones wrote)"

@@ -5,7 +5,7 @@ sentence."""
 from typing import Dict, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .projected import ProjectedAttention
 
@@ -29,19 +29,28 @@ class HeadwiseLinearAttention(ProjectedAttention):
     chunk: Optional[int] = None  # the chunk of the parallel path; None: the family's default
 
     def query_input(self, x: Tensor) -> Tensor:
-        """What the ops take as queries, [B, H, T, d]."""
-        return self.heads(self.q_proj, x)
+        """What the ops take as queries, [B * H, T, d]."""
+        return self.flat_heads(self.q_proj, x)
 
     def key_input(self, src: Tensor) -> Tensor:
-        """What the ops take as keys, [B, H, S, d]: projected keys here, mixed key features for MLK."""
-        return self.heads(self.k_proj, src)
+        """What the ops take as keys, [B * H, S, d]: projected keys here, mixed key features for MLK."""
+        return self.flat_heads(self.k_proj, src)
 
     def inputs(self, x: Tensor) -> Tuple[Tensor, ...]:
         """The causal ops' inputs, heads folded: q, k [B * H, T, dk], v [B * H, T, dv], then the family's own
         per-token inputs [B * H, T] (none here)."""
-        return _flat(self.query_input(x)), _flat(self.key_input(x)), _flat(self.heads(self.v_proj, x))
+        return self.query_input(x), self.key_input(x), self.flat_heads(self.v_proj, x)
+
+    def flat_heads(self, proj: nn.Module, x: Tensor) -> Tensor:
+        """[B, T, C] -> [B * H, T, d] through a projection; one view for a decoding step's single token."""
+        y = proj(x)
+        if y.size(1) == 1:
+            return y.view(y.size(0) * self.num_heads, 1, -1)
+        return _flat(self.split_heads(y))
 
     def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
+        if state is not None and x.size(1) == 1:
+            return self._step(x, pad, state)
         bsz, h = x.size(0), self.num_heads
         inputs = self.inputs(x)
         fpad = _flat_pad(pad, h)
@@ -49,37 +58,53 @@ class HeadwiseLinearAttention(ProjectedAttention):
             q, k, v = inputs
             out = self.family.read(q, self.family.memory(k, v, pad=fpad), x.dtype)
             return self.output(out.view(bsz, h, *out.shape[1:]), x.dtype)
-        prev, order = None, None
-        step = state is not None and x.size(1) == 1
+        prev = None
         if state is not None:
-            order = self.take_order(state, fused=step)  # a pending reorder: gathered by the fused step
-        if state is not None and self.state_keys[0] in state:
-            prev = tuple(_flat(state[key]) for key in self.state_keys)
-            prev = prev[0] if len(prev) == 1 else prev
-        if step:
-            rows = None if order is None else \
-                (order.view(-1, 1) * h + torch.arange(h, device=order.device)).view(-1)  # heads are rows
-            out, new = self.family.causal_step(*(t[:, 0] for t in inputs), state=prev,
-                                               pad=None if fpad is None else fpad[:, 0], order=rows)
-            out = out.unsqueeze(1)
-        else:
-            chunk = {} if self.chunk is None else {"chunk": self.chunk}
-            out, new = self.family.causal_parallel(*inputs, state=prev, pad=fpad, **chunk)
+            self.take_order(state, fused=False)  # a pending reorder is applied before a prompt reads the state
+            prev = self._state_rows(state)
+        chunk = {} if self.chunk is None else {"chunk": self.chunk}
+        out, new = self.family.causal_parallel(*inputs, state=prev, pad=fpad, **chunk)
         if state is not None:
-            for key, value in zip(self.state_keys, new if isinstance(new, tuple) else (new,)):
-                state[key] = value.view(bsz, h, *value.shape[1:])
+            self._keep_state(state, new, bsz)
         return self.output(out.view(bsz, h, *out.shape[1:]), x.dtype)
+
+    def _step(self, x: Tensor, pad: Optional[Tensor], state: Dict[str, Tensor]) -> Tensor:
+        """One decoding token: the family's step on [B * H, ...] rows, with as few operations around it as may be
+        (on the CPU each costs microseconds of dispatch, whatever its size: tens of them per layer and token)."""
+        bsz, h = x.size(0), self.num_heads
+        order = self.take_order(state, fused=True)  # a pending reorder: gathered by the fused step
+        rows = None if order is None else \
+            (order.view(-1, 1) * h + torch.arange(h, device=order.device)).view(-1)  # heads are rows
+        out, new = self.family.causal_step(*(t.select(1, 0) for t in self.inputs(x)), state=self._state_rows(state),
+                                          pad=None if pad is None else pad[:, 0].repeat_interleave(h), order=rows)
+        self._keep_state(state, new, bsz)
+        out = out.view(bsz, 1, -1)
+        return self.out_proj(out if out.dtype == x.dtype else out.to(x.dtype))
+
+    def _state_rows(self, state: Dict[str, Tensor]):
+        """The state kept in `state` ([B, H, ...] entries; B the rows before a pending reorder) as the ops take it,
+        [B * H, ...]; None before the first token."""
+        if self.state_keys[0] not in state:
+            return None
+        if len(self.state_keys) == 1:
+            return state[self.state_keys[0]].flatten(0, 1)
+        return tuple(state[key].flatten(0, 1) for key in self.state_keys)
+
+    def _keep_state(self, state: Dict[str, Tensor], new, bsz: int) -> None:
+        for key, value in zip(self.state_keys, new if isinstance(new, tuple) else (new,)):
+            state[key] = value.view(bsz, -1, *value.shape[1:])
 
     def attend_cross(self, x: Tensor, src: Tensor, src_pad: Optional[Tensor],
                      state: Optional[Dict[str, Tensor]]) -> Tensor:
         h = self.num_heads
 
         def build(s: Tensor, s_pad: Optional[Tensor]) -> Tuple[Tensor]:
-            k, v = _flat(self.key_input(s)), _flat(self.heads(self.v_proj, s))
+            k, v = self.key_input(s), self.flat_heads(self.v_proj, s)
             mem = self.family.memory(k, v, pad=_flat_pad(s_pad, h))
             return (mem.view(s.size(0), h, *mem.shape[1:]),)
 
         mem, = self.static_memory(state, "memory", src, src_pad, build)
-        q = self.fold(self.query_input(x), mem.size(0))
+        q = self.query_input(x)
+        q = self.fold(q.view(x.size(0), h, *q.shape[1:]), mem.size(0))
         out = self.family.read(_flat(q), _flat(mem), x.dtype)
         return self.output(self.unfold(out.view(mem.size(0), h, *out.shape[1:]), x.size(0)), x.dtype)

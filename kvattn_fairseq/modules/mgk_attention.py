@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..ops import linear as lops
 from ..ops import mgk as ops
 from ..ops import softmax_kv
-from .headwise_linear import HeadwiseLinearAttention
+from .headwise_linear import HeadwiseLinearAttention, _flat
 from .projected import ProjectedAttention
 from .registry import (AttentionConfigError, AttentionSite, KindOption, bounded_int, choice, positive_float_list,
                        positive_int, register_attention_kind)
@@ -209,12 +209,12 @@ class MLKAttention(HeadwiseLinearAttention):
     lazy_reorder = True  # its step runs on kernels/step.py, which gathers by a pending reorder
 
     def query_input(self, x: Tensor) -> Tensor:
-        return lops.feature_map(self.heads(self.q_proj, x))
+        return lops.feature_map(self.flat_heads(self.q_proj, x))
 
     def key_input(self, src: Tensor) -> Tensor:
         keys = torch.stack([self.heads(p, src) for p in (self.k_proj, *self.k_projs)], dim=3)  # [B, H, S, M, d]
         pi = self.mixture.pi().to(keys.device)[None, :, None, :]
-        return ops.mixed_key_features(keys, pi)
+        return _flat(ops.mixed_key_features(keys, pi))
 
 
 def inv_var_scales(text: str):

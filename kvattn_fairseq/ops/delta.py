@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import kernels
-from .linear_scan import acc_dtype
+from .linear_scan import acc_dtype, as_dtype
 
 DEFAULT_CHUNK = 64
 
@@ -51,11 +51,11 @@ def causal_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, state: Optiona
     if order is not None and state is not None:
         state = state.index_select(0, order)
     acc = acc_dtype(k)
-    q, k, v, beta = q.to(acc), k.to(acc), v.to(acc), beta.to(acc)
+    q, k, v, beta = as_dtype(q, acc), as_dtype(k, acc), as_dtype(v, acc), as_dtype(beta, acc)
     k, beta = _masked(k, beta, pad)
     if state is None:
         state = torch.zeros(k.size(0), k.size(1), v.size(1), dtype=acc, device=k.device)
-    state = state.to(acc)
+    state = as_dtype(state, acc)
     u = beta.unsqueeze(1) * (v - torch.bmm(k.unsqueeze(1), state).squeeze(1))
     state = torch.addcmul(state, k.unsqueeze(2), u.unsqueeze(1))
     return torch.bmm(q.unsqueeze(1), state).squeeze(1), state

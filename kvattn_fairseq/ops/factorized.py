@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .linear_scan import acc_dtype
+from .linear_scan import acc_dtype, as_dtype
 
 DEFAULT_CHUNK = 32
 NEG_INF = float("-inf")
@@ -23,7 +23,7 @@ State = Tuple[Tensor, Tensor, Tensor]  # (N [B, dk, dv], Z [B, dk], m [B, dk]); 
 
 
 def query_features(q: Tensor) -> Tensor:
-    return torch.softmax(q.to(acc_dtype(q)), dim=-1)
+    return torch.softmax(as_dtype(q, acc_dtype(q)), dim=-1)
 
 
 def _mask_keys(k: Tensor, pad: Optional[Tensor]) -> Tensor:
@@ -33,7 +33,7 @@ def _mask_keys(k: Tensor, pad: Optional[Tensor]) -> Tensor:
 
 def _finite(m: Tensor) -> Tensor:
     """m with -inf (no key seen yet) replaced by 0, so that exp(x - m) never computes -inf - -inf."""
-    return torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    return torch.where(torch.isinf(m), 0.0, m)
 
 
 def memory(k: Tensor, v: Tensor, *, pad: Optional[Tensor] = None) -> Tensor:
@@ -56,7 +56,7 @@ def causal_step(q: Tensor, k: Tensor, v: Tensor, *, state: Optional[State] = Non
     """One position: q, k [B, dk], v [B, dv], pad [B] -> out [B, dv] and the new state; `order` [B]: row b continues
     state row order[b] (a search's reorder not yet applied)."""
     acc = acc_dtype(k)
-    k, v = k.to(acc), v.to(acc)
+    k, v = as_dtype(k, acc), as_dtype(v, acc)
     if state is not None and order is not None:
         state = tuple(t.index_select(0, order) for t in state)
     if state is None:
@@ -64,8 +64,9 @@ def causal_step(q: Tensor, k: Tensor, v: Tensor, *, state: Optional[State] = Non
         state = (k.new_zeros(bsz, dk, v.size(-1)), k.new_zeros(bsz, dk), k.new_full((bsz, dk), NEG_INF))
     num, den, m = state
     m_new = torch.maximum(m, k)
-    decay = torch.exp(m - _finite(m_new))
-    w = torch.exp(k - _finite(m_new))
+    shift = _finite(m_new)
+    decay = torch.exp(m - shift)
+    w = torch.exp(k - shift)
     new = (num * decay.unsqueeze(-1) + w.unsqueeze(-1) * v.unsqueeze(1), den * decay + w, m_new)
     if pad is not None:
         keep = (~pad).view(-1, 1)

@@ -14,20 +14,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import kernels
-from .linear_scan import DEFAULT_CHUNK, acc_dtype, causal_dot_product, dot_product_step
+from .linear_scan import DEFAULT_CHUNK, acc_dtype, as_dtype, causal_dot_product, dot_product_step
 
 EPS = 1e-6
 
 
 def feature_map(x: Tensor) -> Tensor:
-    return F.elu(x.to(acc_dtype(x))) + 1.0
+    return F.elu(as_dtype(x, acc_dtype(x))) + 1.0
 
 
 def _values_with_ones(fk: Tensor, v: Tensor, pad: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     if pad is not None:
         fk = fk.masked_fill(pad.unsqueeze(-1), 0.0)
-    ones = torch.ones_like(v[..., :1], dtype=fk.dtype)
-    return fk, torch.cat([v.to(fk.dtype), ones], dim=-1)
+    return fk, F.pad(as_dtype(v, fk.dtype), (0, 1), value=1.0)  # [v, 1]
 
 
 def _normalise(num_den: Tensor) -> Tensor:
@@ -70,6 +69,11 @@ def causal_step_features(fq: Tensor, fk: Tensor, v: Tensor, *, state: Optional[T
     """phi(q), phi(k) [N, dk], v [N, dv] -> (out [N, dv], state [N, dk, dv + 1]), fp32."""
     if kernels.fused_step(fk):
         return _fused_step(fq, fk, v, state, pad, False, order)
+    return _step_features(fq, fk, v, state, pad, order)
+
+
+def _step_features(fq: Tensor, fk: Tensor, v: Tensor, state: Optional[Tensor], pad: Optional[Tensor],
+                   order: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     if order is not None and state is not None:
         state = state.index_select(0, order)
     fk, va = _values_with_ones(fk, v, pad)
@@ -98,7 +102,7 @@ def causal_step(q: Tensor, k: Tensor, v: Tensor, *, state: Optional[Tensor] = No
                 order: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     if kernels.fused_step(k):
         return _fused_step(q, k, v, state, pad, True, order)  # elu + 1 inside the kernel
-    return causal_step_features(feature_map(q), feature_map(k), v, state=state, pad=pad, order=order)
+    return _step_features(feature_map(q), feature_map(k), v, state, pad, order)
 
 
 def reference(q: Tensor, k: Tensor, v: Tensor, *, pad: Optional[Tensor] = None, causal: bool = False) -> Tensor:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import kernels
-from .linear_scan import DEFAULT_CHUNK, acc_dtype as _acc_dtype, causal_dot_product, dot_product_step
+from .linear_scan import DEFAULT_CHUNK, acc_dtype as _acc_dtype, as_dtype, causal_dot_product, dot_product_step
 
 State = Tuple[Tensor, Tensor]  # (S [B, k, d] fp32 unscaled running sum, count [B] int64)
 
@@ -28,7 +28,8 @@ State = Tuple[Tensor, Tensor]  # (S [B, k, d] fp32 unscaled running sum, count [
 def slot_distribution(logits: Tensor, num_heads: int, dropout_p: float = 0.0, training: bool = False) -> Tensor:
     """The lightweight multi-head read: [..., h*k] logits -> mean over heads of softmax over the k slots."""
     shape = logits.shape
-    probs = torch.softmax(logits.view(*shape[:-1], num_heads, shape[-1] // num_heads).to(_acc_dtype(logits)), dim=-1)
+    probs = torch.softmax(as_dtype(logits.view(*shape[:-1], num_heads, shape[-1] // num_heads), _acc_dtype(logits)),
+                          dim=-1)
     if dropout_p > 0.0 and training:
         probs = F.dropout(probs, p=dropout_p, training=True)
     return probs.mean(dim=-2)
@@ -64,19 +65,25 @@ def causal_step(p: Tensor, a: Tensor, u: Tensor, *, state: Optional[State] = Non
     fused = kernels.fused_step(a)
     if order is not None and s is not None and not fused:
         s = s.index_select(0, order)
-    step = torch.ones_like(a[:, 0], dtype=torch.long) if pad is None else (~pad).long()
-    count = step if count is None else count + step
+    if pad is None:  # every row counts this token: the count is at least 1
+        keep = None
+        count = torch.ones(a.size(0), dtype=torch.long, device=a.device) if count is None else count + 1
+        scale = count
+    else:
+        keep = (~pad).long()
+        count = keep if count is None else count + keep
+        scale = count.clamp(min=1)
     if fused:
         from ..kernels import step as kernel
 
-        out, s = kernel.dot_product_step(p, a, u, s, keep=None if pad is None else step.float(),
-                                         scale=count.clamp(min=1).float().rsqrt(), order=order)
-        return out.to(u.dtype), (s, count)
+        out, s = kernel.dot_product_step(p, a, u, s, keep=None if keep is None else keep.float(),
+                                         scale=scale.float().rsqrt(), order=order)
+        return as_dtype(out, u.dtype), (s, count)
     if pad is not None:
         a = a.masked_fill(pad.unsqueeze(-1), 0.0)
     out, s = dot_product_step(p, a, u, state=s)
-    out = out * count.clamp(min=1).to(out.dtype).rsqrt().unsqueeze(1)
-    return out.to(u.dtype), (s, count)
+    out = out * scale.to(out.dtype).rsqrt().unsqueeze(1)
+    return as_dtype(out, u.dtype), (s, count)
 
 
 def causal_parallel(p: Tensor, a: Tensor, u: Tensor, *, state: Optional[State] = None, pad: Optional[Tensor] = None,
