@@ -63,6 +63,21 @@ def test_modes_are_read_at_each_call_and_checked(monkeypatch):
         kernels.mode()
 
 
+def test_the_path_is_chosen_in_one_place(monkeypatch):
+    """kernels.fused_step / fused_chunk decide for every op: fp64 always on the PyTorch ops, fla's delta rule for
+    half precision only, no chunked kernel for a family without one."""
+    monkeypatch.setenv("KVATTN_KERNELS", "interpret")
+    assert kernels.fused_step(torch.zeros(1)) and not kernels.fused_step(torch.zeros(1, dtype=torch.float64))
+    monkeypatch.setattr(kernels, "fla_ok", lambda t: True)
+    half, single = torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1)
+    assert kernels.fused_chunk("linear", single) and kernels.fused_chunk("linear", half)
+    assert kernels.fused_chunk("delta", half) and not kernels.fused_chunk("delta", single)
+    assert not kernels.fused_chunk("factorized", single)
+    assert not kernels.fused_chunk("linear", torch.zeros(1, dtype=torch.float64))
+    monkeypatch.setenv("KVATTN_KERNELS", "torch")
+    assert not kernels.fused_step(single)
+
+
 # --- the decoding steps --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -73,11 +88,11 @@ def test_linear_step_kernel_equals_the_pytorch_step(device, dtype, monkeypatch):
     state = rand(n, dk, dv + 1, seed=5, device=device).abs()
     for s, p in ((None, None), (state, None), (state, pad)):
         torch_only(monkeypatch)
-        want = lops.causal_step(q, k, v, s, p)
-        want_features = lops.causal_step_features(lops.feature_map(q), lops.feature_map(k), v, s, p)
+        want = lops.causal_step(q, k, v, state=s, pad=p)
+        want_features = lops.causal_step_features(lops.feature_map(q), lops.feature_map(k), v, state=s, pad=p)
         monkeypatch.setenv("KVATTN_KERNELS", "auto" if CUDA else "interpret")
-        got = lops.causal_step(q, k, v, s, p)
-        got_features = lops.causal_step_features(lops.feature_map(q), lops.feature_map(k), v, s, p)
+        got = lops.causal_step(q, k, v, state=s, pad=p)
+        got_features = lops.causal_step_features(lops.feature_map(q), lops.feature_map(k), v, state=s, pad=p)
         for a, b in zip(got + got_features, want + want_features):
             assert a.dtype == b.dtype == torch.float32
             torch.testing.assert_close(a, b, **TOL)
@@ -92,9 +107,9 @@ def test_memsizer_step_kernel_equals_the_pytorch_step(device, monkeypatch):
     state = None
     for step in range(4):
         torch_only(monkeypatch)
-        want, want_state = mops.causal_step(p, a, u, state, pad if step % 2 else None)
+        want, want_state = mops.causal_step(p, a, u, state=state, pad=pad if step % 2 else None)
         monkeypatch.setenv("KVATTN_KERNELS", "auto" if CUDA else "interpret")
-        got, state = mops.causal_step(p, a, u, state, pad if step % 2 else None)
+        got, state = mops.causal_step(p, a, u, state=state, pad=pad if step % 2 else None)
         assert got.dtype == want.dtype == torch.float16
         torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
         torch.testing.assert_close(state[0], want_state[0], **TOL)
@@ -133,9 +148,9 @@ def test_delta_step_kernel_equals_the_pytorch_step(device, monkeypatch):
     state, order = rand(n, dk, dv, seed=5, device=device), torch.tensor([4, 4, 0, 2, 1], device=device)
     for s, p, o in ((None, None, None), (state, pad, None), (state, None, order)):
         torch_only(monkeypatch)
-        want = dops.causal_step(q, k, v, beta, s, p, o)
+        want = dops.causal_step(q, k, v, beta, state=s, pad=p, order=o)
         monkeypatch.setenv("KVATTN_KERNELS", "auto" if CUDA else "interpret")
-        got = dops.causal_step(q, k, v, beta, s, p, o)
+        got = dops.causal_step(q, k, v, beta, state=s, pad=p, order=o)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, **TOL)
 
@@ -239,7 +254,8 @@ def test_chunked_kernel_glue_equals_the_pytorch_prefix_product(device, fla_glue,
     n, t, dk, dv = 3, 37, 5, 7  # a key narrower than the kernel's smallest tile, a length off the chunk grid
     q, k, v = (rand(n, t, d, seed=i, device=device) for i, d in enumerate((dk, dk, dv)))
     s0 = rand(n, dk, dv, seed=4, device=device)
-    (want, want_g), (got, got_g) = _both(monkeypatch, linear_scan.causal_dot_product, q, k, v, s0)
+    (want, want_g), (got, got_g) = _both(monkeypatch, lambda q_, k_, v_, s_: linear_scan.causal_dot_product(
+        q_, k_, v_, state=s_), q, k, v, s0)
     for a, b in zip(got + got_g, want + want_g):
         torch.testing.assert_close(a, b, **FLA_TOL)
 
@@ -251,14 +267,14 @@ def test_linear_and_memsizer_training_paths_through_fla(device, fla_glue, monkey
     pad[1, -7:] = True
     q, k, v = (rand(bsz, t, d, seed=i, device=device) for i, d in enumerate((dk, dk, dv)))
     state = rand(bsz, dk, dv + 1, seed=9, device=device).abs()
-    (want, want_g), (got, got_g) = _both(monkeypatch, lambda q_, k_, v_, s_: lops.causal_parallel(q_, k_, v_, pad, s_),
-                                         q, k, v, state)
+    (want, want_g), (got, got_g) = _both(monkeypatch, lambda q_, k_, v_, s_: lops.causal_parallel(
+        q_, k_, v_, state=s_, pad=pad), q, k, v, state)
     for a, b in zip(got + got_g, want + want_g):
         torch.testing.assert_close(a, b, **FLA_TOL)
     p = torch.softmax(rand(bsz, t, 4, seed=11, device=device), -1)
     a, u = rand(bsz, t, 4, seed=12, device=device), rand(bsz, t, 10, seed=13, device=device)
     (want, want_g), (got, got_g) = _both(
-        monkeypatch, lambda *x: mops.causal_parallel(*x, pad=pad, return_state=True)[0], p, a, u)
+        monkeypatch, lambda *x: mops.causal_parallel(*x, pad=pad)[0], p, a, u)
     for x, y in zip(got + got_g, want + want_g):
         torch.testing.assert_close(x, y, **FLA_TOL)
 
@@ -337,10 +353,10 @@ def test_delta_training_path_through_fla(device, monkeypatch):
     pad = torch.zeros(n, t, dtype=torch.bool, device=device)
     pad[2, -6:] = True
     state = rand(n, dk, dv, seed=5, device=device) * 0.1
-    got = dops.causal_chunked(q, k, v, beta, pad, state)
+    got = dops.causal_parallel(q, k, v, beta, state=state, pad=pad)
     torch_only(monkeypatch)
     monkeypatch.setattr(kernels, "fla_ok", lambda t: False)
-    want = dops.causal_chunked(q.bfloat16().float(), k.bfloat16().float(), v, beta, pad, state)
+    want = dops.causal_parallel(q.bfloat16().float(), k.bfloat16().float(), v, beta, state=state, pad=pad)
     for a, b in zip(got, want):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
