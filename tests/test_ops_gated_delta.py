@@ -97,7 +97,7 @@ def test_without_decay_it_is_the_delta_rule():
     q, k, v, beta, g = inputs(seed=3)
     pad = pads(3, 29)[1]
     got = ops.causal_parallel(q, k, v, beta, torch.zeros_like(g), pad=pad, chunk=8)
-    want = delta_ops.causal_chunked(q, k, v, beta, pad, chunk=8)
+    want = delta_ops.causal_parallel(q, k, v, beta, pad=pad, chunk=8)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, **TOL)
 
