@@ -76,7 +76,7 @@ tag=$("$PY" -c 'import sys, torch; v = torch.__version__.split("+")[0]; print("c
 
 if [ $OFFLINE = 0 ]; then
   WHEELHOUSE=.cache/wheelhouse-${tag%%-*}
-  if [ ! -f "$WHEELHOUSE/manifest.json" ] || [ setup.py -nt "$WHEELHOUSE/manifest.json" ] \
+  if [ ! -f "$WHEELHOUSE/manifest.json" ] || [ pyproject.toml -nt "$WHEELHOUSE/manifest.json" ] \
       || [ scripts/wheelhouse.py -nt "$WHEELHOUSE/manifest.json" ]; then
     say "downloading the wheelhouse $WHEELHOUSE"
     # A CPU build of torch brings no triton: carry it, so that the tests run the plugin's Triton kernels in

@@ -41,6 +41,7 @@ def _configs():
                                       "--cross-attention-type", "mlk", "--mgk-pi", "clamp", "--mgk-head-dim", "8"),
     })
     # per-layer plans: constant-state and softmax layers side by side, each with its own state and reordering
+    enc_dec["gated-delta-hybrid-plan"] = ("kvattn_transformer_tiny", "--decoder-attention-type", "gated_delta,softmax")
     enc_dec["hybrid-plan"] = ("kvattn_transformer_tiny", "--encoder-attention-type", "memsizer,softmax",
                               "--decoder-attention-type", "linear,softmax", "--cross-attention-type", "memsizer,softmax",
                               "--memsizer-cross-slots", "5")
@@ -56,7 +57,11 @@ def _configs():
                                           "window*2,linear", "--attention-window", "4"),
           # the delta rule beside a window and a softmax layer, each layer with its own state
           "delta-plan-lm": ("kvattn_lm_tiny", "--decoder-layers", "3", "--decoder-attention-type",
-                            "window_delta,delta,softmax", "--attention-window", "4")}
+                            "window_delta,delta,softmax", "--attention-window", "4"),
+          # gated delta layers (one with a shorter convolution) beside a window and a softmax layer
+          "gated-delta-plan-lm": ("kvattn_lm_tiny", "--decoder-layers", "3", "--decoder-attention-type",
+                                  "window_gated_delta,gated_delta,softmax", "--attention-window", "4",
+                                  "--short-conv", "2")}
     for name, kind in ATTENTION_KINDS.items():
         flags = [f for p in kind.positions for f in (POSITION_FLAGS[p], name)]
         enc_dec[name] = ("kvattn_transformer_tiny", *flags)

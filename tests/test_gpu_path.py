@@ -33,7 +33,7 @@ def run(*cmd, env_extra=None, timeout=1200):
 def house(tmp_path_factory):
     """This Python's wheelhouse: the one `make setup` downloaded minutes ago if it is current, else a new one."""
     cached = ROOT / ".cache" / f"wheelhouse-cp{PYVER.replace('.', '')}" / "manifest.json"
-    newest = max((ROOT / "setup.py").stat().st_mtime, (ROOT / "scripts" / "wheelhouse.py").stat().st_mtime)
+    newest = max((ROOT / "pyproject.toml").stat().st_mtime, (ROOT / "scripts" / "wheelhouse.py").stat().st_mtime)
     if cached.is_file() and cached.stat().st_mtime > newest:
         return cached.parent
     out = tmp_path_factory.mktemp("wh") / "house"
@@ -62,12 +62,12 @@ def test_wheelhouse_holds_every_requirement_but_torch(house):
     carried = {f"triton-{manifest['triton']}-"} if manifest.get("triton") else set()
     assert not [n for n in files if re.match(r"(torch|triton|nvidia)[-_]", n) and not n.startswith("torchaudio")
                 and not any(n.startswith(c) for c in carried)]
-    # fairseq as source, pinned as setup.py pins it; its own and its build requirements resolved
+    # fairseq as source, pinned as pyproject.toml pins it; its own and its build requirements resolved
     sdist = house / manifest["fairseq"]["sdist"]
     assert sdist.name.endswith(".tar.gz") and manifest["fairseq"]["requirement"].split("==")[1] in sdist.name
     runtime, build = wheelhouse.sdist_metadata(str(sdist))
     resolved = {wheelhouse.canon(n) for n in manifest["resolved"]}
-    needed = (_names(wheelhouse.setup_py_requirements()) | _names(runtime) | _names(build)) - {"torch"}
+    needed = (_names(wheelhouse.project_requirements()) | _names(runtime) | _names(build)) - {"torch"}
     needed -= {wheelhouse.canon(manifest["fairseq"]["requirement"].split("==")[0])}
     assert needed <= resolved, needed - resolved
     wheels = [n for n in files if n.endswith(".whl")]

@@ -64,7 +64,7 @@ def installed(tmp_path_factory):
     src = root / "src"
     shutil.copytree(REPO / "kvattn_fairseq", src / "kvattn_fairseq",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for name in ("setup.py", "README.md"):
+    for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     site = root / "site"
     proc = run_command([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
@@ -90,8 +90,8 @@ def test_tiny_table_runs_from_an_installed_package(work, installed, tmp_path):
 
 
 def test_console_script_of_the_installed_package(installed):
-    """setup.py's `kvattn-fairseq` entry point (kvattn_fairseq.commands:main); importing kvattn_fairseq.__main__ runs
-    nothing."""
+    """pyproject.toml's `kvattn-fairseq` entry point (kvattn_fairseq.commands:main); importing
+    kvattn_fairseq.__main__ runs nothing."""
     env = dict(os.environ, PYTHONPATH=str(installed), PYTHONWARNINGS="ignore")
     proc = run_command([sys.executable, str(installed / "bin" / "kvattn-fairseq"), "--user-dir"], env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == str(installed / "kvattn_fairseq"), proc.stderr[-2000:]

@@ -16,6 +16,7 @@ every fairseq tool given --user-dir in one line before any work):
 """
 import functools
 import os
+from typing import Dict, Tuple
 
 import torch
 
@@ -79,3 +80,25 @@ def sdpa_ok(t: torch.Tensor) -> bool:
     """Whether torch's fused scaled-dot-product attention replaces the unfused PyTorch form (CUDA only: on the CPU
     the unfused form stays the reference the tests compare everything with)."""
     return t.is_cuda and mode() != "torch"
+
+
+# --- the one place where an op's path is chosen ---------------------------------------------------------------------
+# fp64 always takes the PyTorch ops (the references' dtype, and gradcheck's).  Which inputs each family's fla kernel
+# takes (fla's delta rule: half precision only); a family absent here has no chunked kernel.
+FLA_DTYPES: Dict[str, Tuple[torch.dtype, ...]] = {
+    "linear": (torch.float32, torch.float16, torch.bfloat16),  # linear attention, MemSizer: kernels/chunked.py
+    "delta": (torch.float16, torch.bfloat16),
+}
+
+
+def fused_step(t: torch.Tensor) -> bool:
+    """Whether a decoding step on tensors like `t` runs as one of the plugin's Triton launches (kernels/step.py,
+    kernels/window_step.py) rather than the PyTorch ops; the ops gather a search's pending reorder then, and the
+    modules record reorders instead of applying them (modules/base.py)."""
+    return t.dtype != torch.float64 and triton_ok(t)
+
+
+def fused_chunk(family: str, t: torch.Tensor) -> bool:
+    """Whether a chunked pass (training, prefill) of `family` on inputs like `t` runs through fla's kernels
+    (kernels/chunked.py) rather than the PyTorch chunked ops."""
+    return t.dtype in FLA_DTYPES.get(family, ()) and fla_ok(t)

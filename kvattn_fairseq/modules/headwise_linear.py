@@ -1,10 +1,11 @@
-"""The plumbing every head-wise linear kind shares (factorized, linear, MLK): heads flattened into the batch for the
-torch-only ops, the decoding state kept as [B, H, ...] so that fairseq's reorder (index_select on dim 0) selects
-hypotheses, and the cross-attention memory built once per source sentence."""
-from typing import Dict, Optional
+"""The one causal path of the head-wise recurrent kinds (linear, factorized, MLK, delta): heads folded into the
+batch for the ops (the contract in ops/__init__.py), the decoding state kept as [B, H, ...] so that fairseq's
+reorder (index_select on dim 0) selects hypotheses, and the cross-attention memory built once per source
+sentence."""
+from typing import Dict, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .projected import ProjectedAttention
 
@@ -19,62 +20,91 @@ def _flat_pad(pad: Optional[Tensor], heads: int) -> Optional[Tensor]:
 
 
 class HeadwiseLinearAttention(ProjectedAttention):
-    """A kind implements `_memory`, `_read` and `_causal` on [B * H, ...] tensors and names its state tensors in
-    `state_keys`."""
+    """A kind names its ops in `family` (an ops module, or a namespace of the same functions: causal_parallel,
+    causal_step, and memory and read where it has a non-causal form), its state tensors in `state_keys`, and what
+    the ops take in `query_input`, `key_input` or, with per-token inputs beside q, k, v, `inputs`."""
 
-    state_keys = ()
+    family = None
+    state_keys: Tuple[str, ...] = ()
+    chunk: Optional[int] = None  # the chunk of the parallel path; None: the family's default
+
+    def query_input(self, x: Tensor) -> Tensor:
+        """What the ops take as queries, [B * H, T, d]."""
+        return self.flat_heads(self.q_proj, x)
 
     def key_input(self, src: Tensor) -> Tensor:
-        """What the ops take as keys, [B, H, S, d]: projected keys here, mixed key features for MLK."""
-        return self.heads(self.k_proj, src)
+        """What the ops take as keys, [B * H, S, d]: projected keys here, mixed key features for MLK."""
+        return self.flat_heads(self.k_proj, src)
 
-    def _memory(self, k: Tensor, v: Tensor, pad: Optional[Tensor]) -> Tensor:
-        raise NotImplementedError
+    def inputs(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """The causal ops' inputs, heads folded: q, k [B * H, T, dk], v [B * H, T, dv], then the family's own
+        per-token inputs [B * H, T] (none here)."""
+        return self.query_input(x), self.key_input(x), self.flat_heads(self.v_proj, x)
 
-    def _read(self, q: Tensor, mem: Tensor, dtype) -> Tensor:
-        raise NotImplementedError
-
-    def _causal(self, q, k, v, pad, state, step: bool):
-        raise NotImplementedError
+    def flat_heads(self, proj: nn.Module, x: Tensor) -> Tensor:
+        """[B, T, C] -> [B * H, T, d] through a projection; one view for a decoding step's single token."""
+        y = proj(x)
+        if y.size(1) == 1:
+            return y.view(y.size(0) * self.num_heads, 1, -1)
+        return _flat(self.split_heads(y))
 
     def attend_self(self, x: Tensor, pad: Optional[Tensor], state: Optional[Dict[str, Tensor]]) -> Tensor:
+        if state is not None and x.size(1) == 1:
+            return self._step(x, pad, state)
         bsz, h = x.size(0), self.num_heads
-        q, k, v = _flat(self.heads(self.q_proj, x)), _flat(self.key_input(x)), _flat(self.heads(self.v_proj, x))
+        inputs = self.inputs(x)
         fpad = _flat_pad(pad, h)
         if not self.causal:
-            out = self._read(q, self._memory(k, v, fpad), x.dtype)
-        else:
-            prev, order = None, None
-            step = state is not None and x.size(1) == 1
-            if state is not None:
-                order = self.take_order(state, fused=step)  # a pending reorder: gathered by the fused step
-            if state is not None and self.state_keys[0] in state:
-                prev = tuple(_flat(state[key]) for key in self.state_keys)
-                prev = prev[0] if len(prev) == 1 else prev
-            if step:
-                rows = None if order is None else \
-                    (order.view(-1, 1) * h + torch.arange(h, device=order.device)).view(-1)  # heads are rows
-                extra = {} if rows is None else {"order": rows}
-                out, new = self._causal(q[:, 0], k[:, 0], v[:, 0], None if fpad is None else fpad[:, 0], prev,
-                                        step=True, **extra)
-                out = out.unsqueeze(1)
-            else:
-                out, new = self._causal(q, k, v, fpad, prev, step=False)
-            if state is not None:
-                for key, value in zip(self.state_keys, new if isinstance(new, tuple) else (new,)):
-                    state[key] = value.view(bsz, h, *value.shape[1:])
+            q, k, v = inputs
+            out = self.family.read(q, self.family.memory(k, v, pad=fpad), x.dtype)
+            return self.output(out.view(bsz, h, *out.shape[1:]), x.dtype)
+        prev = None
+        if state is not None:
+            self.take_order(state, fused=False)  # a pending reorder is applied before a prompt reads the state
+            prev = self._state_rows(state)
+        chunk = {} if self.chunk is None else {"chunk": self.chunk}
+        out, new = self.family.causal_parallel(*inputs, state=prev, pad=fpad, **chunk)
+        if state is not None:
+            self._keep_state(state, new, bsz)
         return self.output(out.view(bsz, h, *out.shape[1:]), x.dtype)
+
+    def _step(self, x: Tensor, pad: Optional[Tensor], state: Dict[str, Tensor]) -> Tensor:
+        """One decoding token: the family's step on [B * H, ...] rows, with as few operations around it as may be
+        (on the CPU each costs microseconds of dispatch, whatever its size: tens of them per layer and token)."""
+        bsz, h = x.size(0), self.num_heads
+        order = self.take_order(state, fused=True)  # a pending reorder: gathered by the fused step
+        rows = None if order is None else \
+            (order.view(-1, 1) * h + torch.arange(h, device=order.device)).view(-1)  # heads are rows
+        out, new = self.family.causal_step(*(t.select(1, 0) for t in self.inputs(x)), state=self._state_rows(state),
+                                          pad=None if pad is None else pad[:, 0].repeat_interleave(h), order=rows)
+        self._keep_state(state, new, bsz)
+        out = out.view(bsz, 1, -1)
+        return self.out_proj(out if out.dtype == x.dtype else out.to(x.dtype))
+
+    def _state_rows(self, state: Dict[str, Tensor]):
+        """The state kept in `state` ([B, H, ...] entries; B the rows before a pending reorder) as the ops take it,
+        [B * H, ...]; None before the first token."""
+        if self.state_keys[0] not in state:
+            return None
+        if len(self.state_keys) == 1:
+            return state[self.state_keys[0]].flatten(0, 1)
+        return tuple(state[key].flatten(0, 1) for key in self.state_keys)
+
+    def _keep_state(self, state: Dict[str, Tensor], new, bsz: int) -> None:
+        for key, value in zip(self.state_keys, new if isinstance(new, tuple) else (new,)):
+            state[key] = value.view(bsz, -1, *value.shape[1:])
 
     def attend_cross(self, x: Tensor, src: Tensor, src_pad: Optional[Tensor],
                      state: Optional[Dict[str, Tensor]]) -> Tensor:
         h = self.num_heads
 
-        def build(s: Tensor, s_pad: Optional[Tensor]) -> Tensor:
-            k, v = _flat(self.key_input(s)), _flat(self.heads(self.v_proj, s))
-            mem = self._memory(k, v, _flat_pad(s_pad, h))
+        def build(s: Tensor, s_pad: Optional[Tensor]) -> Tuple[Tensor]:
+            k, v = self.key_input(s), self.flat_heads(self.v_proj, s)
+            mem = self.family.memory(k, v, pad=_flat_pad(s_pad, h))
             return (mem.view(s.size(0), h, *mem.shape[1:]),)
 
         mem, = self.static_memory(state, "memory", src, src_pad, build)
-        q = self.fold(self.heads(self.q_proj, x), mem.size(0))
-        out = self._read(_flat(q), _flat(mem), x.dtype)
+        q = self.query_input(x)
+        q = self.fold(q.view(x.size(0), h, *q.shape[1:]), mem.size(0))
+        out = self.family.read(_flat(q), _flat(mem), x.dtype)
         return self.output(self.unfold(out.view(mem.size(0), h, *out.shape[1:]), x.size(0)), x.dtype)

@@ -9,36 +9,16 @@ from .registry import AttentionSite, register_attention_kind
 class FactorizedAttention(HeadwiseLinearAttention):
     """softmax over features for queries, softmax over positions for keys, keys x values first."""
 
+    family = fops
     state_keys = ("num", "den", "max")
-
-    def _memory(self, k, v, pad):
-        return fops.context(k, v, pad)
-
-    def _read(self, q, mem, dtype):
-        return fops.read(fops.query_features(q), mem, dtype)
-
-    def _causal(self, q, k, v, pad, state, step):
-        if step:
-            return fops.causal_step(q, k, v, state, pad)
-        return fops.causal_parallel(q, k, v, pad, state)
 
 
 class LinearAttention(HeadwiseLinearAttention):
     """phi(x) = elu(x) + 1 kernel attention."""
 
+    family = lops
     state_keys = ("kv_sum",)
     lazy_reorder = True  # its step runs on kernels/step.py, which gathers by a pending reorder
-
-    def _memory(self, k, v, pad):
-        return lops.memory(k, v, pad)
-
-    def _read(self, q, mem, dtype):
-        return lops.read(q, mem, dtype)
-
-    def _causal(self, q, k, v, pad, state, step, order=None):
-        if step:
-            return lops.causal_step(q, k, v, state, pad, order)
-        return lops.causal_parallel(q, k, v, pad, state)
 
 
 @register_attention_kind(

@@ -12,6 +12,7 @@ from ..evaluate.results import TRAIN_RECORD
 from ..util import proc
 from ..util.errors import OneLineError
 from ..util.io import add_made, adopt_writes, read_json, tracking_writes, write_atomic
+from .progress import Progress
 from .spine import Context, Step, in_process, now_utc
 
 SYNTHETIC_TINY = dict(train=300, valid=30, test=30, min_len=8, max_len=8)
@@ -73,8 +74,10 @@ def train_step(name: str, out: str, command, settings: Dict[str, Any], *, needs:
         write_atomic(record_path, json.dumps(record, indent=2) + "\n")
         for note in command.notes:
             ctx.say(f"{ctx.step.name}: # {note}")
+        progress = Progress(ctx.say, ctx.step.name, command.argv)  # the terminal's view; the log gets everything
         with tracking_writes(ctx.out, written_by_fairseq_train):  # the marker names each file fairseq-train makes
-            proc.run(command.argv, ctx.log, label=ctx.step.name, append=True, keep_output=False)
+            proc.run(command.argv, ctx.log, label=ctx.step.name, append=True, keep_output=False, echo=progress)
+        progress.finish()
         record["finished"] = now_utc()
         write_atomic(record_path, json.dumps(record, indent=2) + "\n")
 

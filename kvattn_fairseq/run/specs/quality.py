@@ -2,7 +2,7 @@
 documentation, data/cpython_docs.py), every kind at the same size and the same number of updates, scored by test
 perplexity and by the decoding state each hypothesis carries at 2048 tokens.
 
-    python -m kvattn_fairseq quality --out runs/quality                 # the README's table (hours on 2 CPU cores)
+    python -m kvattn_fairseq quality --out runs/quality                 # docs/quality/table.md (hours on 2 CPU cores)
     python -m kvattn_fairseq quality --out runs/quality-long --context 1024 --updates 500 --every 250
     python -m kvattn_fairseq quality --out /tmp/q --tiny                # the whole chain on a tiny model
 

@@ -2,7 +2,7 @@
 further back than the attention window, every kind trained the same way, scored by the accuracy of the recalled
 values (beyond the window, and overall) against the decoding state each hypothesis carries at the task's length.
 
-    python -m kvattn_fairseq recall --out runs/recall                 # the README's table (hours on 2 CPU cores)
+    python -m kvattn_fairseq recall --out runs/recall                 # docs/recall/table.md (hours on 2 CPU cores)
     python -m kvattn_fairseq recall --out /tmp/r --tiny               # the whole chain on a tiny model
 
 The data of every (pairs, length) setting is generated once (deterministic by seed) and binarized with
