@@ -328,3 +328,45 @@ def test_force_after_a_killed_and_resumed_run_removes_the_checkpoints_that_run_m
     Runner("toy", str(work)).run(steps(1))  # resumed: writes checkpoint_last.pt, not checkpoint_best.pt
     Runner("toy", str(work), force=True).run(steps(2))  # the killed run's checkpoint_best.pt is the tool's too
     assert sorted(os.listdir(work / "run")) == [".kvattn-made.json", "checkpoint_last.pt", "kvattn-train.json"]
+
+
+def test_jobs_run_concurrent_steps_side_by_side_and_a_failure_lets_the_others_finish(tmp_path):
+    """Two concurrent steps wait for each other (each starts only when it sees the other started), so they must run
+    at once; a step that is not concurrent runs alone after them; after a concurrent step fails, the one beside it
+    still finishes and is recorded, nothing new starts, and the failure is raised."""
+    import threading
+
+    started = {name: threading.Event() for name in ("a", "b", "c")}
+    order = []
+
+    def concurrent(name, other, fail=False):
+        def run(ctx):
+            started[name].set()
+            assert started[other].wait(timeout=30), f"{name} ran alone"
+            os.makedirs(ctx.out)
+            mark(ctx.out)
+            order.append(name)
+            if fail:
+                raise OneLineError(f"{name} failed")
+        return run
+
+    def alone(ctx):
+        order.append("alone")
+        open(ctx.out, "w").write("done\n")
+
+    steps = [Step("a", "a", {}, concurrent("a", "b"), concurrent=True),
+             Step("b", "b", {}, concurrent("b", "a"), concurrent=True),
+             Step("alone", "alone.txt", {}, alone, needs=("a", "b"))]
+    Runner("toy", str(tmp_path / "w"), flag="--out").run(steps, jobs=2)
+    assert sorted(order[:2]) == ["a", "b"] and order[2] == "alone"
+
+    for event in started.values():
+        event.clear()
+    order.clear()
+    steps = [Step("b", "b2", {}, concurrent("b", "c", fail=True), concurrent=True),
+             Step("c", "c", {}, concurrent("c", "b"), concurrent=True),
+             Step("after", "after.txt", {}, alone, needs=("b",))]
+    with pytest.raises(OneLineError, match="b failed"):
+        Runner("toy", str(tmp_path / "w2"), flag="--out").run(steps, jobs=2)
+    assert sorted(order) == ["b", "c"]  # "after" never started
+    assert json.load(open(tmp_path / "w2" / "steps" / "c.json"))["finished"]

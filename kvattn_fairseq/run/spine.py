@@ -19,7 +19,10 @@ results, a table) from its settings and the outputs of the steps it needs.  For 
   user's, a file changed since) unless --force is given; the work directory never lies inside, nor an output
   holds, an input it reads from outside;
 - every step's checks (its inputs, fairseq-train's own parsing of its command line) run before the first step;
-- each step is announced with the command that does it by hand; its output goes to WORK/logs/<output path>.log.
+- each step is announced with the command that does it by hand; its output goes to WORK/logs/<output path>.log;
+- with jobs > 1, up to that many `concurrent` steps (a tool in a subprocess, e.g. fairseq-train) run side by side
+  once what they need is done; every other step runs alone.  A failure starts nothing new; the steps already
+  running finish (their work is kept for the rerun), then the first failure is reported.
 """
 import hashlib
 import json
@@ -56,6 +59,8 @@ class Step:
     also: Tuple[str, ...] = ()                  # other files it writes (results.json, a plot): rules as for `out`
     sources: Dict[str, str] = field(default_factory=dict)  # {flag: absolute path} it reads from outside the work
     #                                             directory: their content is recorded, and a change is a change
+    concurrent: bool = False                    # its work is a subprocess writing only its output: it may run
+    #                                             beside other such steps (Runner.run's jobs)
 
     def files(self) -> Tuple[str, ...]:
         return (self.out, *self.also)
@@ -218,8 +223,9 @@ class Runner:
         return []
 
     # --- running ------------------------------------------------------------------------------------------------
-    def run(self, steps: Sequence[Step], *, title: str = "") -> Dict[str, str]:
-        """Plan, then run every step in order; returns each step's absolute output."""
+    def run(self, steps: Sequence[Step], *, title: str = "", jobs: int = 1) -> Dict[str, str]:
+        """Plan, then run every step in order (up to `jobs` concurrent steps at once); returns each step's absolute
+        output."""
         check_output_dir(self.work, self.flag)
         self._check_sources(steps)
         with work_lock(self.work, self.flag, note=self.say):
@@ -230,11 +236,48 @@ class Runner:
             if title:
                 self.say(f"{title}: {len(steps)} steps in {self.work}")
             self.say(f"plugin: {USER_DIR}")  # the code every step runs (an installed copy, a checkout)
-            outputs: Dict[str, str] = {}
-            for step in steps:
-                outputs[step.name] = self.out(step)
-                self._run_one(step, plan[step.name], outputs)
+            outputs = {step.name: self.out(step) for step in steps}
+            if jobs <= 1:
+                for step in steps:
+                    self._run_one(step, plan[step.name], outputs)
+            else:
+                self._run_side_by_side(steps, plan, outputs, jobs)
             return outputs
+
+    def _run_side_by_side(self, steps: Sequence[Step], plan: Dict[str, str], outputs: Dict[str, str],
+                          jobs: int) -> None:
+        """Steps in their order as soon as what they need is done: concurrent ones in up to `jobs` threads, the
+        others in this thread while nothing else runs (an in-process step owns the process's printed output)."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        pending, done, running = list(steps), set(), {}
+        failure: Optional[BaseException] = None
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            while running or (pending and failure is None):
+                ready = [s for s in pending if all(n in done for n in s.needs)] if failure is None else []
+                for step in [s for s in ready if s.concurrent][:jobs - len(running)]:
+                    running[pool.submit(self._run_one, step, plan[step.name], outputs)] = step
+                    pending.remove(step)
+                if not running:
+                    alone = next((s for s in ready if not s.concurrent), None)
+                    if alone is None:
+                        raise ValueError(f"steps {[s.name for s in pending]} wait for each other")  # a spec's bug
+                    self._run_one(alone, plan[alone.name], outputs)
+                    pending.remove(alone)
+                    done.add(alone.name)
+                    continue
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    step = running.pop(future)
+                    if future.exception() is None:
+                        done.add(step.name)
+                    elif failure is None:
+                        failure = future.exception()
+                        if running:
+                            self.say(f"{step.name} failed; waiting for {', '.join(s.name for s in running.values())} "
+                                     f"to finish (their work is kept)")
+        if failure is not None:
+            raise failure
 
     def _run_one(self, step: Step, what: str, outputs: Dict[str, str]) -> None:
         out = outputs[step.name]

@@ -82,7 +82,7 @@ def train_step(name: str, out: str, command, settings: Dict[str, Any], *, needs:
         write_atomic(record_path, json.dumps(record, indent=2) + "\n")
 
     return Step(name, out, settings, run, needs=tuple(needs), command=command.shell(), resumable=True,
-                check=command.check, sources=dict(sources or {}))
+                check=command.check, sources=dict(sources or {}), concurrent=True)
 
 
 def evaluate_step(name: str, out: str, evaluator: str, *, data: Step, train: Step, checkpoint: Optional[str],
