@@ -57,6 +57,8 @@ CONFIGS: Dict[str, List[str]] = {
     "window": ["--decoder-attention-type", "window", "--attention-window", "64"],
     "window_memsizer": ["--decoder-attention-type", "window_memsizer", "--attention-window", "64", *MEMSIZER],
     "window_linear": ["--decoder-attention-type", "window_linear", "--attention-window", "64"],
+    "gated_delta": ["--decoder-attention-type", "gated_delta"],
+    "window_gated_delta": ["--decoder-attention-type", "window_gated_delta", "--attention-window", "64"],
 }
 STATE_AT = 2048
 WINDOW = 64  # the window configurations' W
@@ -314,6 +316,7 @@ def main(argv=None) -> int:
                    help="train the first N updates at --start-context, then continue at --context (scored from N on)")
     p.add_argument("--start-context", type=positive_int, default=None,
                    help="the context of the first --start-updates (default 128, 12 with --tiny)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="training runs side by side (default 1)")
     p.add_argument("--tiny", action="store_true", help="a tiny model, corpus and run: checks the chain, not a result")
     p.add_argument("--force", action="store_true", help="redo the steps recorded with other settings (without it "
                    "such a rerun is refused); only what the tool made is removed")
@@ -326,7 +329,7 @@ def compare(a) -> int:
     if a.tiny:  # tiny models lose a lot to intra-op threads on a busy CPU
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     work = work_dir(a.out, "--out")
-    Runner("quality", work, force=a.force, flag="--out").run(steps(plan, work), title="quality")
+    Runner("quality", work, force=a.force, flag="--out").run(steps(plan, work), title="quality", jobs=a.jobs)
     with open(os.path.join(work, "table.md"), encoding="utf-8") as f:
         print(f.read(), end="")
     return 0
