@@ -64,7 +64,7 @@ def test_modes_are_read_at_each_call_and_checked(monkeypatch):
 
 
 def test_the_path_is_chosen_in_one_place(monkeypatch):
-    """kernels.fused_step / fused_chunk decide for every op: fp64 always on the PyTorch ops, fla's delta rule for
+    """kernels.fused_step / fused_chunk decide for every op: fp64 always on the PyTorch ops, fla's delta rules for
     half precision only, no chunked kernel for a family without one."""
     monkeypatch.setenv("KVATTN_KERNELS", "interpret")
     assert kernels.fused_step(torch.zeros(1)) and not kernels.fused_step(torch.zeros(1, dtype=torch.float64))
@@ -74,6 +74,9 @@ def test_the_path_is_chosen_in_one_place(monkeypatch):
     assert kernels.fused_chunk("delta", half) and not kernels.fused_chunk("delta", single)
     assert not kernels.fused_chunk("factorized", single)
     assert not kernels.fused_chunk("linear", torch.zeros(1, dtype=torch.float64))
+    # the gated delta rule: fla's kernels for both paths, half precision only (never the plugin's Triton step)
+    assert kernels.fused_chunk("gated_delta", half) and not kernels.fused_chunk("gated_delta", single)
+    assert kernels.fused_step(half, "gated_delta") and not kernels.fused_step(single, "gated_delta")
     monkeypatch.setenv("KVATTN_KERNELS", "torch")
     assert not kernels.fused_step(single)
 
