@@ -160,7 +160,7 @@ def test_delta_step_kernel_equals_the_pytorch_step(device, monkeypatch):
 
 # whole models decoding through the kernels: every step equals the full (PyTorch, parallel) forward.  Short
 # sequences: the interpreter runs every kernel program one by one in Python.
-@pytest.mark.parametrize("name", ["linear", "memsizer-lm-arch", "window-memsizer-lm", "delta"])
+@pytest.mark.parametrize("name", ["linear", "memsizer-lm-arch", "window-memsizer-lm", "delta", "delta-short-conv-4-lm"])
 def test_lm_decoding_through_the_kernels_equals_the_full_pass(name, fused):
     d = parity.make_dictionary()
     model = parity.build_model(*parity.LM_CONFIGS[name], dictionary=d).to(DEVICE)
@@ -171,10 +171,12 @@ def test_lm_decoding_through_the_kernels_equals_the_full_pass(name, fused):
     torch.testing.assert_close(inc, full, **parity.TOL)
 
 
-@pytest.mark.parametrize("name", ["linear", "window-memsizer-lm", "mlk-lm-arch", "memsizer-lm-arch", "delta"])
+@pytest.mark.parametrize("name", ["linear", "window-memsizer-lm", "mlk-lm-arch", "memsizer-lm-arch", "delta",
+                                  "delta-short-conv-4-lm", "linear-short-conv-4-lm"])
 def test_lm_reorder_through_the_kernels(name, fused):
-    """The search's reorder is recorded, not applied, and the next fused step gathers its rows by it: two reorders
-    in a row (composed), a permutation with duplicates and a shrinking batch."""
+    """The search's reorder is recorded, not applied, and the next fused step gathers its rows by it (and the short
+    convolution's last inputs with them): two reorders in a row (composed), a permutation with duplicates and a
+    shrinking batch."""
     d = parity.make_dictionary()
     model = parity.build_model(*parity.LM_CONFIGS[name], dictionary=d).to(DEVICE)
     prev = parity._targets(d, 6, 9, torch.Generator().manual_seed(4)).to(DEVICE)
