@@ -119,6 +119,8 @@ def _namespace(**over):
                                        ({"cross_attention_type": "mgk", "mgk_pi": "em"}, "--mgk-pi"),
                                        ({"decoder_attention_type": "bogus"}, "--decoder-attention-type"),
                                        ({"decoder_attention_type": "gated_delta", "short_conv": -2}, "--short-conv"),
+                                       ({"decoder_attention_type": "delta", "short_conv": "x"}, "--short-conv"),
+                                       ({"encoder_attention_type": "linear", "short_conv": 4}, "--short-conv 4"),
                                        ({"memsizer_kv_init_scale": -1.0}, "--memsizer-kv-init-scale")])
 def test_python_api_and_hydra_values_are_checked_at_build(over, flag):
     """Values that bypass argparse (hydra configs, the Python API) are checked before any module is built."""
@@ -151,6 +153,9 @@ def test_build_from_dictconfig_keeps_the_attention_settings():
     (["--decoder-attention-type", "gated_delta", "--short-conv", "-1"],
      "--short-conv: expected a kernel size from 0 (none) to 64 (a short convolution; longer-range mixing is a "
      "window's job), got -1"),
+    (["--encoder-attention-type", "linear", "--short-conv", "4"],
+     "--short-conv 4: the short convolution is causal, for decoder self-attention only, and --encoder-attention-type "
+     "puts linear attention at encoder self-attention; use --short-conv 0 or another kind there"),
     (["--decoder-attention-type", "memsizer*5,softmax"], "--decoder-attention-type: the plan 'memsizer*5,softmax' "
                                                          "gives 6 layers but the model has 2 (--decoder-layers)"),
     (["--decoder-attention-type", "mgk", "--mgk-components", "2", "--mgk-inv-var-scales", "1,2,3"],

@@ -181,3 +181,18 @@ def test_gated_delta_language_model_learns_and_evaluates(lm_bin, tmp_path):
         result = runs.eval_lm(lm_bin, tmp_path / "checkpoint_best.pt", *flags)
         assert result["tokens"] == sum(len(l.split()) + 1 for l in lines)
         assert result["ppl"] < 0.75 * uniform, (flags, result)
+
+
+def test_delta_language_model_with_a_short_convolution_learns_and_reloads(lm_bin, tmp_path):
+    """--short-conv 4 on delta (and on a window_linear layer beside it) through fairseq-train: each layer gets its
+    convolution, the checkpoint keeps the flag, and fairseq-eval-lm rebuilds the model from it."""
+    log = runs.train_lm(lm_bin, tmp_path, "kvattn_lm_tiny", "--decoder-attention-type", "delta,window_linear",
+                        "--attention-window", "8", "--short-conv", "4", epochs=6)
+    assert "DeltaAttention" in log and "short_conv=4" in log
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "checkpoint_best.pt"))
+    assert [k for k in state["model"] if k.endswith("conv.weight")] == [
+        "decoder.layers.0.self_attn.conv.weight", "decoder.layers.1.self_attn.memory.conv.weight"]
+    lines = runs.read_lines(lm_bin.parent / "lmraw" / "test.txt")
+    result = runs.eval_lm(lm_bin, tmp_path / "checkpoint_best.pt", "--sample-break-mode", "eos")
+    assert result["tokens"] == sum(len(l.split()) + 1 for l in lines)
+    assert result["ppl"] < 0.75 * (20 + 2), result  # the determined half of each line is learnt

@@ -64,7 +64,7 @@ def test_modes_are_read_at_each_call_and_checked(monkeypatch):
 
 
 def test_the_path_is_chosen_in_one_place(monkeypatch):
-    """kernels.fused_step / fused_chunk decide for every op: fp64 always on the PyTorch ops, fla's delta rule for
+    """kernels.fused_step / fused_chunk decide for every op: fp64 always on the PyTorch ops, fla's delta rules for
     half precision only, no chunked kernel for a family without one."""
     monkeypatch.setenv("KVATTN_KERNELS", "interpret")
     assert kernels.fused_step(torch.zeros(1)) and not kernels.fused_step(torch.zeros(1, dtype=torch.float64))
@@ -74,6 +74,9 @@ def test_the_path_is_chosen_in_one_place(monkeypatch):
     assert kernels.fused_chunk("delta", half) and not kernels.fused_chunk("delta", single)
     assert not kernels.fused_chunk("factorized", single)
     assert not kernels.fused_chunk("linear", torch.zeros(1, dtype=torch.float64))
+    # the gated delta rule: fla's kernels for both paths, half precision only (never the plugin's Triton step)
+    assert kernels.fused_chunk("gated_delta", half) and not kernels.fused_chunk("gated_delta", single)
+    assert kernels.fused_step(half, "gated_delta") and not kernels.fused_step(single, "gated_delta")
     monkeypatch.setenv("KVATTN_KERNELS", "torch")
     assert not kernels.fused_step(single)
 
@@ -157,7 +160,7 @@ def test_delta_step_kernel_equals_the_pytorch_step(device, monkeypatch):
 
 # whole models decoding through the kernels: every step equals the full (PyTorch, parallel) forward.  Short
 # sequences: the interpreter runs every kernel program one by one in Python.
-@pytest.mark.parametrize("name", ["linear", "memsizer-lm-arch", "window-memsizer-lm", "delta"])
+@pytest.mark.parametrize("name", ["linear", "memsizer-lm-arch", "window-memsizer-lm", "delta", "delta-short-conv-4-lm"])
 def test_lm_decoding_through_the_kernels_equals_the_full_pass(name, fused):
     d = parity.make_dictionary()
     model = parity.build_model(*parity.LM_CONFIGS[name], dictionary=d).to(DEVICE)
@@ -168,10 +171,12 @@ def test_lm_decoding_through_the_kernels_equals_the_full_pass(name, fused):
     torch.testing.assert_close(inc, full, **parity.TOL)
 
 
-@pytest.mark.parametrize("name", ["linear", "window-memsizer-lm", "mlk-lm-arch", "memsizer-lm-arch", "delta"])
+@pytest.mark.parametrize("name", ["linear", "window-memsizer-lm", "mlk-lm-arch", "memsizer-lm-arch", "delta",
+                                  "delta-short-conv-4-lm", "linear-short-conv-4-lm"])
 def test_lm_reorder_through_the_kernels(name, fused):
-    """The search's reorder is recorded, not applied, and the next fused step gathers its rows by it: two reorders
-    in a row (composed), a permutation with duplicates and a shrinking batch."""
+    """The search's reorder is recorded, not applied, and the next fused step gathers its rows by it (and the short
+    convolution's last inputs with them): two reorders in a row (composed), a permutation with duplicates and a
+    shrinking batch."""
     d = parity.make_dictionary()
     model = parity.build_model(*parity.LM_CONFIGS[name], dictionary=d).to(DEVICE)
     prev = parity._targets(d, 6, 9, torch.Generator().manual_seed(4)).to(DEVICE)

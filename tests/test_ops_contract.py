@@ -6,7 +6,7 @@ import inspect
 import pytest
 import torch
 
-from kvattn_fairseq.ops import delta, factorized, linear, memsizer
+from kvattn_fairseq.ops import delta, factorized, gated_delta, linear, memsizer
 
 TOL = dict(atol=2e-5, rtol=2e-5)
 N, T, DK, DV = 4, 13, 5, 6
@@ -31,6 +31,11 @@ def _delta_inputs(seed):
     return q, k, _rand(N, T, DV, seed=seed + 2), beta
 
 
+def _gated_delta_inputs(seed):
+    g = -torch.rand(N, T, generator=torch.Generator().manual_seed(seed + 4))  # log alpha <= 0
+    return _delta_inputs(seed) + (g,)
+
+
 def _plain_inputs(seed):
     return tuple(_rand(N, T, d, seed=seed + i) for i, d in enumerate((DK, DK, DV)))
 
@@ -47,6 +52,7 @@ def _factorized_state(seed):
 FAMILIES = {  # name: (ops, inputs, a state to continue from)
     "linear": (linear, _plain_inputs, _linear_state),
     "delta": (delta, _delta_inputs, lambda seed: _rand(N, DK, DV, seed=seed) * 0.3),
+    "gated_delta": (gated_delta, _gated_delta_inputs, lambda seed: _rand(N, DK, DV, seed=seed) * 0.3),
     "memsizer": (memsizer, _memsizer_inputs, lambda seed: (_rand(N, DK, DV, seed=seed), torch.arange(N) + 3)),
     "factorized": (factorized, _plain_inputs, _factorized_state),
     "linear on features": (linear.ON_FEATURES, _features_inputs, _linear_state),

@@ -20,14 +20,21 @@ SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
 TOL = dict(atol=2e-5, rtol=2e-5)
 
 
+# kinds with an option away from its default, at the positions that take it: "KIND --flag V" -> (KIND, options)
+VARIANTS = {"delta --short-conv 4": ("delta", {"short_conv": 4}, ("decoder",)),
+            "linear --short-conv 4": ("linear", {"short_conv": 4}, ("decoder",))}
+
+
 def cases(position):
-    return [k for k, v in sorted(ATTENTION_KINDS.items()) if position in v.positions]
+    return [k for k, v in sorted(ATTENTION_KINDS.items()) if position in v.positions] + \
+        [name for name, (_, _, positions) in VARIANTS.items() if position in positions]
 
 
 def build(kind, position, heads, head_dim, kdim=None):
     embed = heads * head_dim
+    kind, flags, _ = VARIANTS.get(kind, (kind, {}, ()))
     # a window narrower than the sequences drawn below, so that it bites
-    options = resolve_options(argparse.Namespace(attention_window=3), ATTENTION_KINDS[kind])
+    options = resolve_options(argparse.Namespace(attention_window=3, **flags), ATTENTION_KINDS[kind])
     site = AttentionSite(position=position, embed_dim=embed, num_heads=heads, kdim=kdim or embed, dropout=0.0,
                          options=options, max_positions=64)
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ every fairseq tool given --user-dir in one line before any work):
 """
 import functools
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -84,17 +84,24 @@ def sdpa_ok(t: torch.Tensor) -> bool:
 
 # --- the one place where an op's path is chosen ---------------------------------------------------------------------
 # fp64 always takes the PyTorch ops (the references' dtype, and gradcheck's).  Which inputs each family's fla kernel
-# takes (fla's delta rule: half precision only); a family absent here has no chunked kernel.
+# takes (fla's delta rules: half precision only); a family absent here has no chunked kernel.
 FLA_DTYPES: Dict[str, Tuple[torch.dtype, ...]] = {
     "linear": (torch.float32, torch.float16, torch.bfloat16),  # linear attention, MemSizer: kernels/chunked.py
     "delta": (torch.float16, torch.bfloat16),
+    "gated_delta": (torch.float16, torch.bfloat16),  # its chunked and its recurrent kernel: kernels/gated_delta.py
 }
+# The families whose decoding step is fla's fused recurrent kernel (forward only, in the dtypes above) instead of one
+# of the plugin's Triton steps; it gathers no pending reorder, so the op applies the order first.
+FLA_STEP = ("gated_delta",)
 
 
-def fused_step(t: torch.Tensor) -> bool:
-    """Whether a decoding step on tensors like `t` runs as one of the plugin's Triton launches (kernels/step.py,
-    kernels/window_step.py) rather than the PyTorch ops; the ops gather a search's pending reorder then, and the
-    modules record reorders instead of applying them (modules/base.py)."""
+def fused_step(t: torch.Tensor, family: Optional[str] = None) -> bool:
+    """Whether a decoding step on tensors like `t` runs as one launch rather than the PyTorch ops: one of the plugin's
+    Triton kernels (kernels/step.py, kernels/window_step.py), whose ops gather a search's pending reorder, so that
+    the modules record reorders instead of applying them (modules/base.py); or, for a `family` in FLA_STEP, fla's
+    recurrent kernel for it."""
+    if family in FLA_STEP:
+        return fused_chunk(family, t)
     return t.dtype != torch.float64 and triton_ok(t)
 
 

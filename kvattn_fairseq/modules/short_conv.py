@@ -12,10 +12,9 @@ Padding (True in `pad`) is skipped, as the memories skip it: a padded position i
 at a real position sees the K-1 real inputs before it, the state after a call holds the last K-1 real inputs, and a
 padded position's output is 0.
 
-The hook for another kind (delta, linear): add SHORT_CONV_OPTION to its registration, build
-`ShortConvolution.maybe(3 * C, short_conv_size(site.options, default=0))`, and in `attend_self` pass the
-concatenated q/k/v projections through `conv.run(qkv, pad, state)` (state: the module's decoding buffer or None)
-before the feature maps.
+The kinds that take it (gated_delta, delta, linear) register SHORT_CONV_OPTION and pass `short_conv_size(...)` to
+the head-wise kinds' causal path (headwise_linear.py), which builds the convolution over the concatenated q/k/v
+projections and runs it before each kind's feature maps.
 """
 import argparse
 from typing import Any, Dict, Optional, Tuple
@@ -44,8 +43,8 @@ def short_conv_kernel(text: str) -> int:
 
 SHORT_CONV_OPTION = KindOption(
     "--short-conv", None, short_conv_kernel,
-    "kernel size K of the causal depthwise convolution on the q, k, v projections of the recurrent kinds, 0 for "
-    "none; unset: the kind's own (gated_delta: 4)")
+    "kernel size K of the causal depthwise convolution on the q, k, v projections of the recurrent kinds (decoder "
+    "self-attention), 0 for none; unset: the kind's own (gated_delta: 4; delta, linear: 0)")
 
 
 def short_conv_size(options: Dict[str, Any], default: int) -> int:

@@ -34,7 +34,6 @@ from .. import kernels
 from .linear_scan import acc_dtype
 
 DEFAULT_CHUNK = 64
-HALF = (torch.float16, torch.bfloat16)  # fla's kernels take the model's half precision; fp32 keeps the torch path
 
 
 def _masked(k: Tensor, beta: Tensor, g: Tensor, pad: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -54,7 +53,7 @@ def causal_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, *, sta
     [N]: row n continues state row order[n] (a search's reorder not yet applied)."""
     if order is not None and state is not None:
         state = state.index_select(0, order)
-    if kernels.fla_ok(k) and v.dtype in HALF and not _wants_grad(q, k, v, beta, g):
+    if kernels.fused_step(v, "gated_delta") and not _wants_grad(q, k, v, beta, g):
         # fla's fused recurrent kernel (kernels/gated_delta.py): forward only
         from ..kernels.gated_delta import step as fused
 
@@ -74,7 +73,7 @@ def causal_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, *, sta
 def causal_parallel(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, *, state: Optional[Tensor] = None,
                     pad: Optional[Tensor] = None, chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, Tensor]:
     """Whole sequences: -> (out [N, T, dv], final state [N, dk, dv]); `state` continues an earlier call."""
-    if kernels.fla_ok(k) and v.dtype in HALF:  # fla's chunked kernel, forward and backward (kernels/gated_delta.py)
+    if kernels.fused_chunk("gated_delta", v):  # fla's chunked kernel, forward and backward (kernels/gated_delta.py)
         from ..kernels.gated_delta import chunked as fused
 
         k, beta, g = _masked(k, beta, g, pad)
