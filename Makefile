@@ -15,8 +15,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m kvattn_fairseq demo
 
+# one worker per core (TEST_JOBS), each file's tests on one worker so its module fixtures are built once; one
+# thread each, or the workers' fairseq runs would oversubscribe the cores
+TEST_JOBS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
