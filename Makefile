@@ -1,10 +1,11 @@
 # make demo   set up the environment if needed, then train and compare a window decoder (constant state) vs a vanilla transformer on toy data
 # make test   set up the environment if needed, then run the whole test suite
+# make lint   set up the environment if needed, then check the code with ruff
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kvattn-setup-stamp
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test lint clean
 
 $(STAMP): pyproject.toml scripts/setup_env.sh
 	scripts/setup_env.sh $(VENV)
@@ -20,6 +21,10 @@ demo: $(STAMP)
 TEST_JOBS ?= 2
 test: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile tests
+
+# the style rules are pyproject.toml's [tool.ruff]
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -31,7 +31,7 @@ except Exception as e:  # noqa: BLE001
         raise SystemExit(2) from None
     raise
 
-from . import modules  # noqa: E402  (kinds first: the models' flags list them)
+from . import modules  # noqa: E402,F401  (registers the kinds, first: the models' flags list them)
 from . import models  # noqa: E402,F401
 from . import criterions  # noqa: E402,F401
 from . import tasks  # noqa: E402,F401

@@ -85,7 +85,8 @@ def main(argv=None) -> int:
         no_save = [*train[:train.index("SAVE")], os.path.join(work, "unused"), *train[train.index("SAVE") + 1:],
                    "--no-save"]
         generate = [*proc.fairseq_tool("fairseq-generate"), data, *user_dir, "--path",
-                    os.path.join(ckpt, "checkpoint_last.pt"), "--beam", "4", "--batch-size", "64", "--cpu", "--num-workers", "0",
+                    os.path.join(ckpt, "checkpoint_last.pt"), "--beam", "4", "--batch-size", "64", "--cpu",
+                    "--num-workers", "0",
                     "--max-len-a", "1", "--max-len-b", "5"]  # a reversal is as long as its source
         runs = []
         for rep in range(a.repeats):

@@ -42,7 +42,8 @@ def train_translation(bin_dir: Path, save_dir: Path, arch: str, *flags: str, epo
     return proc.stdout + proc.stderr
 
 
-LM_FLAGS = [f for f in TRAIN_FLAGS if f not in ("--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1")]
+LM_FLAGS = [f for f in TRAIN_FLAGS
+            if f not in ("--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1")]
 
 
 def train_lm(bin_dir: Path, save_dir: Path, arch: str, *flags: str, epochs: int = 8) -> str:

@@ -7,8 +7,7 @@ from fairseq import options
 from kvattn_fairseq.modules.registry import (POSITION_FLAGS, AttentionConfigError, all_options, choice, positive_float,
                                              positive_float_list)
 
-import fairseq_runs as runs
-from conftest import USER_DIR, run_cli
+from conftest import USER_DIR
 
 BAD = {positive_float: "-1", positive_float_list: "1,-2"}
 

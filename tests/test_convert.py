@@ -7,7 +7,6 @@ import subprocess
 
 import pytest
 import torch
-from fairseq.modules import MultiheadAttention
 
 from kvattn_fairseq.checkpoints import convert
 from kvattn_fairseq.models import building
@@ -21,7 +20,8 @@ MT_SIZE = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-di
            "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "4",
            "--decoder-attention-heads", "4", "--share-all-embeddings", "--dropout", "0"]
 LM_SIZE = ["--decoder-layers", "3", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
-           "--decoder-attention-heads", "4", "--decoder-input-dim", "32", "--decoder-output-dim", "32", "--dropout", "0"]
+           "--decoder-attention-heads", "4", "--decoder-input-dim", "32", "--decoder-output-dim", "32",
+           "--dropout", "0"]
 
 
 def save_checkpoint(path, arch, *flags, task="translation", seed=0):
@@ -166,7 +166,8 @@ def test_a_plugin_checkpoint_converts_too(tmp_path, capsys):
 def test_a_converted_plan_decodes_with_constant_state_where_it_says_so(tmp_path, capsys):
     src = tmp_path / "lm.pt"
     save_checkpoint(src, "transformer_lm", *LM_SIZE, task="language_modeling")
-    run(capsys, "--checkpoint", src, "--out", tmp_path / "out.pt", "--decoder-attention-type", "memsizer,linear,softmax")
+    run(capsys, "--checkpoint", src, "--out", tmp_path / "out.pt",
+        "--decoder-attention-type", "memsizer,linear,softmax")
     model, _, _ = load(tmp_path / "out.pt")
     tokens = sample(make_dictionary(), tgt_len=12)["prev_output_tokens"][:1].clamp(min=4)
     state, sizes = {}, []

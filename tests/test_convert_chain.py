@@ -49,7 +49,8 @@ def test_the_transfer_stage_trained_only_the_new_attention_and_logged_each_layer
     log = (out / "logs" / "mt-hybrid-a-transfer.log").read_text()
     assert re.search(r"train .*mse_cross0[ =][\d.]+.*mse_dec0[ =][\d.]+", log), log[-2000:]
     converted = torch.load(out / "mt" / "hybrid" / "a" / "converted.pt", weights_only=True)["model"]
-    transferred = torch.load(out / "mt" / "hybrid" / "a" / "transfer" / "checkpoint_last.pt", weights_only=True)["model"]
+    transferred = torch.load(out / "mt" / "hybrid" / "a" / "transfer" / "checkpoint_last.pt",
+                             weights_only=True)["model"]
     changed = {k for k in converted if not torch.equal(converted[k], transferred[k])}
     assert changed and all(k.startswith(("decoder.layers.0.self_attn.", "decoder.layers.0.encoder_attn."))
                            for k in changed)

@@ -109,7 +109,7 @@ def _machine_with_torch(tmp: Path, claims=None) -> Path:
                 info = site / f"{dist.metadata['Name']}-{claims[name]}.dist-info"
                 shutil.copytree(base / top, info)
                 meta = (info / "METADATA").read_text()
-                (info / "METADATA").write_text(re.sub(r"(?m)^Version: .*$", f"Version: {claims[name]}", meta, 1))
+                (info / "METADATA").write_text(re.sub(r"(?m)^Version: .*$", f"Version: {claims[name]}", meta, count=1))
             else:
                 (site / top).symlink_to(base / top)
         for req in dist.requires or []:

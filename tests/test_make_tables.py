@@ -33,7 +33,8 @@ def _model(arch, kinds, positions=MT, heads=8, params=1_000_000):
 def _write(root: Path, rel: str, task: str, model, metrics, main, name=None, table=None):
     out = root / rel
     out.parent.mkdir(parents=True, exist_ok=True)
-    r = results.make(task, main_metric=EVALUATORS[task].MAIN_METRIC, name=name or out.parent.name, model=model, checkpoint=str(root / "ckpt.pt"),
+    r = results.make(task, main_metric=EVALUATORS[task].MAIN_METRIC, name=name or out.parent.name, model=model,
+                     checkpoint=str(root / "ckpt.pt"),
                      averaged_from=None, data=str(root / "data"), settings={}, metrics=metrics, main_value=main,
                      signature="sig", sentences=3, files={"logs": []}, results_path=str(out), table=table)
     results.save(r, str(out))

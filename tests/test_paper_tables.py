@@ -157,7 +157,8 @@ def test_other_settings_are_refused_or_redone_with_force_and_one_run_per_work(mt
     (["memsizer_mt", "--bench", "/nonexistent/bench.json"], "--bench /nonexistent/bench.json: cannot read it"),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, args, expected, capsys):
-    from kvattn_fairseq.run.specs import paper_tables as tables  # the command's main, in this process (saves starting one per case)
+    # the command's main, in this process (saves starting one per case)
+    from kvattn_fairseq.run.specs import paper_tables as tables
 
     assert tables.main([args[0], "--work", str(tmp_path / "w"), *args[1:]]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

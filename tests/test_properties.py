@@ -163,7 +163,8 @@ ops_shapes = st.fixed_dictionaries({"bsz": st.integers(1, 3), "tlen": st.integer
 @given(s=ops_shapes)
 def test_linear_ops_reference_parallel_step(s):
     g = torch.Generator().manual_seed(s["seed"])
-    q, k = torch.randn(s["bsz"], s["tlen"], s["dk"], generator=g), torch.randn(s["bsz"], s["tlen"], s["dk"], generator=g)
+    q = torch.randn(s["bsz"], s["tlen"], s["dk"], generator=g)
+    k = torch.randn(s["bsz"], s["tlen"], s["dk"], generator=g)
     v = torch.randn(s["bsz"], s["tlen"], s["dv"], generator=g)
     pad = right_pad(s["bsz"], s["tlen"], g)
     keep = ~pad
@@ -200,7 +201,8 @@ def test_factorized_ops_reference_parallel_step(s, key_scale):
 def test_memsizer_ops_reference_parallel_step(s):
     g = torch.Generator().manual_seed(s["seed"])
     p = torch.softmax(torch.randn(s["bsz"], s["tlen"], s["dk"], generator=g), -1)
-    a, u = torch.randn(s["bsz"], s["tlen"], s["dk"], generator=g), torch.randn(s["bsz"], s["tlen"], s["dv"], generator=g)
+    a = torch.randn(s["bsz"], s["tlen"], s["dk"], generator=g)
+    u = torch.randn(s["bsz"], s["tlen"], s["dv"], generator=g)
     pad = left_pad(s["bsz"], s["tlen"], g)
     keep = ~pad
     ref = mops.causal_reference(p, a, u, pad=pad)[0].float()

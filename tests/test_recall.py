@@ -167,7 +167,8 @@ def test_the_target_is_95_percent_in_every_setting_at_a_tenth_of_softmaxs_state_
                  _row("window", 0.99, 30000, length=length),  # above a tenth at 256 tokens
                  _row("gated_delta,softmax", 1.0, 140000, length=length)]  # has a softmax layer
     lines = runner.table(rows).splitlines()
-    got = {tuple(c.strip() for c in l.split("|")[2:4]): l.split("|")[-2].strip() for l in lines[2:] if l.startswith("|")}
+    got = {tuple(c.strip() for c in line.split("|")[2:4]): line.split("|")[-2].strip()
+           for line in lines[2:] if line.startswith("|")}
     assert got[("64", "gated_delta")] == got[("256", "gated_delta")] == "**met**"
     assert (got[("64", "window_gated_delta")], got[("256", "window_gated_delta")]) == ("**met**", "missed")
     assert got[("256", "window")] == "missed" and got[("256", "gated_delta,softmax")] == "–"

@@ -8,7 +8,8 @@ Transformer's synthetic tasks.
     python -m kvattn_fairseq synthetic --task reverse --out DIR       (kvattn_fairseq/data/synthetic.py)
     python -m kvattn_fairseq toydata reverse DIR                       (toy.py: toy data for tests and the demo)
 
-(`scripts/prepare-*.sh` are one-line wrappers of the first three; DATASETS below runs them in process.)  Each downloads the published files (resumable) or takes them from --raw, builds OUTDIR in a sibling
+(`scripts/prepare-*.sh` are one-line wrappers of the first three; DATASETS below runs them in process.)  Each
+downloads the published files (resumable) or takes them from --raw, builds OUTDIR in a sibling
 temporary directory, and renames it into place with OUTDIR/prepare.json written last.  Nothing here imports torch
 or fairseq: binarization runs fairseq-preprocess in a subprocess.
 """

@@ -89,7 +89,8 @@ def prepare(out: str, limit: int = 0) -> Dict:
         raw = os.path.join(tmp, "raw")
         info = write_corpus(raw, limit)
         print(f"corpus: {info['documents']} documents, characters {info['characters']}", flush=True)
-        fairseq_preprocess(["--only-source", *[a for s in SPLITS for a in (f"--{s}pref", os.path.join(raw, f"{s}.txt"))],
+        prefs = [a for s in SPLITS for a in (f"--{s}pref", os.path.join(raw, f"{s}.txt"))]
+        fairseq_preprocess(["--only-source", *prefs,
                             "--destdir", os.path.join(tmp, "data-bin"), "--workers", "1"])
         scrub_log(os.path.join(tmp, "data-bin", "preprocess.log"), tmp)
         write_atomic(os.path.join(tmp, META), json.dumps(info, indent=1) + "\n")

@@ -164,7 +164,8 @@ def generate(out: str, specs: Sequence[RecallData]) -> str:
         raw = os.path.join(tmp, "raw")
         tests = write_raw(raw, specs)
         fairseq_preprocess(["--only-source", "--srcdict", os.path.join(raw, "dict.txt"),
-                            "--trainpref", os.path.join(raw, "train.txt"), "--validpref", os.path.join(raw, "valid.txt"),
+                            "--trainpref", os.path.join(raw, "train.txt"),
+                            "--validpref", os.path.join(raw, "valid.txt"),
                             "--testpref", ",".join(tests[name(s)] for s in specs),
                             "--destdir", os.path.join(tmp, "data-bin"), "--workers", "1"])
         scrub_log(os.path.join(tmp, "data-bin", "preprocess.log"), tmp)

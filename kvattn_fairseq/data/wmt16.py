@@ -84,7 +84,7 @@ def _pairs(path_a: str, path_b: str):
     with open(path_a, encoding="utf-8", errors="replace", newline="\n") as fa, \
             open(path_b, encoding="utf-8", errors="replace", newline="\n") as fb:
         n = 0
-        for n, (a, b) in enumerate(zip(fa, fb), 1):
+        for n, (a, b) in enumerate(zip(fa, fb), 1):  # noqa: B007  (n, the line count, is read after the loop)
             yield a, b
         if next(fa, None) is not None or next(fb, None) is not None:
             raise OneLineError(f"{path_a} and {path_b} differ in length after line {n}: a damaged or mismatched "

@@ -14,7 +14,8 @@ accuracy of a per-position classifier (the fairseq model and batching, in proces
 
 One module per task computes its metrics (wmt.py, cnndm.py, lm.py, synthetic.py, classification.py);
 fairseq_tools.py is the one module that runs fairseq-generate and fairseq-eval-lm and reads their output;
-generation.py is what the generation tasks share; inputs.py and checkpoints.py check and read the inputs.  The results schema is in results.py;
+generation.py is what the generation tasks share; inputs.py and checkpoints.py check and read the inputs.  The
+results schema is in results.py;
 scripts/make_tables.py (kvattn_fairseq/run/report.py) turns a directory of results into the papers' tables.
 """
 from .results import SCHEMA  # noqa: F401

@@ -120,7 +120,8 @@ def run(a) -> Dict:
                "synthetic_task": a.synthetic_task or recorded_task(data) or
                os.path.basename(os.path.normpath(os.path.abspath(data)))}
     hyp_path = f"{inputs.stem(a.out)}.hyp.tgt"
-    result = results.make(NAME, main_metric=MAIN_METRIC, name=inputs.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
+    result = results.make(NAME, main_metric=MAIN_METRIC, name=inputs.experiment_name(a, checkpoint), model=info,
+                          checkpoint=checkpoint,
                           averaged_from=averaged or saved_avg, data=data,
                           settings={"subset": a.gen_subset, **tools.batch_settings(a), "device":
                                     "cpu" if a.cpu else "cuda if available"},

@@ -41,8 +41,8 @@ def generate_in_order(a, data_bin: str, reference: str, n_expected: int, flags: 
                       summary, args)
 
 
-def save(a, task: str, main_metric: str, gen: Generation, *, data: str, hyp_suffix: str, hypotheses: Sequence[str], settings: Dict,
-         metrics: Dict, main_value: float, signature: str, extra_versions: Sequence[str] = ()) -> Dict:
+def save(a, task: str, main_metric: str, gen: Generation, *, data: str, hyp_suffix: str, hypotheses: Sequence[str],
+         settings: Dict, metrics: Dict, main_value: float, signature: str, extra_versions: Sequence[str] = ()) -> Dict:
     """Hypotheses to <out stem>.hyp.<suffix>, then the results file (both atomically); returns the results."""
     metrics["generate"] = {k: gen.summary.get(k) for k in GENERATE_SPEED}
     settings = {"subset": a.gen_subset, "beam": a.beam, "lenpen": a.lenpen, **settings, **tools.batch_settings(a),

@@ -86,7 +86,8 @@ def run(a) -> Dict:
         logs.append(log)
     main_split = "test" if "test" in splits else splits[-1]
     settings = {"splits": splits, **win, **tools.batch_settings(a, 2), "fairseq_flags": tools.settings_flags(args)}
-    result = results.make(NAME, main_metric=MAIN_METRIC, name=inputs.experiment_name(a, checkpoint), model=info, checkpoint=checkpoint,
+    result = results.make(NAME, main_metric=MAIN_METRIC, name=inputs.experiment_name(a, checkpoint), model=info,
+                          checkpoint=checkpoint,
                           averaged_from=averaged, data=data, settings=settings, metrics=metrics,
                           main_value=metrics[main_split]["ppl"],
                           signature=(f"fairseq-eval-lm perplexity, context window {win['context_window']}, "

@@ -99,8 +99,9 @@ def versions(*extra: str) -> Dict[str, str]:
     return out
 
 
-def make(task: str, *, main_metric: str, name: str, model: Dict[str, Any], checkpoint: str, averaged_from: Optional[List[str]],
-         data: str, settings: Dict[str, Any], metrics: Dict[str, Any], main_value: float, signature: str,
+def make(task: str, *, main_metric: str, name: str, model: Dict[str, Any], checkpoint: str,
+         averaged_from: Optional[List[str]], data: str, settings: Dict[str, Any], metrics: Dict[str, Any],
+         main_value: float, signature: str,
          sentences: Optional[int], files: Dict[str, Any], results_path: str, table: Optional[str] = None,
          extra_versions: Iterable[str] = ()) -> Dict[str, Any]:
     """Assemble one results object; paths are made relative to the results file's directory."""

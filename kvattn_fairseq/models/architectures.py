@@ -162,9 +162,9 @@ def linear_base(args):
 # --- Transformer-MGK / MLK on WikiText-103 (docs/papers/mgk.md) -------------------------------------------------------
 def _mgk_wiki103(args, kind, heads):
     """The paper's WikiText-103 model in fairseq's LM: 16 layers of d_model 128 with d_head 16 and FFN 2048,
-    dropout 0.1, no attention dropout (train with --tokens-per-sample 256).  fairseq's LM is pre-norm (the paper's code is post-norm)
-    and its adaptive input/softmax are fairseq's WikiText-103 ones (cutoffs 20000,60000, factor 4, tied): both are
-    this port's choices, not the paper's."""
+    dropout 0.1, no attention dropout (train with --tokens-per-sample 256).  fairseq's LM is pre-norm (the paper's
+    code is post-norm) and its adaptive input/softmax are fairseq's WikiText-103 ones (cutoffs 20000,60000, factor
+    4, tied): both are this port's choices, not the paper's."""
     lm_attention_defaults(args, decoder_attention_type=kind)
     _defaults(args, decoder_layers=16, decoder_embed_dim=128, decoder_ffn_embed_dim=2048, decoder_attention_heads=heads,
               dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, no_decoder_final_norm=False)

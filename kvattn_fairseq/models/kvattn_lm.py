@@ -38,7 +38,8 @@ class KVAttnLanguageModel(TransformerLanguageModel):
         _fill(args)
         plan = check_attention_args(args, LM_POSITIONS)
         if args.character_embeddings:
-            raise AttentionConfigError("--character-embeddings: not supported by kvattn_lm; use fairseq's transformer_lm")
+            raise AttentionConfigError("--character-embeddings: not supported by kvattn_lm; "
+                                       "use fairseq's transformer_lm")
         if args.tie_adaptive_weights:
             _check_tied_adaptive(args)  # fairseq asserts these; a bad flag gets one line naming it instead
 
@@ -67,9 +68,11 @@ def _check_tied_adaptive(args) -> None:
     if not args.adaptive_input:
         raise AttentionConfigError("--tie-adaptive-weights: needs --adaptive-input")
     if args.adaptive_input_factor != args.adaptive_softmax_factor:
-        raise AttentionConfigError("--tie-adaptive-weights: --adaptive-input-factor must equal --adaptive-softmax-factor")
+        raise AttentionConfigError("--tie-adaptive-weights: "
+                                   "--adaptive-input-factor must equal --adaptive-softmax-factor")
     if args.adaptive_softmax_cutoff != args.adaptive_input_cutoff:
-        raise AttentionConfigError("--tie-adaptive-weights: --adaptive-input-cutoff must equal --adaptive-softmax-cutoff")
+        raise AttentionConfigError("--tie-adaptive-weights: "
+                                   "--adaptive-input-cutoff must equal --adaptive-softmax-cutoff")
     if args.decoder_input_dim != args.decoder_output_dim:
         raise AttentionConfigError("--tie-adaptive-weights: --decoder-input-dim must equal --decoder-output-dim")
 

@@ -19,5 +19,6 @@ from .registry import (ATTENTION_KINDS, POSITION_FLAGS, POSITIONS, AttentionConf
 __all__ = ["ATTENTION_KINDS", "AttentionPlan", "POSITIONS", "POSITION_FLAGS", "AttentionConfigError", "AttentionSite",
            "DeltaAttention", "GatedDeltaAttention",
            "FactorizedAttention", "KVAttention", "KVAttentionBase", "LinearAttention", "LinformerAttention",
-           "MGKAttention", "MLKAttention", "MemSizerAttention", "WindowAttention", "WindowMemoryAttention", "add_attention_args", "apply_attention_defaults", "attention_plan",
+           "MGKAttention", "MLKAttention", "MemSizerAttention", "WindowAttention", "WindowMemoryAttention",
+           "add_attention_args", "apply_attention_defaults", "attention_plan",
            "build_attention", "kinds_at", "register_attention_kind"]

@@ -71,7 +71,8 @@ class LinformerAttention(ProjectedAttention):
     unsupported={"decoder": "Linformer compresses along positions, so every output would see future tokens; it "
                             "cannot be causal"},
     options=(KindOption("--linformer-k", 256, positive_int,
-                        "Linformer's compressed length k (keys and values are projected from the source length to k)"),),
+                        "Linformer's compressed length k "
+                        "(keys and values are projected from the source length to k)"),),
     summary="keys and values compressed along positions to k rows, non-causal (Wang et al., 2020)")
 def build_linformer(site: AttentionSite) -> LinformerAttention:
     return LinformerAttention(site.embed_dim, site.num_heads, site.position, site.max_positions or 1024,

@@ -140,7 +140,7 @@ def positive_float(text: str) -> float:
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
     return value
@@ -179,7 +179,7 @@ def positive_float_list(text: str):
             raise ValueError("an empty entry")  # '1,,2': a missing number is a typo, not a default
         values = tuple(float(v) for v in items)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}") from None
     if not values or any(not v > 0 or v == float("inf") for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
     return values
@@ -233,7 +233,7 @@ def resolve_options(args, kind: AttentionKind) -> Dict[str, Any]:
         try:
             values[opt.dest] = opt.type(str(raw)) if not isinstance(raw, bool) else raw
         except argparse.ArgumentTypeError as e:
-            raise AttentionConfigError(f"{opt.flag}: {e}")
+            raise AttentionConfigError(f"{opt.flag}: {e}") from None
     return values
 
 

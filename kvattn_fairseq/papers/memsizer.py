@@ -87,7 +87,7 @@ def _draw_mt(table: Table, results: List[Dict], bench: Optional[Dict]) -> List[s
     header = ["model", "attention (enc self / dec self / cross)", "sacreBLEU", "tok-BLEU (compound split)", "params"]
     bench_header, bench_cells, bench_note = md.bench_columns(bench) if bench else (None, None, None)
     rows = []
-    for label, row, att, r in md.rows_and_runs(table, results):
+    for label, _row, att, r in md.rows_and_runs(table, results):
         m = r["metrics"] if r else {}
         cells = [label, md.layout(att, positions), md.num(m.get("sacrebleu")),
                  md.num(m.get("tok_bleu_compound_split")), md.params(r)]
@@ -110,7 +110,7 @@ def _draw_summarization(table: Table, results: List[Dict], bench: Optional[Dict]
     rows = [[label, md.layout(att, positions)] +
             [md.num(((r or {}).get("metrics", {}).get(t) or {}).get("f")) for t in
              ("rouge1", "rouge2", "rougeL", "rougeLsum")] + [md.params(r), md.run_cell(r)]
-            for label, row, att, r in md.rows_and_runs(table, results)]
+            for label, _row, att, r in md.rows_and_runs(table, results)]
     return md.markdown(["model", "attention (enc self / dec self / cross)", "R-1", "R-2", "R-L", "R-Lsum", "params",
                         "run"], rows) + [""] + list(table.notes)
 
@@ -122,7 +122,7 @@ def window(r: Optional[Dict]) -> str:
 
 def _draw_lm(table: Table, results: List[Dict], bench: Optional[Dict]) -> List[str]:
     rows = []
-    for label, row, att, r in md.rows_and_runs(table, results):
+    for label, _row, att, r in md.rows_and_runs(table, results):
         m = r["metrics"] if r else {}
         rows.append([label, att.get("decoder", "-"), md.num((m.get("valid") or {}).get("ppl")),
                      md.num((m.get("test") or {}).get("ppl")), window(r), md.params(r), md.run_cell(r)])

@@ -70,7 +70,7 @@ ROWS = (
 
 def _draw(table: Table, results: List[Dict], bench: Optional[Dict]) -> List[str]:
     rows = []
-    for label, row, att, r in md.rows_and_runs(table, results):
+    for label, row, _att, r in md.rows_and_runs(table, results):
         m = r["metrics"] if r else {}
         paper = (row.published if row else {}) or {}
         rows.append([label, md.num((m.get("valid") or {}).get("ppl")), md.num((m.get("test") or {}).get("ppl")),

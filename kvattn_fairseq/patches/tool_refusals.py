@@ -115,7 +115,8 @@ def check_fp16_device(cfg) -> None:
 
 
 def check_cpu_workers(cfg) -> None:
-    """fairseq-train --distributed-world-size N > 1 with no GPU to spawn workers on and no launcher that started them."""
+    """fairseq-train --distributed-world-size N > 1 with no GPU to spawn workers on and no launcher that started
+    them."""
     import os
 
     import torch

@@ -36,8 +36,8 @@ def data_step(key: str, *, raw: Optional[str] = None, tiny: bool = False, **opti
                 dataset.write_fixtures(source)
         dataset.prepare(ctx.out, raw=source, tiny=tiny, force=True, **options)
 
-    by_hand = ["python", "-m", "kvattn_fairseq", dataset.load().PROG, "--out", f"data/{key}"] + (["--raw", raw] if raw else ["--raw", f"fixtures/{key}"] if tiny else []) + \
-        (["--tiny"] if tiny else [])
+    by_hand = ["python", "-m", "kvattn_fairseq", dataset.load().PROG, "--out", f"data/{key}"] + \
+        (["--raw", raw] if raw else ["--raw", f"fixtures/{key}"] if tiny else []) + (["--tiny"] if tiny else [])
     return Step(f"data/{key}", f"data/{key}", settings, in_process(run, f"data {key}"), command=proc.shell(by_hand),
                 sources={"--raw": os.path.abspath(raw)} if raw else {})
 

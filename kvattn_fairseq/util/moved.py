@@ -5,7 +5,7 @@ __init__ calls stop_old_command() first, which reads the module name from the in
 (sys.orig_argv).  An `import` of an old name fails as any missing module does; MOVED says where its code went.
 """
 import sys
-from typing import Optional, Sequence
+from typing import Optional
 
 # old module -> (where its code is now, the command that replaces `python -m` of it, or None)
 MOVED = {

@@ -179,7 +179,8 @@ def steps(plan: Plan, work: str) -> List[Step]:
         write_summary(plan, ctx.work, corpus.read_info(os.path.join(ctx.work, "data")))
 
     out.append(Step("table", "table.md", {}, in_process(draw, "table"), needs=("data", *scored), always=True,
-                    also=("results.json", "test_ppl.png"), command="(in process: results.json, table.md and test_ppl.png from scores/)"))
+                    also=("results.json", "test_ppl.png"),
+                    command="(in process: results.json, table.md and test_ppl.png from scores/)"))
     return out
 
 
