@@ -1,11 +1,12 @@
 """How much of a trained softmax model a conversion recovers.
 
-    python -m kvattn_fairseq recovery --out DIR [--tasks mt,lm] [--plans P1,P2] [--teacher-updates N]
+    python -m kvattn_fairseq recovery --out DIR [--tasks mt,lm,recall] [--plans P1,P2] [--teacher-updates N]
         [--seeds 1,2,3] [--tiny]
 
-For each task a softmax teacher (fairseq's own `transformer` / `transformer_lm`) is trained for N updates, and its
-best checkpoint by validation loss is the one scored and converted (the last can sit on a late loss spike); then, for
-each attention plan, with the same budget of M updates after conversion (default M = N / 5):
+For each task a softmax teacher (fairseq's own `transformer` / `transformer_lm`; for recall the plugin's `kvattn_lm`
+with softmax attention) is trained for N updates, and its best checkpoint by validation loss is the one scored and
+converted (the last can sit on a late loss spike); then, for each attention plan, with the same budget of M updates
+after conversion (default M = N / 5):
   (a) convert + attention transfer (a quarter of M) + finetune (the rest)   the steps of scripts/convert.sh
   (b) convert + finetune (all of M)                                         the same, --transfer-updates 0
   (c) the plugin's model with that plan trained from scratch for M updates, with the teacher's recipe
@@ -14,6 +15,10 @@ and (0), the converted model before any training, all against (d), the teacher. 
       evaluator)
   lm  character-level language modelling of real English prose: the Python Language Reference text shipped with
       every CPython (pydoc_data/topics.py), perplexity per character from fairseq-eval-lm (the lm evaluator)
+  recall  `python -m kvattn_fairseq recall`'s associative recall beyond the window (run/specs/recall.py: its data,
+      2-layer model and recipe, N = 2500, what its softmax needs to recall every first query; the finetunes keep
+      its Adam and constant learning rate), the first queries recalled beyond the window W (default: the data's, 8)
+      in each of its settings, as that command scores them; the row's number is their mean (%)
 Plans (--plans): `memsizer` and `linear` replace every decoder attention (self and cross), `hybrid` keeps the last
 decoder layer softmax and puts MemSizer in the others; `window`, `window_memsizer` and `window_linear` replace decoder
 self-attention only, cross-attention staying the teacher's softmax (its cache is the source's keys and values, which
@@ -21,7 +26,8 @@ do not grow with the output), with a window of --attention-window positions.  An
 a decoder self-attention plan and a cross-attention plan (default: the teacher's softmax), e.g.
 `window_memsizer/memsizer` or `memsizer*2,softmax/softmax` (separate entries with ';' once one holds a comma).
 Encoders stay softmax.  The targets: (a) recovers >= 95% of the teacher's BLEU / is within 5% of its perplexity
-with M <= 20% of N, and (c) is clearly worse (5 BLEU points lower, or a 5% higher perplexity, than (a)).
+with M <= 20% of N, and (c) is clearly worse (5 BLEU points lower, or a 5% higher perplexity, than (a)); for
+recall, (a) or (b) recalls >= 95% of what the teacher recalls beyond the window.
 With --seeds S1,S2,... the whole experiment (teacher, conversion, every run) is repeated per seed on the same data
 (seed 1 in DIR/TASK/, another under DIR/TASK/seedS/); the table shows each number's mean and standard deviation
 over the seeds, each ratio's too, and in how many seeds the targets were met; results.json keeps every seed's value.
