@@ -168,7 +168,8 @@ def test_a_recall_row_is_the_mean_beyond_the_window_and_the_target_is_a_or_b_at_
                               "beyond": {"accuracy": b}} for n, b in zip((4, 8), beyond)]}
 
     paths = {}
-    for key, beyond in {"d": (1.0, 0.98), "a": (0.95, 0.9), "b": (0.97, 0.93), "c": (0.2, 0.1), "x": (0.5, 0.3)}.items():
+    beyond_w = {"d": (1.0, 0.98), "a": (0.95, 0.9), "b": (0.97, 0.93), "c": (0.2, 0.1), "x": (0.5, 0.3)}
+    for key, beyond in beyond_w.items():
         paths[key] = tmp_path / f"{key}.json"
         paths[key].write_text(json.dumps(scores(*beyond)))
     rows = {k: recovery.over_seeds("recall", {"1": recovery.row("recall", str(p), "")}) for k, p in paths.items()}

@@ -396,7 +396,8 @@ def task_steps(a, task: str, cfg: Dict, plans: Sequence[str], work: str) -> Tupl
             chain = Chain(os.path.join(work, teacher.out, TEACHER_CHECKPOINT), os.path.join(work, data.out, "data-bin"),
                           values, convert.converted_flags(source_args, target, values), data_flags(task, cfg),
                           {"teacher": os.path.join(teacher.out, TEACHER_CHECKPOINT),
-                           "data": os.path.join(data.out, "data-bin")}, a.transfer_lr, a.finetune_lr, chain_extra(task, seed),
+                           "data": os.path.join(data.out, "data-bin")}, a.transfer_lr, a.finetune_lr,
+                          chain_extra(task, seed),
                           teacher_step=teacher.name, data_step=data.name, seed=seed)
             with_transfer = chain_steps(chain, work, os.path.join(where, "a"), transfer, m - transfer)
             converted = with_transfer[0]
@@ -544,8 +545,8 @@ def _heading(task: str, r: Dict) -> Tuple[str, str]:
         return "test perplexity per character from fairseq-eval-lm (lower is better)", \
             "(a) / (d) perplexity, target <= 1.05x"
     return (f"first queries recalled beyond the window W={r.get('window')}, % (higher is better): the mean over the "
-            f"settings {', '.join(r.get('settings') or [])} (pairs, length) of the test sequences, scored as `python -m "
-            f"kvattn_fairseq recall` scores them", "(a) / (d), (b) / (d) beyond W, target: either >= 95%")
+            f"settings {', '.join(r.get('settings') or [])} (pairs, length) of the test sequences, scored as "
+            f"`python -m kvattn_fairseq recall` scores them", "(a) / (d), (b) / (d) beyond W, target: either >= 95%")
 
 
 def table(results: Dict) -> str:
