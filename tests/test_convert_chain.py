@@ -66,6 +66,33 @@ def test_a_rerun_of_the_tiny_recovery_redoes_nothing(tiny):
     assert (out / "mt" / "hybrid" / "a" / "converted.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
+def test_tiny_recall_recovery_converts_a_softmax_teacher_into_gated_delta_and_scores_it_as_recall_does(tmp_path):
+    """`recovery --tiny --tasks recall`: the recall data, a softmax kvattn_lm teacher, its conversion to a per-layer
+    plan (the short convolution started as the identity), the transfer training only the new layer, the finetunes on
+    the answers, and every row scored on every test sequence of each setting."""
+    out = tmp_path / "r"
+    stdout = run_cli("-m kvattn_fairseq recovery", "--tiny", "--tasks", "recall", "--plans", "gated_delta,softmax;",
+                     "--out", out, timeout=1800, env_extra={"OMP_NUM_THREADS": "1"}).stdout
+    r = json.loads((out / "results.json").read_text())["tasks"]["recall"]
+    assert r["metric"] == "beyond" and r["window"] == 8 and r["budget_updates"] <= 0.2 * r["teacher_updates"]
+    rows = r["plans"]["gated_delta,softmax"]["rows"]
+    assert set(rows) == {"a", "b", "c"}
+    for row in [r["teacher"], *rows.values()]:
+        assert row["sequences"] == 2 * 40 and set(row["by_setting"]) == {"pairs2-len32", "pairs4-len32"}
+        assert 0 <= row["beyond"] <= 100
+    convert_log = (out / "logs" / "recall-gated_delta-softmax-a-converted.pt.log").read_text()
+    assert "decoder layer 0: softmax -> gated_delta: q_proj, k_proj, v_proj, out_proj, conv: identity" in convert_log
+    announced = {m.group(1): m.group(2) for m in re.finditer(r"^\[recovery\] (\S+): running: (.*)$", stdout, re.M)}
+    assert "--criterion recall_accuracy" in announced["recall/gated_delta-softmax/b/finetune"]
+    converted = torch.load(out / "recall" / "gated_delta-softmax" / "a" / "converted.pt", weights_only=True)["model"]
+    transferred = torch.load(out / "recall" / "gated_delta-softmax" / "a" / "transfer" / "checkpoint_last.pt",
+                             weights_only=True)["model"]
+    changed = {k for k in converted if not torch.equal(converted[k], transferred[k])}
+    assert changed and all(k.startswith("decoder.layers.0.self_attn.") for k in changed)
+    assert "| gated_delta,softmax (`--decoder-attention-type gated_delta,softmax`) |" in (out / "table.md").read_text()
+
+
 def test_convert_sh_refuses_bad_input_in_one_line(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "convert.sh"
     proc = run([script, "--checkpoint", tmp_path / "missing.pt", "--data", tmp_path, "--out", tmp_path / "out",

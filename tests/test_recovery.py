@@ -24,10 +24,18 @@ def test_window_plans_replace_decoder_self_attention_and_keep_softmax_cross_atte
     ("window/window", "--plans: 'window/window' (mt): --cross-attention-type: 'window' cannot be used for "
                       "cross-attention"),
     ("memsizer*2", "--plans: 'memsizer*2' (mt): --decoder-attention-type: the plan 'memsizer*2' gives 2 layers"),
+    ("window_gated_delta;gated_delta*3,softmax --tasks recall", "--plans: 'gated_delta*3,softmax' (recall): "
+                                                                "--decoder-attention-type: the plan"),
+    ("gated_delta/softmax --tasks recall", "--plans: 'gated_delta/softmax': recall has no cross-attention"),
+    ("gated_delta/softmax --tasks lm,recall", "--plans: 'gated_delta/softmax': lm, recall has no cross-attention"),
+    ("window_gated_delta --tasks recall --attention-window 16", "--attention-window: the recall task's sequences of "
+                                                                "64 tokens with 8 pairs have 28 filler tokens, fewer "
+                                                                "than the 30"),
 ])
 def test_a_plan_that_cannot_be_built_is_refused_in_one_line_before_any_work(capsys, tmp_path, plans, message):
+    plans, *more = plans.split(" ")
     with pytest.raises(SystemExit) as e:
-        recovery.main(["--out", str(tmp_path / "r"), "--plans", plans])
+        recovery.main(["--out", str(tmp_path / "r"), "--plans", plans, *more])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"python -m kvattn_fairseq recovery: error: {message}")
@@ -120,3 +128,63 @@ def test_several_seeds_repeat_the_whole_experiment_and_the_table_shows_their_spr
     assert line.startswith("| window (`--x`) | 87.67 ± 15.31 | 95.67 ± 4.93 | 96.00 ± 4.36 | 6.00 ± 1.00 | n/a |")
     # (a)/(d) per seed: 141.4%, 101.0%, 93.75%; the target met in the first two seeds only
     assert line.endswith("| 112.1% ± 25.7 | missed (2 of 3 seeds) |"), line
+
+
+def test_the_recall_task_converts_a_softmax_kvattn_lm_trained_as_the_recall_command_trains_it(tmp_path):
+    """The recall command's data (every setting, the data's window W in the window plans), teacher recipe and
+    scoring; the chain's runs finetune with its criterion and constant learning rate, within a fifth of the teacher's
+    updates (2500 at full size)."""
+    from kvattn_fairseq.run.specs import recall
+
+    a = recovery.build_parser().parse_args(["--out", str(tmp_path / "r"), "--tasks", "recall"])
+    plans = ["window_gated_delta", "gated_delta,softmax"]
+    steps, where = recovery.task_steps(a, "recall", recovery.FULL["recall"], plans, str(tmp_path / "r"))
+    by = {s.name: s for s in steps}
+    assert by["recall/data"].settings == recall.data_step("data", "data", [
+        recall.setting(n, t, 8, 1, dict(train=5000, valid=100, test=1000)) for n in (4, 8) for t in (64, 256)]).settings
+    teacher = by["recall/teacher"].command
+    assert "--arch kvattn_lm" in teacher and "--criterion recall_accuracy" in teacher and "--max-update 2500" in teacher
+    assert "--lr-scheduler fixed" in teacher and "--tokens-per-sample 257" in teacher and "--cpu" not in teacher
+    assert by["recall/window_gated_delta_W=8/a/convert"].settings["attention_window"] == 8
+    assert by["recall/gated_delta-softmax/a/convert"].settings["decoder_attention_type"] == "gated_delta,softmax"
+    transfer, finetune = by["recall/gated_delta-softmax/a/transfer"], by["recall/gated_delta-softmax/b/finetune"]
+    assert "--criterion attention_transfer" in transfer.command and "--criterion recall_accuracy" in finetune.command
+    assert finetune.command.endswith("--adam-betas '(0.9, 0.999)' --lr-scheduler fixed")  # the recall recipe's
+    assert transfer.settings["updates"] == 125 and finetune.settings["updates"] == 500
+    assert by["recall/evaluate/gated_delta-softmax/0"].settings == {
+        "evaluator": "recall", "checkpoint": None, "settings": ["pairs4-len64", "pairs4-len256", "pairs8-len64",
+                                                                "pairs8-len256"]}
+    assert where["header"]["metric"] == "beyond" and where["header"]["window"] == 8
+    assert set(where["plans"]["window_gated_delta W=8"]["rows"]) == {"a", "b", "c", "0"}
+    for step in steps:
+        if step.check is not None:  # fairseq-train's own parser accepts every run's command line
+            step.check()
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_recall_row_is_the_mean_beyond_the_window_and_the_target_is_a_or_b_at_95_percent_of_the_teacher(tmp_path):
+    def scores(*beyond):
+        return {"settings": [{"setting": f"pairs{n}-len64", "pairs": n, "chance": 1 / 64, "sequences": 10,
+                              "beyond": {"accuracy": b}} for n, b in zip((4, 8), beyond)]}
+
+    paths = {}
+    beyond_w = {"d": (1.0, 0.98), "a": (0.95, 0.9), "b": (0.97, 0.93), "c": (0.2, 0.1), "x": (0.5, 0.3)}
+    for key, beyond in beyond_w.items():
+        paths[key] = tmp_path / f"{key}.json"
+        paths[key].write_text(json.dumps(scores(*beyond)))
+    rows = {k: recovery.over_seeds("recall", {"1": recovery.row("recall", str(p), "")}) for k, p in paths.items()}
+    assert rows["d"]["beyond"] == 99.0 and rows["d"]["by_setting"] == {"pairs4-len64": 100.0, "pairs8-len64": 98.0}
+    assert rows["d"]["sequences"] == 20 and 0 < rows["d"]["floor"] < 50  # knowing the values present, no recall
+    teacher = rows.pop("d")
+    task = {"teacher_updates": 2500, "budget_updates": 500, "transfer_updates": 125, "metric": "beyond", "seeds": [1],
+            "window": 8, "settings": ["pairs4-len64", "pairs8-len64"], "teacher": teacher,
+            "plans": {"gated_delta": {"flags": ["--x"], "rows": {k: rows[k] for k in "abc"}},
+                      "window": {"flags": ["--y"], "rows": {"a": rows["x"], "b": rows["x"], "c": rows["c"]}}}}
+    lines = recovery.table({"tiny": False, "tasks": {"recall": task}}).splitlines()
+    assert lines[0].startswith("**recall**: first queries recalled beyond the window W=8, % (higher is better)")
+    # (a) 92.5 / 99 = 93.4%, (b) 95 / 99 = 96.0%: (b) meets the target
+    assert lines[-2] == "| gated_delta (`--x`) | 99.0% | 92.5% | 95.0% | 15.0% | n/a | 93.4%, 96.0% | met |"
+    assert lines[-1].endswith("| 40.4%, 40.4% | missed |")
+    task["teacher"] = dict(teacher, by_seed={"1": 20.0})  # at the level of guessing among the values present
+    assert recovery.table({"tiny": False, "tasks": {"recall": task}}).splitlines()[-2].endswith(
+        "| n/a: the teacher does not recall |")

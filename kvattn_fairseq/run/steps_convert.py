@@ -46,9 +46,12 @@ class Chain:
 
 
 def criterion_flags(task: Optional[str]) -> List[str]:
-    """The task's usual criterion: cross-entropy for language modelling, label-smoothed (0.1) for translation."""
+    """The task's usual criterion: cross-entropy for language modelling, on the answers only for associative recall
+    (tasks/associative_recall.py), label-smoothed (0.1) for translation."""
     if task == "language_modeling":
         return ["--criterion", "cross_entropy"]
+    if task == "associative_recall":
+        return ["--criterion", "recall_accuracy"]
     return ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
 
 

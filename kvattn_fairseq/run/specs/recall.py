@@ -32,15 +32,23 @@ from ..train import Command
 PROG = "python -m kvattn_fairseq recall"
 WINDOW = 8
 LAYERS = 2
-MODEL = ["--arch", "kvattn_lm", "--decoder-layers", str(LAYERS), "--decoder-embed-dim", "64",
-         "--decoder-ffn-embed-dim", "128", "--decoder-attention-heads", "4", "--dropout", "0.0"]
-TINY_MODEL = ["--arch", "kvattn_lm", "--decoder-layers", str(LAYERS), "--decoder-embed-dim", "16",
-              "--decoder-ffn-embed-dim", "32", "--decoder-attention-heads", "2"]
+ARCH = "kvattn_lm"
+SIZE = ["--decoder-layers", str(LAYERS), "--decoder-embed-dim", "64", "--decoder-ffn-embed-dim", "128",
+        "--decoder-attention-heads", "4", "--dropout", "0.0"]
+TINY_SIZE = ["--decoder-layers", str(LAYERS), "--decoder-embed-dim", "16", "--decoder-ffn-embed-dim", "32",
+             "--decoder-attention-heads", "2"]
+MODEL, TINY_MODEL = ["--arch", ARCH, *SIZE], ["--arch", ARCH, *TINY_SIZE]
 # With the real-text recipe (inverse-sqrt decay, beta2 0.98, clipping, tied embeddings) softmax stayed on the plateau
 # of guessing among the values present for 2000 updates (8 pairs, 64 tokens); with this one it left it after ~1000.
-TRAIN = ["--task", "associative_recall", "--criterion", "recall_accuracy", "--batch-size", "32", "--optimizer", "adam",
-         "--adam-betas", "(0.9, 0.999)", "--lr", "1e-3", "--lr-scheduler", "fixed", "--warmup-updates", "50",
-         "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "50", "--cpu"]
+# The pieces are also the recovery experiment's (run/specs/recovery.py), which converts a softmax model trained so.
+TASK = ["--task", "associative_recall"]
+CRITERION = ["--criterion", "recall_accuracy"]
+BATCH = ["--batch-size", "32", "--num-workers", "0"]
+ADAM, SCHEDULE = ["--adam-betas", "(0.9, 0.999)"], ["--lr-scheduler", "fixed"]
+OPTIMIZER = ["--optimizer", "adam", *ADAM, "--lr", "1e-3", *SCHEDULE, "--warmup-updates", "50"]
+LOGS = ["--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "50"]
+TRAIN = [*TASK, *CRITERION, *BATCH[:2], *OPTIMIZER, *BATCH[2:], *LOGS, "--cpu"]
+TINY_SIZES = dict(train=200, valid=20, test=40)  # sequences per setting
 MEMSIZER = ["--memsizer-self-slots", "32", "--memsizer-q-init-scale", "32", "--memsizer-kv-init-scale", "1"]
 # name -> its flags besides the plan.  The plan (--decoder-attention-type) is the name up to a "+": a kind, or one
 # kind per layer; "+convK" rows add a short convolution of kernel K to a kind that has none by default.
@@ -89,17 +97,31 @@ def run_name(name: str, seed: int) -> str:
 
 
 def data_spec(a, pairs: int, length: int) -> recall_data.RecallData:
-    sizes = dict(train=200, valid=20, test=40) if a.tiny else dict(train=a.train, valid=100, test=a.test)
+    sizes = TINY_SIZES if a.tiny else dict(train=a.train, valid=100, test=a.test)
+    return setting(pairs, length, a.window, a.seed, sizes)
+
+
+def setting(pairs: int, length: int, window: int, seed: int, sizes: Dict[str, int]) -> recall_data.RecallData:
+    """One (pairs, length) setting for a stack of LAYERS layers with windows of `window`."""
     # a stack of L windows sees L (W - 1) positions back: the gap keeps every pair beyond that
-    return recall_data.RecallData(pairs=pairs, length=length, window=a.window, min_gap=LAYERS * (a.window - 1),
-                                  seed=a.seed, **sizes)
+    return recall_data.RecallData(pairs=pairs, length=length, window=window, min_gap=LAYERS * (window - 1), seed=seed,
+                                  **sizes)
 
 
 def train_flags(a, kind: str, seed: int, length: int, save: str) -> List[str]:
-    return (TINY_MODEL if a.tiny else MODEL) + kind_flags(kind, a.window) + TRAIN + [
-        "--tokens-per-sample", str(length + 1), "--max-update", str(a.updates), "--seed", str(seed),
-        "--validate-interval-updates", str(max(1, a.updates // 10)), "--save-interval-updates",
-        str(max(1, a.updates // 4)), "--keep-interval-updates", "1", "--save-dir", save]
+    return (TINY_MODEL if a.tiny else MODEL) + kind_flags(kind, a.window) + TRAIN + tokens_flags(length) + \
+        run_flags(a.updates, seed) + ["--save-dir", save]
+
+
+def tokens_flags(length: int) -> List[str]:
+    """A sample is one sequence of the longest setting, and the end of line before it."""
+    return ["--tokens-per-sample", str(length + 1)]
+
+
+def run_flags(updates: int, seed: int) -> List[str]:
+    return ["--max-update", str(updates), "--seed", str(seed), "--validate-interval-updates",
+            str(max(1, updates // 10)), "--save-interval-updates", str(max(1, updates // 4)), "--keep-interval-updates",
+            "1"]
 
 
 def steps(a, runs: Sequence[Tuple[str, int]], specs: Sequence[recall_data.RecallData]) -> List[Step]:
@@ -107,12 +129,7 @@ def steps(a, runs: Sequence[Tuple[str, int]], specs: Sequence[recall_data.Recall
     scores on each setting, then the table, the plot and results.json from every run's scores."""
     longest = max(s.length for s in specs)
     work = work_dir(a.out, "--out")
-
-    def make_data(ctx: Context) -> None:
-        recall_data.generate(ctx.out, specs)
-
-    out = [Step("data", "data", recall_data.settings(specs), in_process(make_data, "data"),
-                command="(generated in process: kvattn_fairseq/data/recall.py)")]
+    out = [data_step("data", "data", specs)]
     tool = proc.fairseq_tool("fairseq-train")
     for kind, seed in runs:
         name = run_name(kind, seed)
@@ -135,6 +152,23 @@ def steps(a, runs: Sequence[Tuple[str, int]], specs: Sequence[recall_data.Recall
     return out
 
 
+def data_step(name: str, out: str, specs: Sequence[recall_data.RecallData]) -> Step:
+    """OUT: every setting's sequences (trained together, tested apart), binarized (data/recall.py)."""
+    def make_data(ctx: Context) -> None:
+        recall_data.generate(ctx.out, specs)
+
+    return Step(name, out, recall_data.settings(specs), in_process(make_data, name),
+                command="(generated in process: kvattn_fairseq/data/recall.py)")
+
+
+def score_settings(checkpoint: str, data: str, specs: Sequence[recall_data.RecallData]) -> List[Dict]:
+    """The checkpoint's scores on each setting's test set (evaluate/recall.py), with the setting's pairs and length."""
+    from ...evaluate import recall as evaluate
+
+    return [{"pairs": spec.pairs, "length": spec.length, **evaluate.evaluate(checkpoint, data, recall_data.name(spec))}
+            for spec in specs]
+
+
 def _user_dir() -> str:
     from ...util.paths import USER_DIR
 
@@ -143,7 +177,6 @@ def _user_dir() -> str:
 
 def _scorer(a, kind: str, seed: int, specs: Sequence[recall_data.RecallData]):
     def score(ctx: Context) -> None:
-        from ...evaluate import recall as evaluate
         from ...evaluate.state import state_bytes
 
         import torch
@@ -151,8 +184,7 @@ def _scorer(a, kind: str, seed: int, specs: Sequence[recall_data.RecallData]):
         torch.set_num_threads(a.threads)
         checkpoint = os.path.join(ctx.inputs[f"train/{run_name(kind, seed)}"], "checkpoint_last.pt")
         rows, states = [], {}
-        for spec in specs:
-            scores = evaluate.evaluate(checkpoint, ctx.inputs["data"], recall_data.name(spec))
+        for spec, scores in zip(specs, score_settings(checkpoint, ctx.inputs["data"], specs)):
             if spec.length not in states:
                 states[spec.length] = state_bytes(checkpoint, spec.length)
             rows.append({"kind": kind, "seed": seed, "pairs": spec.pairs, "length": spec.length, "window": a.window,

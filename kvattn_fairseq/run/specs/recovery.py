@@ -1,11 +1,12 @@
 """How much of a trained softmax model a conversion recovers.
 
-    python -m kvattn_fairseq recovery --out DIR [--tasks mt,lm] [--plans P1,P2] [--teacher-updates N]
+    python -m kvattn_fairseq recovery --out DIR [--tasks mt,lm,recall] [--plans P1,P2] [--teacher-updates N]
         [--seeds 1,2,3] [--tiny]
 
-For each task a softmax teacher (fairseq's own `transformer` / `transformer_lm`) is trained for N updates, and its
-best checkpoint by validation loss is the one scored and converted (the last can sit on a late loss spike); then, for
-each attention plan, with the same budget of M updates after conversion (default M = N / 5):
+For each task a softmax teacher (fairseq's own `transformer` / `transformer_lm`; for recall the plugin's `kvattn_lm`
+with softmax attention) is trained for N updates, and its best checkpoint by validation loss is the one scored and
+converted (the last can sit on a late loss spike); then, for each attention plan, with the same budget of M updates
+after conversion (default M = N / 5):
   (a) convert + attention transfer (a quarter of M) + finetune (the rest)   the steps of scripts/convert.sh
   (b) convert + finetune (all of M)                                         the same, --transfer-updates 0
   (c) the plugin's model with that plan trained from scratch for M updates, with the teacher's recipe
@@ -14,6 +15,10 @@ and (0), the converted model before any training, all against (d), the teacher. 
       evaluator)
   lm  character-level language modelling of real English prose: the Python Language Reference text shipped with
       every CPython (pydoc_data/topics.py), perplexity per character from fairseq-eval-lm (the lm evaluator)
+  recall  `python -m kvattn_fairseq recall`'s associative recall beyond the window (run/specs/recall.py: its data,
+      2-layer model and recipe, N = 2500, what its softmax needs to recall every first query; the finetunes keep
+      its Adam and constant learning rate), the first queries recalled beyond the window W (default: the data's, 8)
+      in each of its settings, as that command scores them; the row's number is their mean (%)
 Plans (--plans): `memsizer` and `linear` replace every decoder attention (self and cross), `hybrid` keeps the last
 decoder layer softmax and puts MemSizer in the others; `window`, `window_memsizer` and `window_linear` replace decoder
 self-attention only, cross-attention staying the teacher's softmax (its cache is the source's keys and values, which
@@ -21,7 +26,8 @@ do not grow with the output), with a window of --attention-window positions.  An
 a decoder self-attention plan and a cross-attention plan (default: the teacher's softmax), e.g.
 `window_memsizer/memsizer` or `memsizer*2,softmax/softmax` (separate entries with ';' once one holds a comma).
 Encoders stay softmax.  The targets: (a) recovers >= 95% of the teacher's BLEU / is within 5% of its perplexity
-with M <= 20% of N, and (c) is clearly worse (5 BLEU points lower, or a 5% higher perplexity, than (a)).
+with M <= 20% of N, and (c) is clearly worse (5 BLEU points lower, or a 5% higher perplexity, than (a)); for
+recall, (a) or (b) recalls >= 95% of what the teacher recalls beyond the window.
 With --seeds S1,S2,... the whole experiment (teacher, conversion, every run) is repeated per seed on the same data
 (seed 1 in DIR/TASK/, another under DIR/TASK/seedS/); the table shows each number's mean and standard deviation
 over the seeds, each ratio's too, and in how many seeds the targets were met; results.json keeps every seed's value.
@@ -38,15 +44,17 @@ import platform
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ...checkpoints import convert
+from ...data import recall as recall_data
 from ...util import proc
 from ...util.cli import ArgumentParser, positive_int, run_main
 from ...util.errors import OneLineError
 from ...util.io import mark, read_json, write_atomic
 from ...util.markdown import table as markdown_table
 from ..spine import Context, Runner, Step, in_process, work_dir
-from ..steps import evaluate_step, train_step
+from ..steps import checkpoint_file, evaluate_step, train_step
 from ..steps_convert import Chain, chain_steps, criterion_flags
 from ..train import Command
+from . import recall
 
 PROG = "python -m kvattn_fairseq recovery"
 FULL = {
@@ -54,6 +62,9 @@ FULL = {
                max_tokens=2000),
     "lm": dict(layers=3, dim=96, ffn=384, heads=4, updates=1000, lr="2e-3", max_tokens=1024, block=128,
                chunks=None),
+    # the recall command's data, model and recipe; 2500 updates: what its softmax needs to recall every first query
+    "recall": dict(layers=recall.LAYERS, size=recall.SIZE, pairs=(4, 8), lengths=(64, 256), train=5000, valid=100,
+                   test=1000, updates=2500),
 }
 # --tiny checks the chain, not a result: a few updates, and (0) is not evaluated.  30 teacher updates give (a) 2
 # transfer updates: the first update of a run has the warmup's initial learning rate, 0, and changes nothing
@@ -62,7 +73,11 @@ TINY = {
                max_tokens=1000, tiny=True),
     "lm": dict(layers=2, dim=16, ffn=32, heads=2, updates=30, lr="2e-3", max_tokens=512, block=32, chunks=20,
                tiny=True),
+    "recall": dict(layers=recall.LAYERS, size=recall.TINY_SIZE, pairs=(2, 4), lengths=(32,), **recall.TINY_SIZES,
+                   updates=30, tiny=True),
 }
+TASKS = tuple(FULL)
+METRIC = {"mt": "bleu", "lm": "ppl", "recall": "beyond"}
 PLANS = ("memsizer", "linear", "hybrid", "window", "window_memsizer", "window_linear")
 VARIANTS = {"a": "convert + transfer + finetune", "b": "convert + finetune", "c": "from scratch",
             "0": "converted, no training"}
@@ -73,9 +88,20 @@ DROPOUT = ["--dropout", "0.1"]
 TEACHER_CHECKPOINT = "checkpoint_best.pt"
 
 
-def chain_extra(seed: int) -> List[str]:
-    """fairseq-train flags after the chain's own."""
+def chain_extra(task: str, seed: int) -> List[str]:
+    """fairseq-train flags after the chain's own: for recall, the recall recipe's Adam and constant learning rate
+    (at the chain's learning rate and warmup), under which its softmax left the plateau of guessing."""
+    if task == "recall":
+        return ["--seed", str(seed), "--log-interval", "50", *recall.ADAM, *recall.SCHEDULE]
     return ["--seed", str(seed), *DROPOUT, "--log-interval", "100"]
+
+
+def default_window(task: str) -> int:
+    """W of the window plans when --attention-window is not given: Based's 64, or the recall data's window (its
+    pairs lie further back than a stack of windows of W sees, and it scores the queries beyond W)."""
+    from ...modules.window_attention import DEFAULT_WINDOW
+
+    return recall.WINDOW if task == "recall" else DEFAULT_WINDOW
 
 
 # --- plans -------------------------------------------------------------------------------------------------------
@@ -123,6 +149,9 @@ def check_plans(plans: Sequence[str], layers: Dict[str, int]) -> None:
     from ...models.layers import check_attention_args
 
     for plan in plans:
+        if "/" in plan and "mt" not in layers:
+            raise OneLineError(f"--plans: {plan!r}: {', '.join(layers)} has no cross-attention (only mt has); give "
+                               f"the decoder's plan alone")
         for task, n in layers.items():
             values = plan_values(plan, task, n, 64)
             args = argparse.Namespace(decoder_layers=n, encoder_layers=n, encoder_attention_type="softmax",
@@ -158,8 +187,27 @@ def write_chars(raw: str, chunks: Optional[int]) -> None:
             f.writelines(" ".join(SPACE if c == " " else c for c in line) + "\n" for line in part)
 
 
+def recall_settings(cfg: Dict) -> List:
+    """The recall data's (pairs, length) settings (run/specs/recall.py), with windows of cfg["window"]."""
+    sizes = {k: cfg[k] for k in ("train", "valid", "test")}
+    return [recall.setting(n, t, cfg["window"], 1, sizes) for n in cfg["pairs"] for t in cfg["lengths"]]
+
+
+def check_recall_window(cfg: Dict) -> None:
+    """Every recall setting keeps its pairs out of reach of a stack of windows of W: one line naming the flag."""
+    window = cfg["window"]
+    for spec in recall_settings(cfg):
+        if spec.gap < spec.min_gap:
+            raise OneLineError(f"--attention-window: the recall task's sequences of {spec.length} tokens with "
+                               f"{spec.pairs} pairs have {spec.gap} filler tokens, fewer than the {spec.min_gap} that "
+                               f"put the pairs beyond {recall.LAYERS} windows of {window}; give a window of at most "
+                               f"{spec.gap // recall.LAYERS + 1}")
+
+
 def data_step(task: str, cfg: Dict) -> Step:
-    """TASK/data: raw/ (the text) and data-bin/ (fairseq-preprocess)."""
+    """TASK/data: raw/ (the text) and data-bin/ (fairseq-preprocess); for recall, the recall command's."""
+    if task == "recall":
+        return recall.data_step("recall/data", os.path.join("recall", "data"), recall_settings(cfg))
     if task == "mt":
         sizes = {k: cfg[k] for k in ("train", "valid", "test")}
         settings = {"task": "reverse", **sizes, "min_len": 3, "max_len": 15, "seed": 1}
@@ -191,6 +239,8 @@ def data_step(task: str, cfg: Dict) -> Step:
 
 # --- training ----------------------------------------------------------------------------------------------------
 def size_flags(task: str, cfg: Dict) -> List[str]:
+    if task == "recall":
+        return list(cfg["size"])
     parts = ["decoder"] + (["encoder"] if task == "mt" else [])
     flags: List = []
     for part in parts:
@@ -204,6 +254,8 @@ def size_flags(task: str, cfg: Dict) -> List[str]:
 
 def data_flags(task: str, cfg: Dict) -> List[str]:
     """The task and its data settings, as the teacher was trained with them (the chain's runs take them too)."""
+    if task == "recall":
+        return [*recall.TASK, *recall.tokens_flags(max(cfg["lengths"])), *recall.BATCH]
     if task == "lm":
         return ["--task", "language_modeling", "--tokens-per-sample", str(cfg["block"]), "--sample-break-mode",
                 "none", "--max-tokens", str(cfg["max_tokens"])]
@@ -212,12 +264,21 @@ def data_flags(task: str, cfg: Dict) -> List[str]:
 
 
 def recipe(task: str, cfg: Dict, updates: int, seed: int = 1) -> List[str]:
-    """The teacher's training recipe (also the from-scratch runs')."""
+    """The teacher's training recipe (also the from-scratch runs'); for recall the recall command's, on whatever
+    device fairseq-train picks (the recall command's own runs take --cpu)."""
+    if task == "recall":
+        return [*data_flags(task, cfg), *recall.OPTIMIZER, *recall.LOGS, *criterion_flags("associative_recall"),
+                *recall.run_flags(updates, seed)]
     return [*data_flags(task, cfg), "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", cfg["lr"],
             "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(min(100, max(1, updates // 10))),
             "--max-update", str(updates), *DROPOUT, "--seed", str(seed), "--no-epoch-checkpoints", "--log-format",
             "simple", "--log-interval", "100",
             *criterion_flags("language_modeling" if task == "lm" else "translation")]
+
+
+def model_flags(task: str, cfg: Dict) -> List[str]:
+    """The teacher's model flags (its architecture's aside), as the conversion reads them from its checkpoint."""
+    return size_flags(task, cfg) + ([] if task == "recall" else DROPOUT)
 
 
 def run_step(name: str, out: str, work: str, data: Step, arch: str, flags: List[str]) -> Step:
@@ -239,11 +300,46 @@ def evaluation(task: str, cfg: Dict) -> Tuple[str, Dict]:
                   "batch_size": 16}
 
 
+def recall_score_step(name: str, out: str, data: Step, train: Step, checkpoint: Optional[str], specs: Sequence,
+                      label: str) -> Step:
+    """The recall command's scores (evaluate/recall.py, every test sequence of each setting) of the checkpoint
+    `checkpoint` of `train` (None: the step's output is the checkpoint), in the results file OUT."""
+    def run(ctx: Context) -> None:
+        path = checkpoint_file(ctx.inputs[train.name], checkpoint)
+        scores = recall.score_settings(path, ctx.inputs[data.name], specs)
+        for s in scores:
+            ctx.say(f"{label}, {s['setting']}: first queries beyond the window {100 * s['beyond']['accuracy']:.1f}%")
+        write_atomic(ctx.out, json.dumps({"name": label, "checkpoint": os.path.relpath(path, ctx.work),
+                                          "settings": scores}, indent=1) + "\n")
+
+    settings = {"evaluator": "recall", "checkpoint": checkpoint, "settings": [recall_data.name(s) for s in specs]}
+    return Step(name, out, settings, in_process(run, name), needs=(data.name, train.name),
+                command="(in process: run/specs/recall.py score_settings, evaluate/recall.py on each setting)")
+
+
+def evaluation_step(task: str, cfg: Dict, name: str, out: str, data: Step, made: Step, checkpoint: Optional[str],
+                    label: str) -> Step:
+    """The step that scores a row: the task's registry evaluator, or recall's scores of each setting."""
+    if task == "recall":
+        return recall_score_step(name, out, data, made, checkpoint, recall_settings(cfg), label)
+    evaluator, options = evaluation(task, cfg)
+    return evaluate_step(name, out, evaluator, data=data, train=made, checkpoint=checkpoint, options=options,
+                         label=label)
+
+
 def row(task: str, results_path: str, data: str) -> Dict:
-    """A row of the table from a results file: BLEU and the sentences, or perplexity and the tokens (every token of
-    the test text, one more per line for its end, must have been scored)."""
+    """A row of the table from a results file: BLEU and the sentences, perplexity and the tokens (every token of
+    the test text, one more per line for its end, must have been scored), or, for recall, the mean over the settings
+    of the first queries recalled beyond the window (%), each setting's, and the mean of what is reachable without
+    recalling (recall.no_recall)."""
     with open(results_path, encoding="utf-8") as f:
         r = json.load(f)
+    if task == "recall":
+        settings = r["settings"]
+        return {"beyond": 100 * _mean([s["beyond"]["accuracy"] for s in settings], None),
+                "by_setting": {s["setting"]: 100 * s["beyond"]["accuracy"] for s in settings},
+                "floor": 100 * _mean([recall.no_recall(s["pairs"], s["chance"]) for s in settings], None),
+                "sequences": sum(s["sequences"] for s in settings)}
     if task == "mt":
         return {"bleu": r["metrics"]["sacrebleu"], "sentences": r["sentences"]}
     scored = r["metrics"]["test"]["tokens"]
@@ -269,13 +365,15 @@ def seed_dir(task: str, seed: int) -> str:
 
 def task_steps(a, task: str, cfg: Dict, plans: Sequence[str], work: str) -> Tuple[List[Step], Dict]:
     """One task's steps, for every seed, and where its table finds each row's results ({seed: results file})."""
-    arch, kvattn = ("transformer", "kvattn_transformer") if task == "mt" else ("transformer_lm", "kvattn_lm")
+    arch, kvattn = {"mt": ("transformer", "kvattn_transformer"), "lm": ("transformer_lm", "kvattn_lm"),
+                    "recall": (recall.ARCH, recall.ARCH)}[task]  # recall's teacher: the plugin's softmax model
     n, m, transfer = budget(cfg, a.budget, a.transfer_share)
-    evaluator, options = evaluation(task, cfg)
+    window = a.attention_window or default_window(task)
+    cfg = dict(cfg, window=window)
     data = data_step(task, cfg)
     steps = [data]
     results: Dict = {"teacher": {}, "plans": {}}
-    source_args, target = convert.source_args_of(arch, size_flags(task, cfg) + DROPOUT)
+    source_args, target = convert.source_args_of(arch, model_flags(task, cfg))
     for seed in a.seeds:
         base = seed_dir(task, seed)
         of_seed = "" if seed == 1 else f", seed {seed}"
@@ -285,50 +383,57 @@ def task_steps(a, task: str, cfg: Dict, plans: Sequence[str], work: str) -> Tupl
 
         def evaluate(key: str, made: Step, checkpoint: Optional[str], label: str) -> str:
             out = os.path.join(base, "results", f"{key}.json")
-            steps.append(evaluate_step(f"{base}/evaluate/{key}", out, evaluator, data=data, train=made,
-                                       checkpoint=checkpoint, options=options, label=label + of_seed))
+            steps.append(evaluation_step(task, cfg, f"{base}/evaluate/{key}", out, data, made, checkpoint,
+                                         label + of_seed))
             return out
 
         results["teacher"][str(seed)] = evaluate("teacher", teacher, TEACHER_CHECKPOINT, f"{task} teacher")
         for plan in plans:
-            label = plan_label(plan, a.attention_window)
+            label = plan_label(plan, window)
             name = label.replace(" ", "_").replace("/", "+").replace("*", "x").replace(",", "-")  # a directory's
             where = os.path.join(base, name)
-            values = plan_values(plan, task, cfg["layers"], a.attention_window)
+            values = plan_values(plan, task, cfg["layers"], window)
             chain = Chain(os.path.join(work, teacher.out, TEACHER_CHECKPOINT), os.path.join(work, data.out, "data-bin"),
                           values, convert.converted_flags(source_args, target, values), data_flags(task, cfg),
                           {"teacher": os.path.join(teacher.out, TEACHER_CHECKPOINT),
-                           "data": os.path.join(data.out, "data-bin")}, a.transfer_lr, a.finetune_lr, chain_extra(seed),
+                           "data": os.path.join(data.out, "data-bin")}, a.transfer_lr, a.finetune_lr,
+                          chain_extra(task, seed),
                           teacher_step=teacher.name, data_step=data.name, seed=seed)
             with_transfer = chain_steps(chain, work, os.path.join(where, "a"), transfer, m - transfer)
             converted = with_transfer[0]
             without = chain_steps(chain, work, os.path.join(where, "b"), 0, m, converted=converted)
             scratch = run_step(f"{where}/c", os.path.join(where, "c"), work, data, kvattn,
-                               size_flags(task, cfg) + plan_flags(plan, task, cfg["layers"], a.attention_window) +
+                               size_flags(task, cfg) + plan_flags(plan, task, cfg["layers"], window) +
                                recipe(task, cfg, m, seed))
             steps += [*with_transfer, *without, scratch]
             runs = [("a", with_transfer[-1]), ("b", without[-1]), ("c", scratch)] + ([] if cfg.get("tiny") else
                                                                                     [("0", converted)])
-            entry = results["plans"].setdefault(label, {"flags": plan_flags(plan, task, cfg["layers"],
-                                                                            a.attention_window), "rows": {}})
+            entry = results["plans"].setdefault(label, {"flags": plan_flags(plan, task, cfg["layers"], window),
+                                                        "rows": {}})
             for key, made in runs:
                 checkpoint = None if made is converted else "checkpoint_last.pt"
                 entry["rows"].setdefault(key, {})[str(seed)] = evaluate(f"{name}/{key}", made, checkpoint,
                                                                          f"{task} {label} ({key})")
     header = {"teacher_updates": n, "budget_updates": m, "transfer_updates": transfer,
-              "metric": "bleu" if task == "mt" else "ppl", "transfer_lr": a.transfer_lr, "finetune_lr": a.finetune_lr,
+              "metric": METRIC[task], "transfer_lr": a.transfer_lr, "finetune_lr": a.finetune_lr,
               "seeds": list(a.seeds), "teacher_checkpoint": TEACHER_CHECKPOINT}
+    if task == "recall":
+        header.update(window=window, settings=[recall_data.name(s) for s in recall_settings(cfg)])
     return steps, {"header": header, "data": data.out, **results}
 
 
 def over_seeds(task: str, rows: Dict[str, Dict]) -> Dict:
     """One row from each seed's ({seed: row}): the metric's mean, its sample standard deviation (None for one seed)
-    and every seed's value; the count of sentences or tokens, the same for every seed."""
-    metric = "bleu" if task == "mt" else "ppl"
+    and every seed's value; the count of sentences or tokens, the same for every seed; recall's accuracy in each
+    setting, the mean over the seeds."""
+    metric = METRIC[task]
     values = {seed: r[metric] for seed, r in rows.items()}
     first = next(iter(rows.values()))
-    return {metric: _mean(list(values.values())), "sd": _sd(list(values.values())), "by_seed": values,
-            **{k: v for k, v in first.items() if k != metric}}
+    out = {metric: _mean(list(values.values())), "sd": _sd(list(values.values())), "by_seed": values,
+           **{k: v for k, v in first.items() if k != metric}}
+    if "by_setting" in first:
+        out["by_setting"] = {k: _mean([r["by_setting"][k] for r in rows.values()]) for k in first["by_setting"]}
+    return out
 
 
 def _mean(xs: Sequence[float], digits: Optional[int] = 3) -> float:
@@ -401,7 +506,11 @@ def versus_teacher(metric: str, teacher: float, value: float):
 
 def target_met(metric: str, teacher: float, rows: Dict[str, float]) -> bool:
     """(a) recovers >= 95% of the teacher's BLEU, or is within 5% of its perplexity, and (c) is clearly worse than
-    (a): 5 BLEU points lower, or a perplexity 5% higher (one seed's numbers)."""
+    (a): 5 BLEU points lower, or a perplexity 5% higher (one seed's numbers).  Recall: (a) or (b) recalls >= 95% of
+    what the teacher recalls beyond the window."""
+    if metric == "beyond":
+        shares = [versus_teacher(metric, teacher, rows.get(k)) for k in ("a", "b")]
+        return any(x is not None and x >= 0.95 for x in shares)
     a, c = versus_teacher(metric, teacher, rows["a"]), versus_teacher(metric, teacher, rows["c"])
     if a is None or c is None:
         return False
@@ -415,8 +524,29 @@ def _cell(row: Optional[Dict], metric: str) -> str:
         return "n/a"
     values = list(by_seed(row, metric).values())
     if len(values) == 1:
-        return f"{values[0]:g}"
+        return f"{values[0]:.1f}%" if metric == "beyond" else f"{values[0]:g}"
     return f"{_mean(values):.2f} ± {_sd(values):.2f}"
+
+
+def _share(shares: Sequence[float], metric: str) -> str:
+    """Ratios to the teacher over the seeds: their mean (a percentage, or a factor for perplexity) and spread."""
+    if not shares:
+        return "n/a"
+    if metric == "ppl":
+        return f"{_mean(shares, None):.2f}x" + (f" ± {_sd(shares, None):.2f}" if len(shares) > 1 else "")
+    return f"{100 * _mean(shares, None):.1f}%" + (f" ± {100 * _sd(shares, None):.1f}" if len(shares) > 1 else "")
+
+
+def _heading(task: str, r: Dict) -> Tuple[str, str]:
+    """The task's metric, and the header of its column of ratios to the teacher."""
+    if r["metric"] == "bleu":
+        return "sacreBLEU of beam-4 fairseq-generate (higher is better)", "(a) / (d) BLEU, target >= 95%"
+    if r["metric"] == "ppl":
+        return "test perplexity per character from fairseq-eval-lm (lower is better)", \
+            "(a) / (d) perplexity, target <= 1.05x"
+    return (f"first queries recalled beyond the window W={r.get('window')}, % (higher is better): the mean over the "
+            f"settings {', '.join(r.get('settings') or [])} (pairs, length) of the test sequences, scored as "
+            f"`python -m kvattn_fairseq recall` scores them", "(a) / (d), (b) / (d) beyond W, target: either >= 95%")
 
 
 def table(results: Dict) -> str:
@@ -425,10 +555,7 @@ def table(results: Dict) -> str:
         lines += ["**--tiny**: tiny models, data and runs: a check of the chain, not a result.", ""]
     for task, r in results["tasks"].items():
         metric = r["metric"]
-        bleu = metric == "bleu"
-        name = "sacreBLEU of beam-4 fairseq-generate (higher is better)" if bleu else \
-            "test perplexity per character from fairseq-eval-lm (lower is better)"
-        ratio = "(a) / (d) BLEU, target >= 95%" if bleu else "(a) / (d) perplexity, target <= 1.05x"
+        name, ratio = _heading(task, r)
         seeds = [str(s) for s in r.get("seeds") or [1]]
         spread = f"; seeds {', '.join(seeds)}: mean ± standard deviation over them (each seed's value in " \
                  f"results.json)" if len(seeds) > 1 else ""
@@ -441,19 +568,21 @@ def table(results: Dict) -> str:
         for plan, p in r["plans"].items():
             rows = {k: by_seed(v, metric) for k, v in p["rows"].items()}
             common = [s for s in teacher if all(s in v for v in rows.values())]
-            shares = [versus_teacher(metric, teacher[s], rows["a"][s]) for s in common]
-            shares = [x for x in shares if x is not None]
-            if not shares:
-                shown = "n/a"
-            elif bleu:
-                shown = f"{100 * _mean(shares, None):.1f}%" + (f" ± {100 * _sd(shares, None):.1f}"
-                                                                if len(shares) > 1 else "")
-            else:
-                shown = f"{_mean(shares, None):.2f}x" + (f" ± {_sd(shares, None):.2f}" if len(shares) > 1 else "")
+
+            def shares(key: str) -> List[float]:
+                found = [versus_teacher(metric, teacher[s], rows[key][s]) for s in common if key in rows]
+                return [x for x in found if x is not None]
+
+            shown = _share(shares("a"), metric)
+            if metric == "beyond":
+                shown = f"{shown}, {_share(shares('b'), metric)}"
             met = sum(target_met(metric, teacher[s], {k: v[s] for k, v in rows.items()}) for s in common)
             verdict = "met" if common and met == len(common) else "missed"
             if len(common) > 1:
                 verdict += f" ({met} of {len(common)} seeds)"
+            if metric == "beyond" and r["teacher"].get("floor") is not None and \
+                    any(teacher[s] <= r["teacher"]["floor"] for s in common):
+                verdict = "n/a: the teacher does not recall"  # no better than knowing which values occur
             body.append([f"{plan} (`{' '.join(p['flags'])}`)", _cell(r["teacher"], metric),
                          *(_cell(p["rows"].get(k), metric) for k in VARIANTS), shown, verdict])
         lines += markdown_table(["plan", "(d) teacher", *(f"({k}) {v}" for k, v in VARIANTS.items()), ratio,
@@ -478,12 +607,13 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="directory for the data, runs, results, results.json, table.md")
     p.add_argument("--tiny", action="store_true", help="tiny models and data, a few updates: the chain in minutes")
-    p.add_argument("--tasks", default="mt,lm")
+    p.add_argument("--tasks", default="mt,lm", help=f"some of {', '.join(TASKS)} (default mt,lm)")
     p.add_argument("--plans", default=",".join(PLANS),
                    help=f"named plans ({', '.join(PLANS)}) or SELF[/CROSS] attention plans; ';' between entries "
                         f"once one holds a comma")
-    p.add_argument("--attention-window", type=positive_int, default=64,
-                   help="W of the window plans (default 64, the kind's default)")
+    p.add_argument("--attention-window", type=positive_int, default=None,
+                   help="W of the window plans (default 64, the kind's default; for recall 8, the recall data's "
+                        "window, which the given W also becomes)")
     p.add_argument("--teacher-updates", type=int, default=0, help="override the teacher's updates (N)")
     p.add_argument("--budget", type=float, default=0.2, help="updates after conversion, as a share of the teacher's")
     p.add_argument("--transfer-share", type=float, default=0.25, help="share of the budget spent on transfer in (a)")
@@ -501,8 +631,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     tasks = [t for t in a.tasks.split(",") if t]
     plans = split_plans(a.plans)
-    if not tasks or set(tasks) - {"mt", "lm"}:
-        p.error(f"--tasks: expected some of mt, lm, got {a.tasks!r}")
+    if not tasks or set(tasks) - set(TASKS):
+        p.error(f"--tasks: expected some of {', '.join(TASKS)}, got {a.tasks!r}")
     if not plans:
         p.error(f"--plans: expected some of {', '.join(PLANS)} or SELF[/CROSS] plans, got {a.plans!r}")
     if a.teacher_updates < 0:
@@ -514,6 +644,8 @@ def main(argv=None) -> int:
     sizes = {task: dict(cfg) for task, cfg in (TINY if a.tiny else FULL).items() if task in tasks}
     try:
         check_plans(plans, {t: sizes[t]["layers"] for t in tasks})
+        if "recall" in sizes:
+            check_recall_window(dict(sizes["recall"], window=a.attention_window or default_window("recall")))
     except OneLineError as e:
         p.error(str(e))
     for cfg in sizes.values():
