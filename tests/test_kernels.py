@@ -65,8 +65,13 @@ def test_modes_are_read_at_each_call_and_checked(monkeypatch):
 
 # --- the decoding steps --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_step_kernel_equals_the_pytorch_step(device, dtype, monkeypatch):
+@pytest.mark.parametrize("dtype,tile", [(torch.float32, None), (torch.bfloat16, None), (torch.float32, 64)])
+def test_linear_step_kernel_equals_the_pytorch_step(device, dtype, tile, monkeypatch):
+    """`tile` state entries per program (16 x 16 here) splits the state's columns over two programs."""
+    from kvattn_fairseq.kernels import step
+
+    if tile:
+        monkeypatch.setattr(step, "TILE", tile)
     n, dk, dv = 6, 16, 24
     q, k, v = (rand(n, d, seed=i, device=device).to(dtype) for i, d in enumerate((dk, dk, dv)))
     pad = torch.tensor([False, True, False, False, True, False], device=device)
@@ -102,10 +107,14 @@ def test_memsizer_step_kernel_equals_the_pytorch_step(device, monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("window", [4, 5])
-def test_ring_step_kernel_equals_the_pytorch_ring(device, window, monkeypatch):
-    from kvattn_fairseq.kernels.window_step import ring_step as fused_ring
+@pytest.mark.parametrize("window,tile", [(4, None), (5, None), (5, 16), (7, 8)])
+def test_ring_step_kernel_equals_the_pytorch_ring(device, window, tile, monkeypatch):
+    """Growing to W slots, then overwriting the oldest; `tile` keys per tile (BW = tile / 8 slots at d = 6) makes the
+    online softmax go through several tiles, the last one partly past the ring."""
+    from kvattn_fairseq.kernels import window_step
 
+    if tile:
+        monkeypatch.setattr(window_step, "TILE", tile)
     bsz, heads, d = 3, 2, 6
     ring = fused = None
     for t in range(13):
@@ -113,19 +122,25 @@ def test_ring_step_kernel_equals_the_pytorch_ring(device, window, monkeypatch):
         pad = torch.tensor([t < 3, False, t % 4 == 0], device=device)  # a left-padded row, a row with holes
         torch_only(monkeypatch)
         want, ring = wops.ring_step(q, k, v, ring, window, 0.5, pad)
-        fused = fused or wops.ring_empty(bsz, heads, window, d, device)
-        got, fused = fused_ring(q, k, v, fused, 0.5, pad)
+        fused = fused or wops.ring_empty(bsz, heads, d, device)
+        got, fused = window_step.ring_step(q, k, v, fused, window, 0.5, pad)
         torch.testing.assert_close(got, want, **TOL)
+        assert ring["key"].size(2) == min(t + 1, window)  # min(t, W) positions
         for name in ring:
             torch.testing.assert_close(fused[name], ring[name], atol=0, rtol=0)
     assert want[0].abs().max() > 0 and torch.isfinite(want).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_delta_step_kernel_equals_the_pytorch_step(device, monkeypatch):
+@pytest.mark.parametrize("tile,dv", [(None, 12), (64, 40)])
+def test_delta_step_kernel_equals_the_pytorch_step(device, tile, dv, monkeypatch):
+    """`tile` 64 splits the state's 40 columns over three programs of 16."""
+    from kvattn_fairseq.kernels import step
     from kvattn_fairseq.ops import delta as dops
 
-    n, dk, dv = 5, 16, 12
+    if tile:
+        monkeypatch.setattr(step, "TILE", tile)
+    n, dk = 5, 16
     q = rand(n, dk, seed=1, device=device)
     k = torch.nn.functional.normalize(rand(n, dk, seed=2, device=device), dim=-1)
     v, beta = rand(n, dv, seed=3, device=device), torch.rand(n, generator=torch.Generator().manual_seed(4)).to(device)
