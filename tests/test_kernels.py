@@ -260,6 +260,43 @@ def test_chunked_kernel_glue_equals_the_pytorch_prefix_product(device, fla_glue,
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_chunked_kernel_glue_hands_fla_the_models_half_precision(device, dtype, fla_glue, monkeypatch):
+    """Half-precision values go to fla in their own dtype (its tensor cores), not fp32; in fp16 scaled into range by
+    powers of two, so that sums past 65504 come back right; gradients too."""
+    from kvattn_fairseq.kernels import chunked
+
+    inner, seen = chunked._chunk(), []
+
+    def spy(q, k, v, **kw):
+        seen.append({q.dtype, k.dtype, v.dtype})
+        return inner(q, k, v, **kw)
+
+    monkeypatch.setattr(chunked, "_chunk", lambda: spy)
+    n, t, dk, dv = 2, 300, 5, 7
+    q, k = (rand(n, t, dk, seed=i, device=device).abs() for i in range(2))
+    v, s0 = (300 + rand(n, t, dv, seed=3, device=device)).to(dtype), rand(n, dk, dv, seed=4, device=device)
+    out, final = chunked.causal_dot_product(q, k, v, s0)  # sums of about 300 * 0.8 * 300: past fp16's range
+    assert seen == [{dtype}]
+    want, want_final = linear_scan.causal_dot_product(q.double(), k.double(), v.double(), s0.double())  # PyTorch
+    assert float(want_final.abs().max()) > 65504
+    tol = 2e-3 if dtype == torch.float16 else 1.5e-2
+    for got, ref in ((out, want), (final, want_final)):
+        assert torch.isfinite(got).all() and float((got.double() - ref).abs().max()) < tol * float(ref.abs().max())
+    # gradients of a loss linear in the outputs (so that it does not amplify their rounding), against fp64
+    w, w_final = rand(n, t, dv, seed=5, device=device), rand(n, dk, dv, seed=6, device=device)
+    grads = []
+    for cast in (lambda x: x, lambda x: x.double()):
+        inputs = [cast(x).detach().requires_grad_() for x in (q, k, (v.float() - 300).to(dtype), s0)]
+        o, f = linear_scan.causal_dot_product(*inputs)
+        ((o * w).sum() + (f * w_final).sum()).backward()
+        grads.append([x.grad for x in inputs])
+    assert len(seen) == 2 and seen[1] == {dtype}
+    for a, b in zip(*grads):  # half's rounding of q and k, relative to each gradient's largest entry
+        assert float((a.double() - b).abs().max()) < tol * float(b.abs().max())
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_linear_and_memsizer_training_paths_through_fla(device, fla_glue, monkeypatch):
     bsz, t, dk, dv = 2, 45, 8, 6
     pad = torch.zeros(bsz, t, dtype=torch.bool, device=device)
