@@ -9,7 +9,10 @@ KVATTN_KERNELS (read at each call):
   auto       (default) the fast paths for CUDA tensors, when the GPU stack imports
   torch      never: the PyTorch ops everywhere (to compare, or to rule the kernels out)
   interpret  also for CPU tensors, through Triton's interpreter (tests; TRITON_INTERPRET=1 must be set before
-             triton is first imported); fla's kernels do not run there, so the chunked training path stays PyTorch
+             triton is first imported); fla's kernels do not run there (triton 3.6's interpreter cannot loop to a
+             bound passed at run time, as they all do), so the chunked training path stays PyTorch
+
+compile_check.py compiles every kernel for the H100 and the A100 without a GPU (docs/bench/gpu/compile.md).
 """
 import functools
 import os

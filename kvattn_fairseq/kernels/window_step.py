@@ -5,8 +5,9 @@ launches of the PyTorch form (ops/window.ring_step, the reference; tests/test_ke
 other).
 
 The slots go through in tiles of `BW` with an online softmax (a running maximum, sum and weighted sum, rescaled per
-tile), so a program holds BW x d keys and values at a time whatever W is: the whole W x d ring in registers spilled
-once W * d reached 16K (docs/bench/gpu/compile.md).
+tile), so a program holds BW x d keys and values at a time whatever W is: with the whole W x d ring in registers it
+spilled from W * d = 16K on (352 B at W = 256, d = 64; 7 KB at W = 512; fp16, sm_90).  docs/bench/gpu/compile.md
+has what each kernel compiles to now.
 """
 from typing import Dict, Optional, Tuple
 
@@ -41,7 +42,9 @@ def _ring_kernel(q_ptr, k_ptr, v_ptr, key_ptr, value_ptr, valid_ptr, count_ptr, 
     top = tl.full([], float("-inf"), tl.float32)  # the running maximum of the scores
     total = tl.zeros([], dtype=tl.float32)  # sum of exp(score - top)
     acc = tl.zeros([BD], dtype=tl.float32)  # sum of exp(score - top) * value
-    for i in range(TILES):  # enough for W slots; while the ring grows, the tiles past it are masked out
+    # a constant bound (triton 3.6's interpreter cannot loop to a run-time one): enough tiles for W slots; while
+    # the ring grows, those past it are masked out
+    for i in range(TILES):
         ow = i * BW + tl.arange(0, BW)
         mw = ow < NEW
         here = ow == slot
