@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kvattn-setup-stamp
 
 .PHONY: setup demo test clean
 
-$(STAMP): setup.py scripts/setup_env.sh
+$(STAMP): pyproject.toml scripts/setup_env.sh
 	scripts/setup_env.sh $(VENV)
 	touch $(STAMP)
 

@@ -6,6 +6,10 @@ machine's packages do not meet by their metadata (a GPU node's torch pins CUDA p
 the node may carry at other versions), although that torch imports and runs.  Instead this script checks the stack
 itself, with the same rules pip would apply to it:
 
+  verify   every file the manifest lists is there with the size and sha256 it records and is the kind of file
+           its name says (a wheel a readable zip, fairseq's source a tar.gz): a file rebuilt, truncated or swapped
+           since the wheelhouse was made is refused in one line naming it, before anything is installed
+           (setup_env.sh --offline runs it before it creates the environment; plan runs it again)
   plan     which wheels to install: every package the stack needs (the manifest's requirements and everything its
            wheels require, closed over) that the machine lacks or has at a version the stack does not accept;
            packages it already has at an accepted version are kept (the node's numpy, setuptools, ...)
@@ -14,6 +18,7 @@ itself, with the same rules pip would apply to it:
            (its torch above all) are shown, never fatal: they are the machine's business, and the stack is then
            imported
 
+  python scripts/offline_install.py verify WHEELHOUSE
   python scripts/offline_install.py plan WHEELHOUSE     prints the wheel files to install, one per line
   python scripts/offline_install.py check WHEELHOUSE [--extras test,gpu]
 """
@@ -23,10 +28,11 @@ import json
 import os
 import re
 import sys
+import tarfile
 import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from wheelhouse import TORCH_STACK, _packaging, canon, sdist_metadata  # noqa: E402
+from wheelhouse import TORCH_STACK, _packaging, canon, sdist_metadata, sha256  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = "kvattn-fairseq"
@@ -49,7 +55,9 @@ def wanted(req, extras=("",)) -> bool:
 def wheel_requires(path: str):
     """Requires-Dist of a wheel, read from its METADATA without installing it."""
     with zipfile.ZipFile(path) as z:
-        meta = next(n for n in z.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
+        meta = next((n for n in z.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")), None)
+        if meta is None:
+            fail(f"{path} has no .dist-info/METADATA: not a wheel; remake the wheelhouse with scripts/wheelhouse.sh")
         text = z.read(meta).decode("utf-8", "replace")
     head = text.split("\n\n", 1)[0]
     return [line.split(":", 1)[1].strip() for line in head.splitlines() if line.startswith("Requires-Dist:")]
@@ -62,19 +70,63 @@ def installed_version(name: str):
         return None
 
 
+REMAKE = "remake it with scripts/wheelhouse.sh"
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.(whl|tar\.gz)$")
+
+
 class Wheelhouse:
     def __init__(self, folder: str):
         self.folder = folder
         path = os.path.join(folder, "manifest.json")
         if not os.path.isfile(path):
             fail(f"{folder} has no manifest.json; make it with scripts/wheelhouse.sh {folder}")
-        self.manifest = json.load(open(path))
+        try:
+            with open(path, encoding="utf-8") as f:
+                self.manifest = json.load(f)
+            self.files = {f["name"]: f for f in self.manifest["files"]}
+            self.sdist = os.path.join(folder, self.manifest["fairseq"]["sdist"])
+            for key in ("requirements", "resolved"):
+                self.manifest[key]
+        except (OSError, UnicodeDecodeError) as e:
+            fail(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e}); {REMAKE}")
+        except ValueError as e:
+            fail(f"{path}: not valid JSON ({e}): truncated or edited; {REMAKE}")
+        except (KeyError, TypeError) as e:
+            fail(f"{path}: not a wheelhouse manifest (no {e} field where one is expected); {REMAKE}")
         self.wheels = {}  # canonical name -> (version, file)
-        for f in self.manifest["files"]:
-            if f["name"].endswith(".whl"):
-                name, version = f["name"].split("-")[:2]
-                self.wheels[canon(name)] = (version.replace("_", "-"), f["name"])
-        self.sdist = os.path.join(folder, self.manifest["fairseq"]["sdist"])
+        for name, f in self.files.items():
+            if not isinstance(name, str) or not SAFE_NAME.match(name) or not isinstance(f.get("bytes"), int) or \
+                    not re.fullmatch(r"[0-9a-f]{64}", str(f.get("sha256"))):
+                fail(f"{path}: its entry {name!r} is not a file name with bytes and sha256; {REMAKE}")
+            if name.endswith(".whl"):
+                dist, version = name.split("-")[:2]
+                self.wheels[canon(dist)] = (version.replace("_", "-"), name)
+        if os.path.basename(self.sdist) not in self.files:
+            fail(f"{path}: fairseq's source {os.path.basename(self.sdist)} is not among its files; {REMAKE}")
+
+    def verify(self) -> None:
+        """Every listed file present, of the recorded size and sha256, and a readable wheel or tar.gz."""
+        for name, f in sorted(self.files.items()):
+            path = os.path.join(self.folder, name)
+            if not os.path.isfile(path):
+                fail(f"{path} is missing (the manifest lists it); {REMAKE}")
+            size = os.path.getsize(path)
+            if size != f["bytes"]:
+                fail(f"{path} is {size} bytes, the manifest says {f['bytes']}: changed since the wheelhouse was "
+                     f"made; nothing was installed; {REMAKE}")
+            if sha256(path) != f["sha256"]:
+                fail(f"{path}: its sha256 differs from the manifest's: changed since the wheelhouse was made; "
+                     f"nothing was installed; {REMAKE}")
+            try:
+                if name.endswith(".whl"):  # its directory read (the sha256 above vouches for the bytes)
+                    with zipfile.ZipFile(path) as z:
+                        z.namelist()
+                else:
+                    with tarfile.open(path) as t:
+                        t.getmembers()
+            except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+                fail(f"{path} is not a readable {'wheel (zip)' if name.endswith('.whl') else 'tar.gz'} ({e}); "
+                     f"{REMAKE}")
 
     def requirements(self):
         """Every requirement the stack states: the manifest's (the plugin's, its extras', fairseq's and its build
@@ -156,13 +208,18 @@ def check(house: Wheelhouse, extras) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="scripts/offline_install.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("plan", "check"))
+    p.add_argument("command", choices=("verify", "plan", "check"))
     p.add_argument("wheelhouse")
     p.add_argument("--extras", default="test", help="the plugin's extras installed (comma-separated)")
     a = p.parse_args(argv)
     house = Wheelhouse(a.wheelhouse)
     extras = [e for e in re.split(r"[,\s]+", a.extras) if e]
+    if a.command == "verify":
+        house.verify()
+        print(f"verified: {len(house.files)} files of {a.wheelhouse} match its manifest")
+        return 0
     if a.command == "plan":
+        house.verify()
         print("\n".join(os.path.join(house.folder, f) for f in plan(house)))
         return 0
     return check(house, extras)

@@ -13,6 +13,8 @@
 # torch (when $PYTHON is itself a venv, its site-packages are added too); torch is never installed or upgraded.
 # Nothing is resolved by pip (scripts/offline_install.py: the wheels the stack lacks, --no-deps, then every
 # requirement of what was installed checked), so a machine whose own packages miss its torch's declared pins works.
+# Every file of the wheelhouse is checked against the size and sha256 manifest.json records before anything is
+# installed: a file changed since the wheelhouse was made stops the set-up, named, in one line.
 # fairseq is built once per (Python, torch) without build isolation and without CUDA_HOME, and cached in
 # .cache/wheels/.
 set -euo pipefail
@@ -28,6 +30,9 @@ else
   VENV=${1:-${VENV:-.venv}}
 fi
 PYTHON=${PYTHON:-python3}
+if [ $OFFLINE = 1 ]; then  # every file against manifest.json's sizes and hashes, before anything is made
+  "$PYTHON" scripts/offline_install.py verify "$WHEELHOUSE" >/dev/null || exit 1
+fi
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 TRITON_VERSION=${TRITON_VERSION:-3.6.0}  # the GPU node's (torch 2.11's); only carried for a CPU torch
 EXTRAS=${KVATTN_EXTRAS:-test,gpu}  # the plugin's extras whose packages the wheelhouse carries
@@ -71,7 +76,7 @@ tag=$("$PY" -c 'import sys, torch; v = torch.__version__.split("+")[0]; print("c
 
 if [ $OFFLINE = 0 ]; then
   WHEELHOUSE=.cache/wheelhouse-${tag%%-*}
-  if [ ! -f "$WHEELHOUSE/manifest.json" ] || [ setup.py -nt "$WHEELHOUSE/manifest.json" ] \
+  if [ ! -f "$WHEELHOUSE/manifest.json" ] || [ pyproject.toml -nt "$WHEELHOUSE/manifest.json" ] \
       || [ scripts/wheelhouse.py -nt "$WHEELHOUSE/manifest.json" ]; then
     say "downloading the wheelhouse $WHEELHOUSE"
     # A CPU build of torch brings no triton: carry it, so that the tests run the plugin's Triton kernels in

@@ -1,6 +1,6 @@
 """Build a wheelhouse: everything the plugin needs except torch, for a machine without network (see wheelhouse.sh).
 
-What goes in: the plugin's requirements and its test/bench extras (from setup.py, with its environment markers
+What goes in: the plugin's requirements and its test/bench extras (from pyproject.toml, with its environment markers
 evaluated for the target Python), fairseq's requirements and build requirements (from its source distribution),
 ninja (fairseq's C++ extensions then compile in parallel), resolved together for the target Python and platform as
 binary wheels; the few dependencies published only as source are built here into wheels, which must come out
@@ -47,22 +47,16 @@ def canon(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def setup_py_requirements():
-    """install_requires and every extra of setup.py, read by running it with setuptools.setup captured."""
-    import setuptools
-
-    seen = {}
-    real = setuptools.setup
-    setuptools.setup = lambda **kw: seen.update(kw)
-    cwd = os.getcwd()
+def project_requirements():
+    """The dependencies and every optional dependency (extra) of pyproject.toml's [project]."""
     try:
-        os.chdir(ROOT)
-        exec(compile(open("setup.py").read(), "setup.py", "exec"), {"__name__": "__main__"})
-    finally:
-        setuptools.setup = real
-        os.chdir(cwd)
-    reqs = list(seen.get("install_requires", []))
-    for extra in seen.get("extras_require", {}).values():
+        import tomllib
+    except ImportError:  # Python < 3.11: pip's vendored copy of the same parser
+        from pip._vendor import tomli as tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    reqs = list(project.get("dependencies", []))
+    for extra in project.get("optional-dependencies", {}).values():
         reqs += list(extra)
     return reqs
 
@@ -176,11 +170,12 @@ def main(argv=None) -> int:
     stage = tempfile.mkdtemp(prefix=".wheelhouse-", dir=os.path.dirname(out) or ".")
     work = tempfile.mkdtemp(prefix="wheelhouse-work-")
     try:
-        plugin = [Requirement(r) for r in setup_py_requirements()]
+        plugin = [Requirement(r) for r in project_requirements()]
         plugin = [r for r in plugin if applies(r, a.python)]
         fairseq = [r for r in plugin if canon(r.name).startswith("fairseq")]
         if len(fairseq) != 1 or not str(fairseq[0].specifier).startswith("=="):
-            fail(f"setup.py must pin exactly one fairseq for Python {a.python}, found {[str(r) for r in fairseq]}")
+            fail(f"pyproject.toml must pin exactly one fairseq for Python {a.python}, found "
+                 f"{[str(r) for r in fairseq]}")
         print(f"[wheelhouse] {fairseq[0].name}{fairseq[0].specifier} source (compiled on the target against its "
               f"torch {torch_version})", flush=True)
         fairseq_pin = f"{fairseq[0].name}{fairseq[0].specifier}"

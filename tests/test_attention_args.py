@@ -61,6 +61,7 @@ def test_a_plan_gives_each_layer_its_kind(value, kinds):
     (["--mgk-inv-var-scales", "1,-3"], "argument --mgk-inv-var-scales: expected comma-separated positive numbers"),
     (["--mgk-estep", "medium"], "argument --mgk-estep: expected one of soft, hard"),
     (["--mgk-components", "0"], "argument --mgk-components: expected a positive integer, got 0"),
+    (["--short-conv", "-1"], "argument --short-conv: expected a kernel size from 0 (none) to 64"),
 ])
 def test_parser_rejects_bad_values(flags, expected, capsys):
     with pytest.raises(SystemExit) as e:
@@ -117,6 +118,9 @@ def _namespace(**over):
                                         "--mgk-pi"),
                                        ({"cross_attention_type": "mgk", "mgk_pi": "em"}, "--mgk-pi"),
                                        ({"decoder_attention_type": "bogus"}, "--decoder-attention-type"),
+                                       ({"decoder_attention_type": "gated_delta", "short_conv": -2}, "--short-conv"),
+                                       ({"decoder_attention_type": "delta", "short_conv": "x"}, "--short-conv"),
+                                       ({"encoder_attention_type": "linear", "short_conv": 4}, "--short-conv 4"),
                                        ({"memsizer_kv_init_scale": -1.0}, "--memsizer-kv-init-scale")])
 def test_python_api_and_hydra_values_are_checked_at_build(over, flag):
     """Values that bypass argparse (hydra configs, the Python API) are checked before any module is built."""
@@ -146,6 +150,12 @@ def test_build_from_dictconfig_keeps_the_attention_settings():
     (["--cross-attention-type", "kv"], "--cross-attention-type: 'kv' cannot be used for cross-attention: a "
                                        "query-less attention takes each query from its own key"),
     (["--linformer-k", "0"], "--linformer-k: expected a positive integer, got 0"),
+    (["--decoder-attention-type", "gated_delta", "--short-conv", "-1"],
+     "--short-conv: expected a kernel size from 0 (none) to 64 (a short convolution; longer-range mixing is a "
+     "window's job), got -1"),
+    (["--encoder-attention-type", "linear", "--short-conv", "4"],
+     "--short-conv 4: the short convolution is causal, for decoder self-attention only, and --encoder-attention-type "
+     "puts linear attention at encoder self-attention; use --short-conv 0 or another kind there"),
     (["--decoder-attention-type", "memsizer*5,softmax"], "--decoder-attention-type: the plan 'memsizer*5,softmax' "
                                                          "gives 6 layers but the model has 2 (--decoder-layers)"),
     (["--decoder-attention-type", "mgk", "--mgk-components", "2", "--mgk-inv-var-scales", "1,2,3"],
@@ -192,7 +202,11 @@ def test_kinds_and_archs_listings_show_plans(capsys):
     assert compact(["memsizer"] * 5 + ["softmax"]) == "memsizer*5,softmax"
     assert compact(["linear", "softmax", "linear"]) == "linear,softmax,linear"
     assert main(["--kinds"]) == 0
-    assert "e.g. memsizer*5,softmax" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "e.g. memsizer*5,softmax" in listing
+    kinds = {line.split()[0]: line.split()[1] for line in listing.splitlines() if line.strip() and
+             not line.startswith("A position")}
+    assert kinds["gated_delta"] == kinds["window_gated_delta"] == "decoder"
     assert main(["--archs"]) == 0
     lines = {line.split()[1]: line.split()[2:] for line in capsys.readouterr().out.splitlines()}
     assert lines["memsizer_wmt_en_de_big"] == ["encoder=softmax", "decoder=memsizer", "cross=memsizer"]

@@ -2,6 +2,7 @@
 Timings themselves are never asserted."""
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -117,3 +118,27 @@ def test_gpu_mode_skips_a_plan_where_it_does_not_fit(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert all("memsizer*2" in c["models"] for c in results["decode"]["configs"])
     assert all("memsizer*2" not in per for per in results["translate"]["by_dtype"].values())
+
+
+@pytest.mark.parametrize("argv", [["--parts", "decode"], ["--parts", "decode,translate,train", "--threads", "1"],
+                                  ["--parts", "decode", "--threads", "2"]])
+def test_cpu_clock_is_refused_where_it_would_mislead(argv, tmp_path, capsys):
+    """One thread's CPU time is the step's time only with one torch thread, in this process (training runs in
+    subprocesses)."""
+    out = tmp_path / "bench"
+    with pytest.raises(SystemExit):
+        main(["--clock", "cpu", "--device", "cpu", "--out", str(out)] + argv)
+    assert "--clock cpu: times one thread on the CPU" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cpu_clock_does_not_count_time_off_the_cpu():
+    from kvattn_fairseq.bench import common
+
+    try:
+        common.set_clock("cpu")
+        start = common.now(torch.device("cpu"))
+        time.sleep(0.3)  # as when another process has the core
+        assert common.now(torch.device("cpu")) - start < 0.1
+    finally:
+        common.set_clock("wall")

@@ -164,3 +164,35 @@ def test_generate_refuses_a_crafted_checkpoint_in_one_line(reverse_bin, tmp_path
     last = proc.stderr.strip().splitlines()[-1]
     assert "refusing to load checkpoint" in last and re.search(r"\b(posix|os|nt)\.system\b", last), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+    shown = run_cli("fairseq-generate", reverse_bin, "--path", evil, "--user-dir", USER_DIR, "--cpu", cwd=tmp_path,
+                    check=False, env_extra={"KVATTN_TRACEBACK": "1"})  # the traceback on request, then the line
+    assert shown.returncode == 2 and "Traceback" in shown.stderr and shown.stderr.strip().splitlines()[-1] == last
+
+
+def test_gated_delta_language_model_learns_and_evaluates(lm_bin, tmp_path):
+    """Both gated delta kinds through fairseq-train and fairseq-eval-lm (whole sentences, and a sliding context
+    window): the model learns the determined half of each line."""
+    log = runs.train_lm(lm_bin, tmp_path, "kvattn_lm_tiny", "--decoder-attention-type",
+                        "gated_delta,window_gated_delta", "--attention-window", "8", epochs=6)
+    assert "GatedDeltaAttention" in log
+    lines = runs.read_lines(lm_bin.parent / "lmraw" / "test.txt")
+    uniform = 20 + 2
+    for flags in (("--sample-break-mode", "eos"), ("--tokens-per-sample", "64", "--context-window", "32")):
+        result = runs.eval_lm(lm_bin, tmp_path / "checkpoint_best.pt", *flags)
+        assert result["tokens"] == sum(len(l.split()) + 1 for l in lines)
+        assert result["ppl"] < 0.75 * uniform, (flags, result)
+
+
+def test_delta_language_model_with_a_short_convolution_learns_and_reloads(lm_bin, tmp_path):
+    """--short-conv 4 on delta (and on a window_linear layer beside it) through fairseq-train: each layer gets its
+    convolution, the checkpoint keeps the flag, and fairseq-eval-lm rebuilds the model from it."""
+    log = runs.train_lm(lm_bin, tmp_path, "kvattn_lm_tiny", "--decoder-attention-type", "delta,window_linear",
+                        "--attention-window", "8", "--short-conv", "4", epochs=6)
+    assert "DeltaAttention" in log and "short_conv=4" in log
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "checkpoint_best.pt"))
+    assert [k for k in state["model"] if k.endswith("conv.weight")] == [
+        "decoder.layers.0.self_attn.conv.weight", "decoder.layers.1.self_attn.memory.conv.weight"]
+    lines = runs.read_lines(lm_bin.parent / "lmraw" / "test.txt")
+    result = runs.eval_lm(lm_bin, tmp_path / "checkpoint_best.pt", "--sample-break-mode", "eos")
+    assert result["tokens"] == sum(len(l.split()) + 1 for l in lines)
+    assert result["ppl"] < 0.75 * (20 + 2), result  # the determined half of each line is learnt

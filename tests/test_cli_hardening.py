@@ -18,6 +18,8 @@ def bad_value(opt):
         return BAD[opt.type]
     if getattr(opt.type, "__name__", "") == "choice":
         return "no-such-choice"
+    if getattr(opt.type, "__name__", "") == "short_conv_kernel":
+        return "-1"  # 0 is valid here: no convolution
     return "0"
 
 

@@ -114,7 +114,7 @@ def test_new_kinds_start_from_the_softmax_they_replace(tmp_path, capsys, mt_teac
                                                                     ("decoder", 1, "memsizer")]
 
 
-@pytest.mark.parametrize("plan", ["window", "window_memsizer", "window_linear"])
+@pytest.mark.parametrize("plan", ["window", "window_memsizer", "window_linear", "window_gated_delta"])
 def test_a_window_conversion_starts_as_the_teacher_cut_to_its_window(tmp_path, capsys, plan):
     """The window takes the softmax projections and the memory branch starts silent: with a window as long as
     the text, the converted LM computes exactly the teacher's function; a shorter window changes only the

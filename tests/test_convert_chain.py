@@ -3,6 +3,7 @@
 fairseq-eval-lm with every sentence and token out, as `python -m kvattn_fairseq recovery --tiny` runs it; and
 `convert-chain`'s reruns on the spine."""
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -127,3 +128,42 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "--out" in err[0] and "is not a directory" in err[0], err
     assert (tmp_path / "ch").read_text() == "the user's"
+
+
+def test_another_teacher_at_the_same_path_is_not_taken_for_the_converted_one(tmp_path, capsys):
+    """The steps record the teacher's size and sha256, not only its path: a model trained again into the same file
+    is another input, refused in one line, and converted again with --force."""
+    from test_convert import MT_SIZE, save_checkpoint
+
+    teacher, data, out = tmp_path / "teacher.pt", tmp_path / "data", tmp_path / "ch"
+    save_checkpoint(teacher, "transformer", *MT_SIZE, seed=0)
+    data.mkdir()
+    argv = ["--checkpoint", teacher, "--data", data, "--out", out, "--transfer-updates", "0", "--finetune-updates",
+            "0", "--decoder-attention-type", "linear"]
+    assert _chain(*argv) == 0
+    first = (out / "converted.pt").read_bytes()
+    save_checkpoint(teacher, "transformer", *MT_SIZE, seed=1)  # another trained model, the same path
+    capsys.readouterr()
+    assert _chain(*argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and f"made from another --checkpoint ({teacher}: its content changed)" in err[0], err
+    assert (out / "converted.pt").read_bytes() == first
+    assert _chain(*argv, "--force") == 0
+    key = "decoder.embed_tokens.weight"  # carried over from the new teacher
+    assert torch.equal(torch.load(out / "converted.pt", weights_only=True)["model"][key],
+                       torch.load(teacher, weights_only=True)["model"][key])
+
+
+def test_a_fresh_out_holding_the_users_chain_json_is_refused(tmp_path, capsys):
+    from test_convert import MT_SIZE, save_checkpoint
+
+    save_checkpoint(tmp_path / "teacher.pt", "transformer", *MT_SIZE)
+    out = tmp_path / "ch"
+    out.mkdir()
+    (out / "chain.json").write_text("the user's")
+    assert _chain("--checkpoint", tmp_path / "teacher.pt", "--data", tmp_path, "--out", out, "--transfer-updates",
+                  "0", "--finetune-updates", "0", "--decoder-attention-type", "linear") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "chain.json exists and this tool has no record of writing it" in err[0], err
+    assert (out / "chain.json").read_text() == "the user's"
+    assert sorted(os.listdir(out)) == [".kvattn.lock", "chain.json"]  # nothing was run: only the run's lock

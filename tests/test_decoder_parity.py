@@ -41,6 +41,12 @@ def _configs():
                                       "--cross-attention-type", "mlk", "--mgk-pi", "clamp", "--mgk-head-dim", "8"),
     })
     # per-layer plans: constant-state and softmax layers side by side, each with its own state and reordering
+    enc_dec["gated-delta-hybrid-plan"] = ("kvattn_transformer_tiny", "--decoder-attention-type", "gated_delta,softmax")
+    # the short convolution on delta's and linear's q/k/v projections (its state beside the memory's)
+    enc_dec["delta-short-conv-4"] = ("kvattn_transformer_tiny", "--decoder-attention-type", "delta", "--short-conv",
+                                     "4")
+    enc_dec["linear-short-conv-4"] = ("kvattn_transformer_tiny", "--decoder-attention-type", "linear", "--short-conv",
+                                      "4")
     enc_dec["hybrid-plan"] = ("kvattn_transformer_tiny", "--encoder-attention-type", "memsizer,softmax",
                               "--decoder-attention-type", "linear,softmax", "--cross-attention-type", "memsizer,softmax",
                               "--memsizer-cross-slots", "5")
@@ -56,7 +62,17 @@ def _configs():
                                           "window*2,linear", "--attention-window", "4"),
           # the delta rule beside a window and a softmax layer, each layer with its own state
           "delta-plan-lm": ("kvattn_lm_tiny", "--decoder-layers", "3", "--decoder-attention-type",
-                            "window_delta,delta,softmax", "--attention-window", "4")}
+                            "window_delta,delta,softmax", "--attention-window", "4"),
+          # gated delta layers (one with a shorter convolution) beside a window and a softmax layer
+          "gated-delta-plan-lm": ("kvattn_lm_tiny", "--decoder-layers", "3", "--decoder-attention-type",
+                                  "window_gated_delta,gated_delta,softmax", "--attention-window", "4",
+                                  "--short-conv", "2"),
+          "delta-short-conv-4-lm": ("kvattn_lm_tiny", "--decoder-attention-type", "delta", "--short-conv", "4"),
+          "linear-short-conv-4-lm": ("kvattn_lm_tiny", "--decoder-attention-type", "linear", "--short-conv", "4"),
+          # a window beside each, and a K of 2 for every layer that takes the flag
+          "window-delta-linear-short-conv-2-lm": ("kvattn_lm_tiny", "--decoder-layers", "3", "--decoder-attention-type",
+                                                  "window_delta,window_linear,gated_delta", "--attention-window", "4",
+                                                  "--short-conv", "2")}
     for name, kind in ATTENTION_KINDS.items():
         flags = [f for p in kind.positions for f in (POSITION_FLAGS[p], name)]
         enc_dec[name] = ("kvattn_transformer_tiny", *flags)

@@ -33,7 +33,7 @@ def run(*cmd, env_extra=None, timeout=1200):
 def house(tmp_path_factory):
     """This Python's wheelhouse: the one `make setup` downloaded minutes ago if it is current, else a new one."""
     cached = ROOT / ".cache" / f"wheelhouse-cp{PYVER.replace('.', '')}" / "manifest.json"
-    newest = max((ROOT / "setup.py").stat().st_mtime, (ROOT / "scripts" / "wheelhouse.py").stat().st_mtime)
+    newest = max((ROOT / "pyproject.toml").stat().st_mtime, (ROOT / "scripts" / "wheelhouse.py").stat().st_mtime)
     if cached.is_file() and cached.stat().st_mtime > newest:
         return cached.parent
     out = tmp_path_factory.mktemp("wh") / "house"
@@ -62,12 +62,12 @@ def test_wheelhouse_holds_every_requirement_but_torch(house):
     carried = {f"triton-{manifest['triton']}-"} if manifest.get("triton") else set()
     assert not [n for n in files if re.match(r"(torch|triton|nvidia)[-_]", n) and not n.startswith("torchaudio")
                 and not any(n.startswith(c) for c in carried)]
-    # fairseq as source, pinned as setup.py pins it; its own and its build requirements resolved
+    # fairseq as source, pinned as pyproject.toml pins it; its own and its build requirements resolved
     sdist = house / manifest["fairseq"]["sdist"]
     assert sdist.name.endswith(".tar.gz") and manifest["fairseq"]["requirement"].split("==")[1] in sdist.name
     runtime, build = wheelhouse.sdist_metadata(str(sdist))
     resolved = {wheelhouse.canon(n) for n in manifest["resolved"]}
-    needed = (_names(wheelhouse.setup_py_requirements()) | _names(runtime) | _names(build)) - {"torch"}
+    needed = (_names(wheelhouse.project_requirements()) | _names(runtime) | _names(build)) - {"torch"}
     needed -= {wheelhouse.canon(manifest["fairseq"]["requirement"].split("==")[0])}
     assert needed <= resolved, needed - resolved
     wheels = [n for n in files if n.endswith(".whl")]
@@ -189,3 +189,91 @@ def test_gpu_check_without_a_gpu_stops_at_once(tmp_path):
     assert proc.returncode == 1
     assert "no CUDA device visible to" in proc.stdout and (tmp_path / "out" / "gpu-check.md").is_file()
     assert not (tmp_path / "out" / "setup.log").exists()  # nothing was installed
+
+
+# --- the offline install refuses a wheelhouse that is not the one its manifest describes ---------------------------
+def _zip(path, files):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+
+
+def _small_house(root: Path) -> Path:
+    """A wheelhouse as wheelhouse.sh writes it, with one small wheel and fairseq's source: what verify reads."""
+    import io
+
+    house = root / "house"
+    house.mkdir()
+    _zip(house / "einops-0.8.2-py3-none-any.whl", {"einops/__init__.py": "__version__ = '0.8.2'\n",
+                                                    "einops-0.8.2.dist-info/METADATA": "Name: einops\n"})
+    with tarfile.open(house / "fairseq_fixed-0.12.3.1.tar.gz", "w:gz") as tar:
+        data = b"Metadata-Version: 2.1\nName: fairseq-fixed\nVersion: 0.12.3.1\n"
+        info = tarfile.TarInfo("fairseq_fixed-0.12.3.1/PKG-INFO")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    _write_manifest(house)
+    return house
+
+
+def _write_manifest(house: Path, **changed) -> None:
+    files = sorted(p.name for p in house.iterdir() if p.name != "manifest.json")
+    manifest = {"python": PYVER, "requirements": ["einops"], "resolved": {"einops": "0.8.2"},
+                "fairseq": {"requirement": "fairseq-fixed==0.12.3.1", "sdist": "fairseq_fixed-0.12.3.1.tar.gz"},
+                "files": [{"name": f, "bytes": (house / f).stat().st_size,
+                           "sha256": hashlib.sha256((house / f).read_bytes()).hexdigest()} for f in files]}
+    (house / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _offline_setup(house, venv):
+    return run("scripts/setup_env.sh", "--offline", house, venv, env_extra=dict(NO_NETWORK, PYTHON=sys.executable),
+               timeout=300)
+
+
+def test_offline_setup_refuses_a_wheel_changed_since_the_manifest_before_installing_anything(tmp_path):
+    house = _small_house(tmp_path)
+    verify = [sys.executable, ROOT / "scripts" / "offline_install.py", "verify", house]
+    assert run_command(verify, timeout=120).returncode == 0
+    wheel = house / "einops-0.8.2-py3-none-any.whl"
+    recorded = wheel.stat().st_size
+    _zip(wheel, {"einops/__init__.py": "import os; os.system('echo owned')\n",  # rebuilt, with code added
+                 "einops-0.8.2.dist-info/METADATA": "Name: einops\n"})
+    proc = _offline_setup(house, tmp_path / "venv")
+    assert proc.returncode == 1 and not (tmp_path / "venv").exists()
+    assert proc.stderr.strip().splitlines() == [
+        f"setup: {wheel} is {wheel.stat().st_size} bytes, the manifest says {recorded}: changed since the "
+        f"wheelhouse was made; nothing was installed; remake it with scripts/wheelhouse.sh"]
+    same_size = bytearray((house / "einops-0.8.2-py3-none-any.whl").read_bytes())
+    _write_manifest(house)
+    same_size[-30] ^= 1  # one byte flipped: the size the manifest says, another sha256
+    wheel.write_bytes(bytes(same_size))
+    proc = run_command([sys.executable, ROOT / "scripts" / "offline_install.py", "plan", house], timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"setup: {wheel}: its sha256 differs from the manifest's: changed since the wheelhouse was made; nothing "
+        f"was installed; remake it with scripts/wheelhouse.sh"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "einops-0.8.2-py3-none-any.whl is missing (the manifest lists it)"),
+    ("not a zip", "einops-0.8.2-py3-none-any.whl is not a readable wheel (zip) (File is not a zip file)"),
+    ("truncated manifest", "manifest.json: not valid JSON ("),
+    ("not a manifest", "manifest.json: not a wheelhouse manifest (no 'files' field where one is expected)"),
+])
+def test_offline_setup_with_a_damaged_wheelhouse_is_one_line(tmp_path, damage, message):
+    house = _small_house(tmp_path)
+    wheel, manifest = house / "einops-0.8.2-py3-none-any.whl", house / "manifest.json"
+    if damage == "missing":
+        wheel.unlink()
+    elif damage == "not a zip":
+        wheel.write_text("<html>a proxy's error page</html>")
+        _write_manifest(house)  # even recorded as such
+    elif damage == "truncated manifest":
+        manifest.write_text(manifest.read_text()[:100])
+    else:
+        manifest.write_text('{"python": "3.11"}')
+    proc = _offline_setup(house, tmp_path / "venv")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("setup: ") and message in lines[0], lines
+    assert not (tmp_path / "venv").exists()

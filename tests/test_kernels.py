@@ -63,6 +63,24 @@ def test_modes_are_read_at_each_call_and_checked(monkeypatch):
         kernels.mode()
 
 
+def test_the_path_is_chosen_in_one_place(monkeypatch):
+    """kernels.fused_step / fused_chunk decide for every op: fp64 always on the PyTorch ops, fla's delta rules for
+    half precision only, no chunked kernel for a family without one."""
+    monkeypatch.setenv("KVATTN_KERNELS", "interpret")
+    assert kernels.fused_step(torch.zeros(1)) and not kernels.fused_step(torch.zeros(1, dtype=torch.float64))
+    monkeypatch.setattr(kernels, "fla_ok", lambda t: True)
+    half, single = torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1)
+    assert kernels.fused_chunk("linear", single) and kernels.fused_chunk("linear", half)
+    assert kernels.fused_chunk("delta", half) and not kernels.fused_chunk("delta", single)
+    assert not kernels.fused_chunk("factorized", single)
+    assert not kernels.fused_chunk("linear", torch.zeros(1, dtype=torch.float64))
+    # the gated delta rule: fla's kernels for both paths, half precision only (never the plugin's Triton step)
+    assert kernels.fused_chunk("gated_delta", half) and not kernels.fused_chunk("gated_delta", single)
+    assert kernels.fused_step(half, "gated_delta") and not kernels.fused_step(single, "gated_delta")
+    monkeypatch.setenv("KVATTN_KERNELS", "torch")
+    assert not kernels.fused_step(single)
+
+
 # --- the decoding steps --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype,tile", [(torch.float32, None), (torch.bfloat16, None), (torch.float32, 64)])
@@ -78,11 +96,11 @@ def test_linear_step_kernel_equals_the_pytorch_step(device, dtype, tile, monkeyp
     state = rand(n, dk, dv + 1, seed=5, device=device).abs()
     for s, p in ((None, None), (state, None), (state, pad)):
         torch_only(monkeypatch)
-        want = lops.causal_step(q, k, v, s, p)
-        want_features = lops.causal_step_features(lops.feature_map(q), lops.feature_map(k), v, s, p)
+        want = lops.causal_step(q, k, v, state=s, pad=p)
+        want_features = lops.causal_step_features(lops.feature_map(q), lops.feature_map(k), v, state=s, pad=p)
         monkeypatch.setenv("KVATTN_KERNELS", "auto" if CUDA else "interpret")
-        got = lops.causal_step(q, k, v, s, p)
-        got_features = lops.causal_step_features(lops.feature_map(q), lops.feature_map(k), v, s, p)
+        got = lops.causal_step(q, k, v, state=s, pad=p)
+        got_features = lops.causal_step_features(lops.feature_map(q), lops.feature_map(k), v, state=s, pad=p)
         for a, b in zip(got + got_features, want + want_features):
             assert a.dtype == b.dtype == torch.float32
             torch.testing.assert_close(a, b, **TOL)
@@ -97,9 +115,9 @@ def test_memsizer_step_kernel_equals_the_pytorch_step(device, monkeypatch):
     state = None
     for step in range(4):
         torch_only(monkeypatch)
-        want, want_state = mops.causal_step(p, a, u, state, pad if step % 2 else None)
+        want, want_state = mops.causal_step(p, a, u, state=state, pad=pad if step % 2 else None)
         monkeypatch.setenv("KVATTN_KERNELS", "auto" if CUDA else "interpret")
-        got, state = mops.causal_step(p, a, u, state, pad if step % 2 else None)
+        got, state = mops.causal_step(p, a, u, state=state, pad=pad if step % 2 else None)
         assert got.dtype == want.dtype == torch.float16
         torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
         torch.testing.assert_close(state[0], want_state[0], **TOL)
@@ -148,16 +166,16 @@ def test_delta_step_kernel_equals_the_pytorch_step(device, tile, dv, monkeypatch
     state, order = rand(n, dk, dv, seed=5, device=device), torch.tensor([4, 4, 0, 2, 1], device=device)
     for s, p, o in ((None, None, None), (state, pad, None), (state, None, order)):
         torch_only(monkeypatch)
-        want = dops.causal_step(q, k, v, beta, s, p, o)
+        want = dops.causal_step(q, k, v, beta, state=s, pad=p, order=o)
         monkeypatch.setenv("KVATTN_KERNELS", "auto" if CUDA else "interpret")
-        got = dops.causal_step(q, k, v, beta, s, p, o)
+        got = dops.causal_step(q, k, v, beta, state=s, pad=p, order=o)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, **TOL)
 
 
 # whole models decoding through the kernels: every step equals the full (PyTorch, parallel) forward.  Short
 # sequences: the interpreter runs every kernel program one by one in Python.
-@pytest.mark.parametrize("name", ["linear", "memsizer-lm-arch", "window-memsizer-lm", "delta"])
+@pytest.mark.parametrize("name", ["linear", "memsizer-lm-arch", "window-memsizer-lm", "delta", "delta-short-conv-4-lm"])
 def test_lm_decoding_through_the_kernels_equals_the_full_pass(name, fused):
     d = parity.make_dictionary()
     model = parity.build_model(*parity.LM_CONFIGS[name], dictionary=d).to(DEVICE)
@@ -168,10 +186,12 @@ def test_lm_decoding_through_the_kernels_equals_the_full_pass(name, fused):
     torch.testing.assert_close(inc, full, **parity.TOL)
 
 
-@pytest.mark.parametrize("name", ["linear", "window-memsizer-lm", "mlk-lm-arch", "memsizer-lm-arch", "delta"])
+@pytest.mark.parametrize("name", ["linear", "window-memsizer-lm", "mlk-lm-arch", "memsizer-lm-arch", "delta",
+                                  "delta-short-conv-4-lm", "linear-short-conv-4-lm"])
 def test_lm_reorder_through_the_kernels(name, fused):
-    """The search's reorder is recorded, not applied, and the next fused step gathers its rows by it: two reorders
-    in a row (composed), a permutation with duplicates and a shrinking batch."""
+    """The search's reorder is recorded, not applied, and the next fused step gathers its rows by it (and the short
+    convolution's last inputs with them): two reorders in a row (composed), a permutation with duplicates and a
+    shrinking batch."""
     d = parity.make_dictionary()
     model = parity.build_model(*parity.LM_CONFIGS[name], dictionary=d).to(DEVICE)
     prev = parity._targets(d, 6, 9, torch.Generator().manual_seed(4)).to(DEVICE)
@@ -254,7 +274,8 @@ def test_chunked_kernel_glue_equals_the_pytorch_prefix_product(device, fla_glue,
     n, t, dk, dv = 3, 37, 5, 7  # a key narrower than the kernel's smallest tile, a length off the chunk grid
     q, k, v = (rand(n, t, d, seed=i, device=device) for i, d in enumerate((dk, dk, dv)))
     s0 = rand(n, dk, dv, seed=4, device=device)
-    (want, want_g), (got, got_g) = _both(monkeypatch, linear_scan.causal_dot_product, q, k, v, s0)
+    (want, want_g), (got, got_g) = _both(monkeypatch, lambda q_, k_, v_, s_: linear_scan.causal_dot_product(
+        q_, k_, v_, state=s_), q, k, v, s0)
     for a, b in zip(got + got_g, want + want_g):
         torch.testing.assert_close(a, b, **FLA_TOL)
 
@@ -303,14 +324,14 @@ def test_linear_and_memsizer_training_paths_through_fla(device, fla_glue, monkey
     pad[1, -7:] = True
     q, k, v = (rand(bsz, t, d, seed=i, device=device) for i, d in enumerate((dk, dk, dv)))
     state = rand(bsz, dk, dv + 1, seed=9, device=device).abs()
-    (want, want_g), (got, got_g) = _both(monkeypatch, lambda q_, k_, v_, s_: lops.causal_parallel(q_, k_, v_, pad, s_),
-                                         q, k, v, state)
+    (want, want_g), (got, got_g) = _both(monkeypatch, lambda q_, k_, v_, s_: lops.causal_parallel(
+        q_, k_, v_, state=s_, pad=pad), q, k, v, state)
     for a, b in zip(got + got_g, want + want_g):
         torch.testing.assert_close(a, b, **FLA_TOL)
     p = torch.softmax(rand(bsz, t, 4, seed=11, device=device), -1)
     a, u = rand(bsz, t, 4, seed=12, device=device), rand(bsz, t, 10, seed=13, device=device)
     (want, want_g), (got, got_g) = _both(
-        monkeypatch, lambda *x: mops.causal_parallel(*x, pad=pad, return_state=True)[0], p, a, u)
+        monkeypatch, lambda *x: mops.causal_parallel(*x, pad=pad)[0], p, a, u)
     for x, y in zip(got + got_g, want + want_g):
         torch.testing.assert_close(x, y, **FLA_TOL)
 
@@ -389,10 +410,110 @@ def test_delta_training_path_through_fla(device, monkeypatch):
     pad = torch.zeros(n, t, dtype=torch.bool, device=device)
     pad[2, -6:] = True
     state = rand(n, dk, dv, seed=5, device=device) * 0.1
-    got = dops.causal_chunked(q, k, v, beta, pad, state)
+    got = dops.causal_parallel(q, k, v, beta, state=state, pad=pad)
     torch_only(monkeypatch)
     monkeypatch.setattr(kernels, "fla_ok", lambda t: False)
-    want = dops.causal_chunked(q.bfloat16().float(), k.bfloat16().float(), v, beta, pad, state)
+    want = dops.causal_parallel(q.bfloat16().float(), k.bfloat16().float(), v, beta, state=state, pad=pad)
     for a, b in zip(got, want):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+# --- the gated delta rule through fla --------------------------------------------------------------------------------
+@pytest.fixture
+def gated_fla(monkeypatch):
+    """fla's gated delta-rule kernels: the real ones on a GPU; on the CPU (they do not run in Triton's interpreter)
+    fla's own recurrence in both kernels' place, taken to their calling convention, so that the glue (layouts, key
+    padding, the state's layout, dtypes, gradients) runs."""
+    if CUDA:
+        pytest.importorskip("fla.ops.gated_delta_rule", reason="the gpu extra (fla-core) is not installed")
+        return
+    naive = pytest.importorskip("fla.ops.gated_delta_rule.naive")
+    from kvattn_fairseq.kernels import gated_delta as glue
+
+    def stand_in(q, k, v, g=None, beta=None, scale=None, initial_state=None, output_final_state=False, **_):
+        assert q.dim() == 4 and q.size(2) == 1 and q.size(-1) % 16 == 0 and g.dtype == torch.float32
+        assert q.dtype == k.dtype == v.dtype == beta.dtype and v.dtype in (torch.float16, torch.bfloat16)
+        assert initial_state is None or initial_state.dtype == torch.float32 and output_final_state
+        out, final = naive.naive_recurrent_gated_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                                                             output_final_state=True)
+        return out.to(v.dtype), final
+
+    monkeypatch.setattr(glue, "_chunk", lambda: stand_in)
+    monkeypatch.setattr(glue, "_recurrent", lambda: stand_in)
+    monkeypatch.setattr(kernels, "fla_ok", lambda t: True)
+
+
+def _gated_inputs(n, t, dk, dv, device):
+    q = torch.nn.functional.normalize(rand(n, t, dk, seed=1, device=device), dim=-1)
+    k = torch.nn.functional.normalize(rand(n, t, dk, seed=2, device=device), dim=-1)
+    v = rand(n, t, dv, seed=3, device=device).bfloat16()
+    beta = torch.rand(n, t, generator=torch.Generator().manual_seed(4)).to(device)
+    g = -torch.rand(n, t, generator=torch.Generator().manual_seed(5)).to(device)
+    pad = torch.zeros(n, t, dtype=torch.bool, device=device)
+    pad[2, -6:] = True
+    pad[1, :3] = True
+    return q, k, v, beta, g, pad, rand(n, dk, dv, seed=6, device=device) * 0.1
+
+
+def _torch_path(monkeypatch):
+    torch_only(monkeypatch)
+    monkeypatch.setattr(kernels, "fla_ok", lambda t: False)
+
+
+@pytest.mark.parametrize("dk", [16, 8])  # 8: keys narrower than the kernel's tile, zero-padded by the glue
+@pytest.mark.parametrize("device", DEVICES)
+def test_gated_delta_training_path_through_fla(device, dk, gated_fla, monkeypatch):
+    """Outputs, final state and gradients of the chunked path through fla's kernel (half-precision q, k, v in, fp32
+    state out) against the PyTorch path on the same rounded inputs."""
+    from kvattn_fairseq.ops import gated_delta as gops
+
+    q, k, v, beta, g, pad, state = _gated_inputs(3, 40, dk, 8, device)
+    results = []
+    for fla in (True, False):
+        if not fla:
+            _torch_path(monkeypatch)
+            q, k, beta = (t.bfloat16().float() for t in (q, k, beta))  # what the kernel was given
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, beta, g, state)]
+        out, final = gops.causal_parallel(*leaves[:5], state=leaves[5], pad=pad)
+        assert out.dtype == final.dtype == torch.float32 and final.shape == state.shape
+        ((out * rand(*out.shape, seed=7, device=device)).sum() + final.sum()).backward()
+        results.append([out, final] + [t.grad for t in leaves])
+    for name, a, b in zip(("out", "state", "dq", "dk", "dv", "dbeta", "dg", "dstate"), *results):
+        # bf16 intermediates inside fla's kernel (w, u, the chunk states) on a GPU
+        tol = 5e-2 if CUDA and name.startswith("d") else 3e-2
+        torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gated_delta_step_through_fla(device, gated_fla, monkeypatch):
+    from kvattn_fairseq.ops import gated_delta as gops
+
+    q, k, v, beta, g, pad, state = _gated_inputs(5, 1, 8, 12, device)
+    order = torch.tensor([4, 4, 0, 2, 1], device=device)
+    with torch.no_grad():
+        for s, p, o in ((None, None, None), (state, pad[:, 0], None), (state, None, order)):
+            got = gops.causal_step(q[:, 0], k[:, 0], v[:, 0], beta[:, 0], g[:, 0], state=s, pad=p, order=o)
+            with monkeypatch.context() as m:
+                _torch_path(m)
+                want = gops.causal_step(q[:, 0].bfloat16().float(), k[:, 0].bfloat16().float(), v[:, 0],
+                                        beta[:, 0].bfloat16().float(), g[:, 0], state=s, pad=p, order=o)
+            for a, b in zip(got, want):
+                assert a.dtype == torch.float32
+                torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gated_delta_model_decodes_through_fla_like_its_full_pass(device, gated_fla):
+    """A bf16 language model with gated delta layers: steps through fla's recurrent kernel, the full pass through its
+    chunked kernel, the state between them fp32."""
+    d = parity.make_dictionary()
+    model = parity.build_model("kvattn_lm_tiny", "--decoder-attention-type", "gated_delta,window_gated_delta",
+                               "--attention-window", "4", dictionary=d).to(device=device, dtype=torch.bfloat16)
+    prev = parity._targets(d, 2, 70, torch.Generator().manual_seed(1)).to(device)  # past one chunk (64)
+    with torch.no_grad():
+        full, _ = model(prev)
+        inc, state = parity._incremental(model.decoder, prev)
+    assert all(t.dtype == torch.float32 for buf in state.values() for t in buf.values() if t.is_floating_point())
+    full, inc = torch.log_softmax(full.float(), -1), torch.log_softmax(inc.float(), -1)
+    assert (inc - full).abs().max() < 0.1  # bf16 activations on both sides

@@ -1,10 +1,10 @@
 """The package's shape: only __init__ and __main__ at its top level, an import graph without cycles, one list of
-fairseq patches applied exactly once (and the README's list generated from it), one error base, one command entry
-point that the old `python -m` module names point to."""
+fairseq patches applied exactly once (and the list in docs/reliability.md generated from it), one error base, one
+command entry point that the old `python -m` module names point to."""
 import ast
 import importlib
-import importlib.util
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,9 @@ import kvattn_fairseq
 from kvattn_fairseq import commands, patches
 from kvattn_fairseq.patches.apply import is_patched, resolve
 from kvattn_fairseq.util.errors import OneLineError
-from kvattn_fairseq.util.moved import MOVED
+from kvattn_fairseq.util.moved import MOVED, message
+
+from conftest import run
 
 PACKAGE = Path(kvattn_fairseq.__file__).parent
 
@@ -93,10 +95,10 @@ def test_applying_the_patches_again_changes_nothing():
     assert list(torch.serialization.get_safe_globals()) == safe_globals and np.compat is compat
 
 
-def test_the_readme_lists_the_patches():
-    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index(patches.README_BEGIN) + len(patches.README_BEGIN):readme.index(patches.README_END)]
-    assert section == patches.readme_section(), "paste the output of `python -m kvattn_fairseq --patches`"
+def test_the_docs_list_the_patches():
+    page = (PACKAGE.parent / patches.DOCS_PAGE).read_text(encoding="utf-8")
+    section = page[page.index(patches.DOCS_BEGIN) + len(patches.DOCS_BEGIN):page.index(patches.DOCS_END)]
+    assert section == patches.docs_section(), f"run `python scripts/docs_sections.py` ({patches.DOCS_PAGE} is stale)"
 
 
 def test_every_user_facing_error_has_the_one_base_and_keeps_its_own():
@@ -131,9 +133,24 @@ def test_a_command_runs_with_the_arguments_after_its_name(tmp_path, capsys):
 def test_the_old_module_names_say_what_replaced_them(old):
     new, command = MOVED[old]
     importlib.import_module(new)
-    spec = importlib.util.find_spec(old)
-    with pytest.raises(ImportError, match=f"{old} moved to {new}"):
+    with pytest.raises(ModuleNotFoundError):
         importlib.import_module(old)
-    if command:  # what `python -m OLD` prints
-        with pytest.raises(ImportError, match=f"run `python -m kvattn_fairseq {command}`"):
-            spec.loader.get_code(old)
+    proc = run([sys.executable, "-m", old, "--some-flag"])  # stops in the package's __init__, before fairseq loads
+    want = f"run `python -m kvattn_fairseq {command}` (the same arguments)" if command else f"moved to {new}"
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [f"kvattn_fairseq: error: {message(old, True)}"]
+    assert want in proc.stderr and proc.stdout == ""
+
+
+GUEST = """
+import argparse, sys
+before = (sys.excepthook, argparse.ArgumentParser.error, list(sys.meta_path), list(sys.path_hooks))
+import kvattn_fairseq
+after = (sys.excepthook, argparse.ArgumentParser.error, list(sys.meta_path), list(sys.path_hooks))
+print([name for name, a, b in zip(("excepthook", "error", "meta_path", "path_hooks"), before, after) if a != b])
+"""
+
+
+def test_a_plain_import_leaves_the_process_as_it_was():
+    """A notebook or script that imports the plugin keeps Python's error hook, argparse and import machinery."""
+    proc = run([sys.executable, "-c", GUEST], env_extra={"PYTHONWARNINGS": "ignore"}, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr[-2000:]

@@ -36,13 +36,14 @@ def pads(n, tlen):
 def test_chunked_and_step_match_the_recurrence(chunk):
     q, k, v, beta = inputs()
     for pad in pads(3, 29):
-        ref, ref_state = ops.reference(q, k, v, beta, pad)
-        out, state = ops.causal_chunked(q, k, v, beta, pad, chunk=chunk)
+        ref, ref_state = ops.causal_reference(q, k, v, beta, pad=pad)
+        out, state = ops.causal_parallel(q, k, v, beta, pad=pad, chunk=chunk)
         torch.testing.assert_close(out, ref.float(), **TOL)
         torch.testing.assert_close(state, ref_state.float(), **TOL)
         s, steps = None, []
         for t in range(29):
-            o, s = ops.causal_step(q[:, t], k[:, t], v[:, t], beta[:, t], s, None if pad is None else pad[:, t])
+            o, s = ops.causal_step(q[:, t], k[:, t], v[:, t], beta[:, t], state=s,
+                                   pad=None if pad is None else pad[:, t])
             steps.append(o)
         torch.testing.assert_close(torch.stack(steps, 1), ref.float(), **TOL)
         torch.testing.assert_close(s, ref_state.float(), **TOL)
@@ -50,9 +51,9 @@ def test_chunked_and_step_match_the_recurrence(chunk):
 
 def test_a_call_continues_from_the_state_of_an_earlier_one():
     q, k, v, beta = inputs(tlen=40, seed=1)
-    full, final = ops.causal_chunked(q, k, v, beta, chunk=8)
-    head, s = ops.causal_chunked(q[:, :13], k[:, :13], v[:, :13], beta[:, :13], chunk=8)
-    tail, s = ops.causal_chunked(q[:, 13:], k[:, 13:], v[:, 13:], beta[:, 13:], state=s, chunk=8)
+    full, final = ops.causal_parallel(q, k, v, beta, chunk=8)
+    head, s = ops.causal_parallel(q[:, :13], k[:, :13], v[:, :13], beta[:, :13], chunk=8)
+    tail, s = ops.causal_parallel(q[:, 13:], k[:, 13:], v[:, 13:], beta[:, 13:], state=s, chunk=8)
     torch.testing.assert_close(torch.cat([head, tail], 1), full, **TOL)
     torch.testing.assert_close(s, final, **TOL)
 
@@ -61,8 +62,8 @@ def test_padding_leaves_the_state_as_it_was():
     q, k, v, beta = inputs(n=1, tlen=10, seed=2)
     pad = torch.zeros(1, 10, dtype=torch.bool)
     pad[0, 4:] = True
-    _, with_pad = ops.causal_chunked(q, k, v, beta, pad, chunk=3)
-    _, without = ops.causal_chunked(q[:, :4], k[:, :4], v[:, :4], beta[:, :4], chunk=3)
+    _, with_pad = ops.causal_parallel(q, k, v, beta, pad=pad, chunk=3)
+    _, without = ops.causal_parallel(q[:, :4], k[:, :4], v[:, :4], beta[:, :4], chunk=3)
     torch.testing.assert_close(with_pad, without, **TOL)
 
 
@@ -70,15 +71,15 @@ def test_writing_a_key_with_beta_one_replaces_its_value():
     """The delta rule's point: the same key written twice reads back the second value, not the sum."""
     k = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
     v = torch.tensor([[[1.0, 2.0], [5.0, -1.0]]])
-    out, _ = ops.causal_chunked(k, k, v, torch.ones(1, 2), chunk=2)
+    out, _ = ops.causal_parallel(k, k, v, torch.ones(1, 2), chunk=2)
     torch.testing.assert_close(out[0, 1], torch.tensor([5.0, -1.0]))
 
 
 def test_gradients_match_the_recurrence():
     grads = []
-    for fn in (lambda *a: ops.causal_chunked(*a, chunk=4), ops.reference):
+    for fn in (lambda *a, **kw: ops.causal_parallel(*a, **kw, chunk=4), ops.causal_reference):
         q, k, v, beta = (t.double().requires_grad_() for t in inputs(n=2, tlen=11, seed=3))
-        out, state = fn(q, k, v, beta, pads(2, 11)[1])
+        out, state = fn(q, k, v, beta, pad=pads(2, 11)[1])
         w = torch.randn(out.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
         ((out * w).sum() + state.sum()).backward()
         grads.append([t.grad for t in (q, k, v, beta)])
@@ -105,7 +106,7 @@ def test_training_path_forms_nothing_quadratic_in_t():
     for tlen in (256, 512):
         q, k, v, beta = inputs(n=1, tlen=tlen, dk=8, dv=8)
         with _Largest() as seen:
-            ops.causal_chunked(q, k, v, beta, chunk=16)
+            ops.causal_parallel(q, k, v, beta, chunk=16)
         largest[tlen] = seen.largest
     assert largest[512] <= 2 * largest[256]
     assert largest[512] < 512 * 512 // 4

@@ -26,11 +26,12 @@ def pad_mask(bsz, tlen):
 @pytest.mark.parametrize("chunk", [1, 5, 64])
 def test_causal_dot_product_chunks_and_state(chunk):
     q, k, v = rand(4, 29, 3, seed=1), rand(4, 29, 3, seed=2), rand(4, 29, 5, seed=3)
-    ref = linear_scan.causal_dot_product_reference(q, k, v)
+    ref, ref_state = linear_scan.causal_dot_product_reference(q, k, v)
     out, s = linear_scan.causal_dot_product(q, k, v, chunk=chunk)
     torch.testing.assert_close(out, ref.float(), **TOL)
+    torch.testing.assert_close(s, ref_state.float(), **TOL)
     out1, s1 = linear_scan.causal_dot_product(q[:, :11], k[:, :11], v[:, :11], chunk=chunk)
-    out2, s2 = linear_scan.causal_dot_product(q[:, 11:], k[:, 11:], v[:, 11:], s1, chunk=chunk)
+    out2, s2 = linear_scan.causal_dot_product(q[:, 11:], k[:, 11:], v[:, 11:], state=s1, chunk=chunk)
     torch.testing.assert_close(torch.cat([out1, out2], 1), ref.float(), **TOL)
     torch.testing.assert_close(s2, s, **TOL)
 
@@ -43,11 +44,11 @@ def test_softmax_attention_matches_reference(causal, with_bias):
     k, v = rand(3, 2, 9, 4, seed=2), rand(3, 2, 9, 4, seed=3)
     pad = pad_mask(3, 9)
     bias = rand(3, 9, seed=4) if with_bias else None
-    out = softmax_kv.attention(q, k, v, pad, causal, bias, scale=0.5)
-    ref = softmax_kv.reference(q, k, v, pad, causal, bias, scale=0.5)
+    out = softmax_kv.attention(q, k, v, pad=pad, causal=causal, key_bias=bias, scale=0.5)
+    ref = softmax_kv.reference(q, k, v, pad=pad, causal=causal, key_bias=bias, scale=0.5)
     torch.testing.assert_close(out, ref, **TOL)
     # a cache: the last 3 queries against all keys equals the same rows of the full computation
-    tail = softmax_kv.attention(q[:, :, -3:], k, v, pad, causal, bias, scale=0.5)
+    tail = softmax_kv.attention(q[:, :, -3:], k, v, pad=pad, causal=causal, key_bias=bias, scale=0.5)
     torch.testing.assert_close(tail, out[:, :, -3:], **TOL)
 
 
@@ -57,7 +58,7 @@ def test_softmax_attention_gradients_match_reference():
         q, k, v = (rand(2, 2, 6, 3, seed=s).requires_grad_() for s in (1, 2, 3))
         pad = torch.tensor([[True, False, False, False, False, False], [False] * 6])
         w = rand(2, 2, 6, 3, seed=9)
-        (fn(q, k, v, pad, True, None, 0.7) * w).sum().backward()
+        (fn(q, k, v, pad=pad, causal=True, scale=0.7) * w).sum().backward()
         grads.append([t.grad for t in (q, k, v)])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, **TOL)
@@ -121,24 +122,25 @@ def test_factorized_causal_parallel_and_step_match_reference(chunk, key_scale):
     """Keys of scale 200 would overflow a plain exp and underflow a global shift: the running max keeps it exact."""
     q, k, v = rand(3, 23, 4, seed=1), rand(3, 23, 4, seed=2, scale=key_scale), rand(3, 23, 5, seed=3)
     pad = pad_mask(3, 23)
-    ref = fops.causal_reference(q, k, v, pad)
+    ref, ref_state = fops.causal_reference(q, k, v, pad=pad)
     keep = ~pad
-    out, state = fops.causal_parallel(q, k, v, pad, chunk=chunk)
+    out, state = fops.causal_parallel(q, k, v, pad=pad, chunk=chunk)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out[keep], ref.float()[keep], **TOL)
     st, outs = None, []
     for t in range(23):
-        o, st = fops.causal_step(q[:, t], k[:, t], v[:, t], st, pad[:, t])
+        o, st = fops.causal_step(q[:, t], k[:, t], v[:, t], state=st, pad=pad[:, t])
         outs.append(o)
     torch.testing.assert_close(torch.stack(outs, 1)[keep], ref.float()[keep], **TOL)
-    for a, b in zip(st, state):
+    for a, b, c in zip(st, state, ref_state):
         torch.testing.assert_close(a, b, **TOL)
+        torch.testing.assert_close(b, c.float(), **TOL)
     assert all(x.dtype == torch.float32 for x in state)
 
 
 def test_factorized_prefill_continues_like_steps():
     q, k, v = rand(2, 20, 4, seed=1), rand(2, 20, 4, seed=2), rand(2, 20, 3, seed=3)
-    ref = fops.causal_reference(q, k, v).float()
+    ref = fops.causal_reference(q, k, v)[0].float()
     o1, s1 = fops.causal_parallel(q[:, :9], k[:, :9], v[:, :9], chunk=4)
     o2, _ = fops.causal_parallel(q[:, 9:], k[:, 9:], v[:, 9:], state=s1, chunk=4)
     torch.testing.assert_close(torch.cat([o1, o2], 1), ref, **TOL)
@@ -147,15 +149,15 @@ def test_factorized_prefill_continues_like_steps():
 def test_factorized_noncausal_matches_reference():
     q, k, v = rand(3, 7, 4, seed=1), rand(3, 9, 4, seed=2), rand(3, 9, 5, seed=3)
     pad = pad_mask(3, 9)
-    out = fops.read(fops.query_features(q), fops.context(k, v, pad), torch.float32)
-    torch.testing.assert_close(out, fops.noncausal_reference(q, k, v, pad).float(), **TOL)
+    out = fops.read(q, fops.memory(k, v, pad=pad), torch.float32)
+    torch.testing.assert_close(out, fops.reference(q, k, v, pad=pad).float(), **TOL)
 
 
 def test_factorized_gradients_match_reference_and_gradcheck():
     pad = torch.tensor([[True, False, False, False, False, False, False], [False] * 7])
     grads = []
-    for fn in (lambda q, k, v: fops.causal_parallel(q, k, v, pad, chunk=3)[0],
-               lambda q, k, v: fops.causal_reference(q, k, v, pad)):
+    for fn in (lambda q, k, v: fops.causal_parallel(q, k, v, pad=pad, chunk=3)[0],
+               lambda q, k, v: fops.causal_reference(q, k, v, pad=pad)[0]):
         q, k, v = (rand(2, 7, 3, seed=s).requires_grad_() for s in (1, 2, 3))
         (fn(q, k, v) * (~pad).unsqueeze(-1) * rand(2, 7, 3, seed=8)).sum().backward()
         grads.append([t.grad for t in (q, k, v)])
@@ -170,27 +172,30 @@ def test_factorized_gradients_match_reference_and_gradcheck():
 def test_linear_causal_parallel_and_step_match_reference(chunk):
     q, k, v = rand(3, 19, 4, seed=1), rand(3, 19, 4, seed=2), rand(3, 19, 5, seed=3)
     pad = pad_mask(3, 19)
-    ref = lops.reference(q, k, v, pad, causal=True).float()
+    ref = lops.reference(q, k, v, pad=pad, causal=True).float()
     keep = ~pad
-    out, state = lops.causal_parallel(q, k, v, pad, chunk=chunk)
+    out, state = lops.causal_parallel(q, k, v, pad=pad, chunk=chunk)
     torch.testing.assert_close(out[keep], ref[keep], **TOL)
     st, outs = None, []
     for t in range(19):
-        o, st = lops.causal_step(q[:, t], k[:, t], v[:, t], st, pad[:, t])
+        o, st = lops.causal_step(q[:, t], k[:, t], v[:, t], state=st, pad=pad[:, t])
         outs.append(o)
     torch.testing.assert_close(torch.stack(outs, 1)[keep], ref[keep], **TOL)
     torch.testing.assert_close(st, state, **TOL)
     assert state.dtype == torch.float32 and state.shape == (3, 4, 6)
-    o1, s1 = lops.causal_parallel(q[:, :8], k[:, :8], v[:, :8], pad[:, :8], chunk=chunk)
-    o2, _ = lops.causal_parallel(q[:, 8:], k[:, 8:], v[:, 8:], pad[:, 8:], s1, chunk=chunk)
+    rec, rec_state = lops.causal_reference(q, k, v, pad=pad)  # the recurrence agrees with the attention weights
+    torch.testing.assert_close(rec.float()[keep], ref[keep], **TOL)
+    torch.testing.assert_close(state, rec_state.float(), **TOL)
+    o1, s1 = lops.causal_parallel(q[:, :8], k[:, :8], v[:, :8], pad=pad[:, :8], chunk=chunk)
+    o2, _ = lops.causal_parallel(q[:, 8:], k[:, 8:], v[:, 8:], pad=pad[:, 8:], state=s1, chunk=chunk)
     torch.testing.assert_close(torch.cat([o1, o2], 1)[keep], ref[keep], **TOL)
 
 
 def test_linear_noncausal_and_gradients():
     q, k, v = rand(3, 6, 4, seed=1), rand(3, 8, 4, seed=2), rand(3, 8, 5, seed=3)
     pad = pad_mask(3, 8)
-    torch.testing.assert_close(lops.read(q, lops.memory(k, v, pad), torch.float32),
-                               lops.reference(q, k, v, pad, causal=False).float(), **TOL)
+    torch.testing.assert_close(lops.read(q, lops.memory(k, v, pad=pad), torch.float32),
+                               lops.reference(q, k, v, pad=pad).float(), **TOL)
     grads = []
     for fn in (lambda q, k, v: lops.causal_parallel(q, k, v, chunk=3)[0],
                lambda q, k, v: lops.reference(q, k, v, causal=True)):

@@ -27,8 +27,8 @@ def test_log_space_attention_equals_mixture_formula(hard, causal, inv_var):
     q, keys, v = rand(2, 2, 7, 4, seed=1), rand(2, 2, 7, 2, 4, seed=2), rand(2, 2, 7, 3, seed=3)
     pi = torch.softmax(rand(2, 2, 7, 2, seed=4), -1)
     pad = pad_mask()
-    out = ops.attention(q, keys, v, inv_var, pi.log(), hard, pad, causal)
-    ref = ops.reference(q, keys, v, inv_var, pi, hard, pad, causal)
+    out = ops.attention(q, keys, v, inv_var, log_pi=pi.log(), hard=hard, pad=pad, causal=causal)
+    ref = ops.reference(q, keys, v, inv_var, pi=pi, hard=hard, pad=pad, causal=causal)
     torch.testing.assert_close(out, ref.float(), **TOL)
 
 
@@ -40,8 +40,8 @@ def test_gradients_match_the_mixture_formula():
         for t in (q, keys, v, logits):
             t.requires_grad_()
         pi = torch.softmax(logits, -1)
-        out = (ops.reference(q, keys, v, (1.0, 3.0), pi, causal=True) if use_ref else
-               ops.attention(q, keys, v, (1.0, 3.0), pi.log(), causal=True))
+        out = (ops.reference(q, keys, v, (1.0, 3.0), pi=pi, causal=True) if use_ref else
+               ops.attention(q, keys, v, (1.0, 3.0), log_pi=pi.log(), causal=True))
         (out * rand(1, 2, 5, 3, seed=9)).sum().backward()
         grads.append([t.grad for t in (q, keys, v, logits)])
     for a, b in zip(*grads):

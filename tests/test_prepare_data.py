@@ -235,6 +235,31 @@ def test_force_never_removes_the_users_files_or_the_raw_input(prepared, raw_dirs
 
 
 # ---------------------------------------------------------------------------------------------------- bad input
+def test_an_empty_out_is_not_the_current_directory(tmp_path, capsys, monkeypatch):
+    from kvattn_fairseq.data import wikitext103
+
+    monkeypatch.chdir(tmp_path)
+    code, line = _cli(wikitext103, ["--out", "", "--raw", tmp_path], capsys)
+    assert code == 2 and line == "prepare-wikitext103: error: --out: an empty path; give a directory (it is created " \
+                                 "if needed)"
+    assert os.listdir(tmp_path) == [] and not list(tmp_path.parent.glob(f"{tmp_path.name}.tmp-*"))
+
+
+def test_wikitext_that_is_not_utf8_text_is_one_line_before_binarizing(tmp_path, capsys):
+    """fairseq-preprocess would stop on such a file with a traceback ('negative seek position -1')."""
+    from kvattn_fairseq.data import wikitext103
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    for split in ("valid", "test"):
+        (raw / f"wiki.{split}.tokens").write_text(" = Valkyria = \n the game \n")
+    (raw / "wiki.train.tokens").write_bytes(b" = Title = \n text \n\x1f\x8b\x08\xff gzip, not text \n")
+    code, line = _cli(wikitext103, ["--out", out, "--raw", raw], capsys)
+    assert code == 2 and line.startswith(f"prepare-wikitext103: error: {raw / 'wiki.train.tokens'} is not UTF-8 "
+                                         f"text (line 3, byte 20: invalid start byte)"), line
+    assert_nothing_complete(out)
+
+
 @pytest.mark.slow
 def test_bad_raw_path_and_language_pair(tmp_path):
     out = tmp_path / "out"

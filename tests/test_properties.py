@@ -20,14 +20,21 @@ SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
 TOL = dict(atol=2e-5, rtol=2e-5)
 
 
+# kinds with an option away from its default, at the positions that take it: "KIND --flag V" -> (KIND, options)
+VARIANTS = {"delta --short-conv 4": ("delta", {"short_conv": 4}, ("decoder",)),
+            "linear --short-conv 4": ("linear", {"short_conv": 4}, ("decoder",))}
+
+
 def cases(position):
-    return [k for k, v in sorted(ATTENTION_KINDS.items()) if position in v.positions]
+    return [k for k, v in sorted(ATTENTION_KINDS.items()) if position in v.positions] + \
+        [name for name, (_, _, positions) in VARIANTS.items() if position in positions]
 
 
 def build(kind, position, heads, head_dim, kdim=None):
     embed = heads * head_dim
+    kind, flags, _ = VARIANTS.get(kind, (kind, {}, ()))
     # a window narrower than the sequences drawn below, so that it bites
-    options = resolve_options(argparse.Namespace(attention_window=3), ATTENTION_KINDS[kind])
+    options = resolve_options(argparse.Namespace(attention_window=3, **flags), ATTENTION_KINDS[kind])
     site = AttentionSite(position=position, embed_dim=embed, num_heads=heads, kdim=kdim or embed, dropout=0.0,
                          options=options, max_positions=64)
     torch.manual_seed(0)
@@ -160,12 +167,12 @@ def test_linear_ops_reference_parallel_step(s):
     v = torch.randn(s["bsz"], s["tlen"], s["dv"], generator=g)
     pad = right_pad(s["bsz"], s["tlen"], g)
     keep = ~pad
-    ref = lops.reference(q, k, v, pad).float()
-    out, state = lops.causal_parallel(q, k, v, pad, chunk=s["chunk"])
+    ref = lops.reference(q, k, v, pad=pad, causal=True).float()
+    out, state = lops.causal_parallel(q, k, v, pad=pad, chunk=s["chunk"])
     torch.testing.assert_close(out[keep], ref[keep], **TOL)
     st_ = None
     for t in range(s["tlen"]):
-        o, st_ = lops.causal_step(q[:, t], k[:, t], v[:, t], st_, pad[:, t])
+        o, st_ = lops.causal_step(q[:, t], k[:, t], v[:, t], state=st_, pad=pad[:, t])
         torch.testing.assert_close(o[keep[:, t]], ref[:, t][keep[:, t]], **TOL)
     torch.testing.assert_close(st_, state, **TOL)
 
@@ -179,12 +186,12 @@ def test_factorized_ops_reference_parallel_step(s, key_scale):
     v = torch.randn(s["bsz"], s["tlen"], s["dv"], generator=g)
     pad = left_pad(s["bsz"], s["tlen"], g)
     keep = ~pad
-    ref = fops.causal_reference(q, k, v, pad).float()
-    out, _ = fops.causal_parallel(q, k, v, pad, chunk=s["chunk"])
+    ref = fops.causal_reference(q, k, v, pad=pad)[0].float()
+    out, _ = fops.causal_parallel(q, k, v, pad=pad, chunk=s["chunk"])
     torch.testing.assert_close(out[keep], ref[keep], **TOL)
     st_ = None
     for t in range(s["tlen"]):
-        o, st_ = fops.causal_step(q[:, t], k[:, t], v[:, t], st_, pad[:, t])
+        o, st_ = fops.causal_step(q[:, t], k[:, t], v[:, t], state=st_, pad=pad[:, t])
         torch.testing.assert_close(o[keep[:, t]], ref[:, t][keep[:, t]], **TOL)
 
 
@@ -196,12 +203,12 @@ def test_memsizer_ops_reference_parallel_step(s):
     a, u = torch.randn(s["bsz"], s["tlen"], s["dk"], generator=g), torch.randn(s["bsz"], s["tlen"], s["dv"], generator=g)
     pad = left_pad(s["bsz"], s["tlen"], g)
     keep = ~pad
-    ref = mops.causal_reference(p, a, u, pad)
-    out, _ = mops.causal_parallel(p, a, u, pad, chunk=s["chunk"])
+    ref = mops.causal_reference(p, a, u, pad=pad)[0].float()
+    out, _ = mops.causal_parallel(p, a, u, pad=pad, chunk=s["chunk"])
     torch.testing.assert_close(out[keep], ref[keep], **TOL)
     st_ = None
     for t in range(s["tlen"]):
-        o, st_ = mops.causal_step(p[:, t], a[:, t], u[:, t], st_, pad[:, t])
+        o, st_ = mops.causal_step(p[:, t], a[:, t], u[:, t], state=st_, pad=pad[:, t])
         torch.testing.assert_close(o[keep[:, t]], ref[:, t][keep[:, t]], **TOL)
 
 
@@ -214,12 +221,12 @@ def test_softmax_and_mgk_ops_against_references(s, causal, hard, comps):
     v = torch.randn(*shape, s["dv"], generator=g)
     pad = right_pad(s["bsz"], s["tlen"], g) if causal else left_pad(s["bsz"], s["tlen"], g)
     bias = torch.randn(s["bsz"], s["tlen"], generator=g)
-    torch.testing.assert_close(sops.attention(q, k, v, pad, causal, bias, 0.7),
-                               sops.reference(q, k, v, pad, causal, bias, 0.7), **TOL)
+    torch.testing.assert_close(sops.attention(q, k, v, pad=pad, causal=causal, key_bias=bias, scale=0.7),
+                               sops.reference(q, k, v, pad=pad, causal=causal, key_bias=bias, scale=0.7), **TOL)
     keys = torch.randn(*shape, comps, s["dk"], generator=g)
     pi = torch.softmax(torch.randn(*shape, comps, generator=g), -1)
     inv_var = tuple(float(i + 1) for i in range(comps))
     keep = ~pad.view(s["bsz"], 1, s["tlen"], 1).expand(-1, 2, -1, s["dv"]) if causal else slice(None)
-    out = gops.attention(q, keys, v, inv_var, pi.log(), hard, pad, causal)
-    ref = gops.reference(q, keys, v, inv_var, pi, hard, pad, causal).float()
+    out = gops.attention(q, keys, v, inv_var, log_pi=pi.log(), hard=hard, pad=pad, causal=causal)
+    ref = gops.reference(q, keys, v, inv_var, pi=pi, hard=hard, pad=pad, causal=causal).float()
     torch.testing.assert_close(out[keep], ref[keep], **TOL)

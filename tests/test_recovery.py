@@ -73,3 +73,50 @@ def test_a_rerun_keeps_the_rows_of_plans_it_did_not_name_only_for_the_same_teach
     other = {"tasks": {"mt": {**task, "teacher": {"bleu": 90.0}, "plans": {"window": {"rows": {"a": 3}}}}}}
     recovery.keep_earlier(str(path), other)
     assert list(other["tasks"]["mt"]["plans"]) == ["window"]
+
+
+def test_a_tiny_runs_rows_are_never_kept_beside_a_real_runs_and_the_tiny_table_says_so(tmp_path):
+    task = {"teacher_updates": 30, "budget_updates": 6, "transfer_updates": 2, "transfer_lr": "1e-3",
+            "finetune_lr": "1e-3", "teacher": {"bleu": 3.0}, "metric": "bleu", "seeds": [1],
+            "teacher_checkpoint": "checkpoint_best.pt"}
+    rows = {"a": {"bleu": 99.0}, "b": {"bleu": 99.0}, "c": {"bleu": 1.0}}
+    tiny = {"tiny": True, "tasks": {"mt": {**task, "plans": {"memsizer": {"flags": [], "rows": rows}}},
+                                    "lm": {**task, "metric": "ppl", "teacher": {"ppl": 9.0}, "plans": {}}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(tiny))
+    real = {"tiny": False, "tasks": {"mt": {**task, "plans": {"window": {"flags": [], "rows": rows}}}}}
+    recovery.keep_earlier(str(path), real)
+    assert list(real["tasks"]) == ["mt"] and list(real["tasks"]["mt"]["plans"]) == ["window"]
+    assert "--tiny" not in recovery.table(real)
+    assert recovery.table(tiny).startswith("**--tiny**: tiny models, data and runs: a check of the chain, not a result")
+
+
+def test_several_seeds_repeat_the_whole_experiment_and_the_table_shows_their_spread(tmp_path):
+    a = recovery.build_parser().parse_args(["--out", str(tmp_path / "r"), "--tiny", "--plans", "window",
+                                            "--seeds", "1,2"])
+    steps, where = recovery.task_steps(a, "mt", recovery.TINY["mt"], ["window"], str(tmp_path / "r"))
+    by = {s.name: s for s in steps}
+    assert "mt/teacher" in by and "mt/seed2/teacher" in by and "mt/seed2/window/a/convert" in by
+    assert by["mt/seed2/teacher"].settings["flags"][by["mt/seed2/teacher"].settings["flags"].index("--seed") + 1] == "2"
+    assert by["mt/seed2/window/a/convert"].settings["seed"] == 2
+    assert by["mt/seed2/window/a/convert"].settings["checkpoint"] == "mt/seed2/teacher/checkpoint_best.pt"
+    assert by["mt/seed2/evaluate/teacher"].settings["checkpoint"] == "checkpoint_best.pt"  # not the last one
+    assert "--seed 2" in by["mt/seed2/window/a/finetune"].command
+    assert where["teacher"] == {"1": "mt/results/teacher.json", "2": "mt/seed2/results/teacher.json"}
+    assert set(where["plans"]["window"]["rows"]["a"]) == {"1", "2"}
+
+    def result(bleu):
+        return {"bleu": bleu, "sentences": 500}
+
+    seeds = {"1": (70.0, 99.0, 98.0, 5.0), "2": (97.0, 98.0, 99.0, 6.0), "3": (96.0, 90.0, 91.0, 7.0)}
+    rows = {k: recovery.over_seeds("mt", {s: result(v[i]) for s, v in seeds.items()})
+            for i, k in enumerate(("d", "a", "b", "c"))}
+    assert rows["d"]["bleu"] == 87.667 and rows["d"]["by_seed"] == {"1": 70.0, "2": 97.0, "3": 96.0}
+    task = {"teacher_updates": 1500, "budget_updates": 300, "transfer_updates": 75, "metric": "bleu",
+            "seeds": [1, 2, 3], "teacher": rows.pop("d"), "plans": {"window": {"flags": ["--x"], "rows": rows}}}
+    table = recovery.table({"tiny": False, "tasks": {"mt": task}})
+    assert "seeds 1, 2, 3: mean ± standard deviation" in table
+    line = table.splitlines()[-1]
+    assert line.startswith("| window (`--x`) | 87.67 ± 15.31 | 95.67 ± 4.93 | 96.00 ± 4.36 | 6.00 ± 1.00 | n/a |")
+    # (a)/(d) per seed: 141.4%, 101.0%, 93.75%; the target met in the first two seeds only
+    assert line.endswith("| 112.1% ± 25.7 | missed (2 of 3 seeds) |"), line

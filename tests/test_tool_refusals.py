@@ -3,8 +3,10 @@ traceback with a plugin model: fairseq-eval-lm windows the model cannot score, -
 weights, fairseq-interactive with stdin closed, --fp16 without CUDA, size flags far too large, and the plugin's
 flag errors without fairseq's usage block.  The fairseq CLI runs are marked slow."""
 import argparse
+import importlib.util
 import os
 import subprocess
+import sys
 
 import pytest
 from fairseq import options
@@ -77,6 +79,43 @@ def test_an_allocator_failure_at_run_time_is_one_line():
     assert one_line_errors._is_memory_error(RuntimeError, error)
     assert one_line_errors._allocation(error) == "tried to allocate 1024000000000 bytes"
     assert not one_line_errors._is_memory_error(RuntimeError, RuntimeError("shape mismatch"))
+
+
+def test_the_error_hook_goes_on_only_where_a_fairseq_tool_is_the_program(monkeypatch):
+    import types
+    from fairseq_cli import train
+
+    assert one_line_errors.fairseq_tool() is None and not one_line_errors.hook_installed()  # pytest is the program
+    script = types.ModuleType("__main__")  # the fairseq-train console script: `from fairseq_cli.train import cli_main`
+    script.cli_main = train.cli_main
+    as_module = types.ModuleType("__main__")  # python -m fairseq_cli.generate
+    as_module.__spec__ = importlib.util.find_spec("fairseq_cli.generate")
+    for main, tool in ((script, "fairseq_cli.train"), (as_module, "fairseq_cli.generate")):
+        monkeypatch.setitem(sys.modules, "__main__", main)
+        assert one_line_errors.fairseq_tool() == tool
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    one_line_errors.install_hook()
+    assert one_line_errors.hook_installed() and one_line_errors.hook_as_due()
+    hook = sys.excepthook
+    one_line_errors.install_hook()
+    assert sys.excepthook is hook
+
+
+def test_the_hook_prints_the_plugins_errors_in_one_line_and_keeps_other_tracebacks(monkeypatch, capsys):
+    seen = []
+    hook = one_line_errors.excepthook(lambda *exc: seen.append(exc[0]))
+    monkeypatch.setattr(sys, "argv", ["fairseq-train"])
+    monkeypatch.delenv(one_line_errors.TRACEBACK_ENV, raising=False)
+    with pytest.raises(SystemExit) as e:
+        hook(AttentionConfigError, AttentionConfigError("--mgk-pi: 'em' is not supported by mlk"), None)
+    assert e.value.code == 2 and capsys.readouterr().err == "fairseq-train: error: --mgk-pi: 'em' is not supported " \
+                                                             "by mlk\n" and seen == []
+    hook(KeyError, KeyError("a bug"), None)  # anyone else's error: the previous hook, its traceback
+    assert seen == [KeyError] and capsys.readouterr().err == ""
+    monkeypatch.setenv(one_line_errors.TRACEBACK_ENV, "1")
+    with pytest.raises(SystemExit):
+        hook(OneLineError, OneLineError("bad"), None)
+    assert seen == [KeyError, OneLineError] and capsys.readouterr().err == "fairseq-train: error: bad\n"
 
 
 def test_eval_lm_window_checks():

@@ -104,3 +104,67 @@ def test_two_process_gloo_training_matches_one_process(reverse_bin, tmp_path):
     assert len(a) == len(b) == 3
     for x, y in zip(a, b):
         assert abs(x - y) <= 2e-3, f"single {a} vs distributed {b}"
+
+
+def _ranks(directory, when):
+    return [torch.load(directory / f"rank{r}-{when}.pt", weights_only=False) for r in (0, 1)]
+
+
+def _assert_same(a, b):
+    assert a["updates"] == b["updates"]
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], atol=0, rtol=0, msg=name)
+    torch.testing.assert_close(a["optimizer"], b["optimizer"], atol=0, rtol=0)
+
+
+def test_two_cpu_workers_resume_and_finetune_from_a_checkpoint(reverse_bin, tmp_path):
+    """torchrun, 2 gloo workers: train, rerun the same command to continue (fairseq reads checkpoint_last.pt on rank
+    0 and broadcasts it), then --finetune-from-model into a new directory; after each load and at the end both
+    workers hold the same weights, buffers and optimizer state, and the resumed run continues from the saved one."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    dumps = {name: tmp_path / name for name in ("first", "resume", "finetune")}
+
+    def workers(name, epochs, *flags):
+        dumps[name].mkdir()
+        proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29521",
+                    os.path.join(os.path.dirname(__file__), "dump_ranks.py"), dumps[name], reverse_bin,
+                    "--arch", "mgk_tiny", "--encoder-attention-type", "smgk", "--decoder-attention-type", "mgk",
+                    "--cross-attention-type", "softmax", "--mgk-pi", "em", "--max-epoch", epochs, "--lr", "5e-3",
+                    *runs.TRAIN_FLAGS, *FLAGS, "--distributed-world-size", "2", "--distributed-backend", "gloo",
+                    *flags], env=env, timeout=900)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-4000:]
+        return log
+
+    workers("first", 1, "--save-dir", tmp_path / "ckpt")
+    saved = _ranks(dumps["first"], "saved")
+    _assert_same(*saved)
+
+    log = workers("resume", 2, "--save-dir", tmp_path / "ckpt")
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ [1-9]\d* updates\)", log)
+    loaded = _ranks(dumps["resume"], "loaded")
+    _assert_same(*loaded)
+    _assert_same(loaded[1], saved[0])  # rank 1 holds what rank 0 saved, optimizer moments included
+    after = _ranks(dumps["resume"], "saved")
+    _assert_same(*after)
+    assert after[0]["updates"] > saved[0]["updates"]
+
+    workers("finetune", 1, "--save-dir", tmp_path / "finetuned", "--finetune-from-model",
+            tmp_path / "ckpt" / "checkpoint_last.pt")
+    loaded = _ranks(dumps["finetune"], "loaded")
+    _assert_same(*loaded)
+    for name, value in after[0]["model"].items():  # the weights come over, the optimizer and update count do not
+        torch.testing.assert_close(loaded[1]["model"][name], value, atol=0, rtol=0, msg=name)
+    assert loaded[1]["updates"] == 0
+    _assert_same(*_ranks(dumps["finetune"], "saved"))
+
+
+def test_world_size_above_one_without_cuda_or_torchrun_names_torchrun(reverse_bin, tmp_path):
+    proc = run([*fairseq_tool("fairseq-train"), reverse_bin, "--arch", "kvattn_transformer_tiny", "--save-dir",
+                tmp_path / "ckpt", "--max-epoch", "1", *runs.TRAIN_FLAGS, "--distributed-world-size", "2"],
+               env=dict(os.environ, PYTHONWARNINGS="ignore"), timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "--distributed-world-size 2" in lines[-1] and "torchrun --nproc_per_node 2" in lines[-1]
+    assert not (tmp_path / "ckpt").exists()

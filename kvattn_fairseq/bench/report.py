@@ -3,6 +3,7 @@ plots (shared with the GPU mode)."""
 import os
 from typing import Dict, List, Optional
 
+from ..util.io import save_figure
 from ..util.markdown import table
 from .common import VANILLA
 from .floor import FLOOR
@@ -60,9 +61,11 @@ def _fmt(v, spec=".2f", suffix="x"):
 
 def markdown(rows: List[Dict], results: Dict) -> str:
     m = results["machine"]
+    clock = "CPU time of the benchmarking thread" if results.get("clock") == "cpu" else "wall time"
     lines = [f"Machine: {m['device']} ({m.get('gpu') or m['processor']}, {m['torch_threads']} torch threads), torch "
-             f"{m['torch']}, Python {m['python']}; mode {results['mode']}. Ratios are vanilla fairseq / kind for "
-             f"time (higher is faster) and kind / vanilla for memory (lower is smaller); \"over floor\" is the kind's step time / the attention-free model's.", ""]
+             f"{m['torch']}, Python {m['python']}; mode {results['mode']}; timed in {clock}. Ratios are vanilla "
+             f"fairseq / kind for time (higher is faster) and kind / vanilla for memory (lower is smaller); \"over "
+             f"floor\" is the kind's step time / the attention-free model's.", ""]
     r0 = next((r for r in rows if "decode_t_first" in r), {})
     t1, t2 = r0.get("decode_t_first", "?"), r0.get("decode_t_last", "?")
     tr0 = next((r for r in rows if "train_T_first" in r), {})
@@ -96,7 +99,7 @@ def plots(results: Dict, out_dir: str) -> List[str]:
     def save(fig, name):
         path = os.path.join(out_dir, name)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
 
@@ -149,7 +152,7 @@ def plots(results: Dict, out_dir: str) -> List[str]:
 
 
 def targets(rows: List[Dict]) -> List[str]:
-    """The benchmark's targets for constant-state kinds (the README's benchmark section), checked where this run
+    """The benchmark's targets for constant-state kinds (docs/benchmark.md, GPU kernels), checked where this run
     measured what they name (informational: timings are never tests)."""
     out = []
     for r in rows:

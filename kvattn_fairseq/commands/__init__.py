@@ -4,13 +4,15 @@
     python -m kvattn_fairseq COMMAND --help
 
 COMMANDS names the module and function behind each command; a command runs in this process with the arguments after
-its name.
+its name, and an error of the plugin's (util/errors.py) is one line, `python -m kvattn_fairseq COMMAND: error: ...`.
 """
 import argparse
 import importlib
 import inspect
 import sys
 from typing import Iterator, Optional, Sequence, Tuple
+
+from ..util.cli import run_main
 
 PROG = "python -m kvattn_fairseq"
 
@@ -47,7 +49,8 @@ def run_command(name: str, argv: Sequence[str]) -> int:
     main = getattr(importlib.import_module(module), function)
     # a main that is also behind a script (make_tables.py) takes the name to report errors under
     named = {"prog": f"{PROG} {name}"} if "prog" in inspect.signature(main).parameters else {}
-    return main(list(argv), **named) or 0
+    # the plugin's errors are one line in every command, also those whose main does not report them itself
+    return run_main(f"{PROG} {name}", lambda: main(list(argv), **named) or 0)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -84,9 +87,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for model, arch, plan in arch_plans():
             print(f"{model:<20} {arch:<28} " + " ".join(f"{p}={kinds}" for p, kinds in plan.items()))
     else:
-        from ..patches import readme_section
+        from ..patches import docs_section
 
-        print(readme_section(), end="")
+        print(docs_section(), end="")
     return 0
 
 

@@ -19,7 +19,7 @@ from ..util import proc
 from ..util.cli import ArgumentParser, positive_int, run_main
 from ..util.errors import OneLineError
 from ..util.settings import differences  # noqa: F401  (the data tools compare their records with it)
-from ..util.io import check_replaceable, install_dir, mark, write_atomic
+from ..util.io import check_output_dir, check_replaceable, install_dir, mark, write_atomic
 from . import common
 from .common import log
 from .download import Remote, check_checksum, download, extract, locate
@@ -62,6 +62,7 @@ def run(body: Callable[[argparse.Namespace], None], args: argparse.Namespace) ->
     # before any work: the output never holds or sits inside an input, and --force never removes what the tool
     # did not make
     inputs = [("--raw", args.raw), ("--download-dir", getattr(args, "download_dir", None))]
+    check_output_dir(args.out, "--out")  # an empty --out would be the current directory's sibling build
     check_replaceable(args.out, "--force", inputs, replacing=args.force)
     try:
         body(args)

@@ -1,5 +1,5 @@
 """Multi-query associative recall (MQAR, after Arora et al. 2023, "Zoology", arXiv 2312.04927, section 3), with the
-pairs placed out of a sliding window's reach (README: "Recall beyond the window").
+pairs placed out of a sliding window's reach (docs/recall/README.md).
 
 One sequence of exactly `length` tokens, over three disjoint vocabularies (keys k0.., values v0.., filler x0..):
 

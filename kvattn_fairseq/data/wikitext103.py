@@ -9,6 +9,7 @@ evaluate with fairseq-eval-lm.  --tiny changes nothing here (the vocabulary is t
 --bpe-size: the text is already word-tokenized.
 """
 import argparse
+import codecs
 import os
 import shutil
 
@@ -30,12 +31,36 @@ EXPECTED = {"train": ("b7497e2dfe77e72cfef5e3dbc61b7b53712ac211", 1801350),
             "test": ("8a5befc548865cec54ed4273cf87dbbad60d1e47", 4358)}
 
 
+def check_utf8(path: str) -> None:
+    """fairseq-preprocess reads its input as UTF-8 text and stops deep inside with a traceback when it is not: such
+    a file is refused in one line naming it and where its first byte that is not UTF-8 is."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, offset = 1, 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as e:
+                at = max(0, e.start - len(e.object) + len(block))  # the error's position within this block
+                line += block[:at].count(b"\n")
+                raise OneLineError(f"{path} is not UTF-8 text (line {line}, byte {offset + at}: {e.reason}); give "
+                                   f"the published wiki.*.tokens files") from None
+            line += block.count(b"\n")
+            offset += len(block)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            raise OneLineError(f"{path} is not UTF-8 text (it ends inside a character: {e.reason}); give the "
+                               f"published wiki.*.tokens files") from None
+
+
 def check_files(files: dict) -> dict:
     out = {}
     for split, member in zip(SPLITS, MEMBERS):
         sha1, lines = file_digest(files[member], "sha1"), count_lines(files[member])
         status = "verified" if (sha1, lines) == EXPECTED[split] else "differs from the published file"
         if status != "verified":
+            check_utf8(files[member])
             log("WARNING: wiki.%s.tokens (%d lines) is not the published file (sha1 and %d lines per gluonnlp and "
                 "torchtext); continuing with it", split, lines, EXPECTED[split][1])
         out[split] = {"lines": lines, "sha1": sha1, "content_check": status}

@@ -5,28 +5,54 @@ computes the same function and is parity-tested against them (tests/test_kernels
 CPU through Triton's interpreter where it runs there).  Nothing here imports triton or fla unless a CUDA tensor
 asks for a fast path, so a CPU-only machine never loads the GPU stack.
 
-KVATTN_KERNELS (read at each call):
+KVATTN_KERNELS (read at each call; checked when the plugin is imported, so a bad value stops every command and
+every fairseq tool given --user-dir in one line before any work):
   auto       (default) the fast paths for CUDA tensors, when the GPU stack imports
   torch      never: the PyTorch ops everywhere (to compare, or to rule the kernels out)
-  interpret  also for CPU tensors, through Triton's interpreter (tests; TRITON_INTERPRET=1 must be set before
-             triton is first imported); fla's kernels do not run there (triton 3.6's interpreter cannot loop to a
-             bound passed at run time, as they all do), so the chunked training path stays PyTorch
+  interpret  also for CPU tensors, through Triton's interpreter; fla's kernels do not run there (triton 3.6's
+             interpreter cannot loop to a bound passed at run time, as they all do), so the chunked training path
+             stays PyTorch.  The interpreter is chosen when a kernel is defined (triton.jit reads TRITON_INTERPRET
+             then), and the plugin's kernels are defined at their first use: importing the plugin sets
+             TRITON_INTERPRET=1 when it is unset; one set to another value is refused
 
 compile_check.py compiles every kernel for the H100 and the A100 without a GPU (docs/bench/gpu/compile.md).
 """
 import functools
 import os
+from typing import Dict, Optional, Tuple
 
 import torch
 
+from ..util.errors import OneLineError
+
 MODES = ("auto", "torch", "interpret")
+
+
+class KernelsSettingError(OneLineError, ValueError):
+    """KVATTN_KERNELS (or TRITON_INTERPRET with it) holds a value the kernels cannot run with."""
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes", "y")
 
 
 def mode() -> str:
     value = os.environ.get("KVATTN_KERNELS", "auto")
     if value not in MODES:
-        raise ValueError(f"KVATTN_KERNELS: expected one of {', '.join(MODES)}, got {value!r}")
+        raise KernelsSettingError(f"KVATTN_KERNELS: expected one of {', '.join(MODES)}, got {value!r} (unset: auto)")
+    if value == "interpret" and not _interpreting():
+        raise KernelsSettingError(f"KVATTN_KERNELS=interpret needs TRITON_INTERPRET=1 (it is "
+                                  f"{os.environ.get('TRITON_INTERPRET', 'unset')!r}): without it triton compiles "
+                                  f"for a GPU driver; set both, or KVATTN_KERNELS=torch")
     return value
+
+
+def check_environment() -> None:
+    """At the plugin's import: KVATTN_KERNELS=interpret with TRITON_INTERPRET unset sets it to 1 (no kernel of the
+    plugin is defined yet), then mode() refuses what is left in one line."""
+    if os.environ.get("KVATTN_KERNELS") == "interpret" and "TRITON_INTERPRET" not in os.environ:
+        os.environ["TRITON_INTERPRET"] = "1"
+    mode()
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,3 +83,32 @@ def sdpa_ok(t: torch.Tensor) -> bool:
     """Whether torch's fused scaled-dot-product attention replaces the unfused PyTorch form (CUDA only: on the CPU
     the unfused form stays the reference the tests compare everything with)."""
     return t.is_cuda and mode() != "torch"
+
+
+# --- the one place where an op's path is chosen ---------------------------------------------------------------------
+# fp64 always takes the PyTorch ops (the references' dtype, and gradcheck's).  Which inputs each family's fla kernel
+# takes (fla's delta rules: half precision only); a family absent here has no chunked kernel.
+FLA_DTYPES: Dict[str, Tuple[torch.dtype, ...]] = {
+    "linear": (torch.float32, torch.float16, torch.bfloat16),  # linear attention, MemSizer: kernels/chunked.py
+    "delta": (torch.float16, torch.bfloat16),
+    "gated_delta": (torch.float16, torch.bfloat16),  # its chunked and its recurrent kernel: kernels/gated_delta.py
+}
+# The families whose decoding step is fla's fused recurrent kernel (forward only, in the dtypes above) instead of one
+# of the plugin's Triton steps; it gathers no pending reorder, so the op applies the order first.
+FLA_STEP = ("gated_delta",)
+
+
+def fused_step(t: torch.Tensor, family: Optional[str] = None) -> bool:
+    """Whether a decoding step on tensors like `t` runs as one launch rather than the PyTorch ops: one of the plugin's
+    Triton kernels (kernels/step.py, kernels/window_step.py), whose ops gather a search's pending reorder, so that
+    the modules record reorders instead of applying them (modules/base.py); or, for a `family` in FLA_STEP, fla's
+    recurrent kernel for it."""
+    if family in FLA_STEP:
+        return fused_chunk(family, t)
+    return t.dtype != torch.float64 and triton_ok(t)
+
+
+def fused_chunk(family: str, t: torch.Tensor) -> bool:
+    """Whether a chunked pass (training, prefill) of `family` on inputs like `t` runs through fla's kernels
+    (kernels/chunked.py) rather than the PyTorch chunked ops."""
+    return t.dtype in FLA_DTYPES.get(family, ()) and fla_ok(t)

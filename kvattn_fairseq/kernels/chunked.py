@@ -99,7 +99,7 @@ def _delta_chunk():
 
 def causal_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor,
                  state: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """ops/delta.causal_chunked's contract, padding already folded into k and beta (zero there): q, k [N, T, dk]
+    """ops/delta.causal_parallel's contract, padding already folded into k and beta (zero there): q, k [N, T, dk]
     (k L2-normalised), v [N, T, dv], beta [N, T], state [N, dk, dv] -> (out [N, T, dv] fp32, final state fp32),
     through fla's chunked delta-rule kernel (the WY form of Yang et al. 2024, forward and backward).  fla takes half
     precision only: the callers send fp16/bf16 inputs (bounded: unit keys, beta in [0, 1]); the state stays fp32."""

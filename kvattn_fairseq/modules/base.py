@@ -142,7 +142,7 @@ class KVAttentionBase(nn.Module):
         if not buffer:
             return incremental_state
         first = next((v for v in buffer.values() if v is not None), None)
-        if self.lazy_reorder and self.causal and first is not None and kernels.triton_ok(first):
+        if self.lazy_reorder and self.causal and first is not None and kernels.fused_step(first):
             pending = buffer.get(PENDING_ORDER)
             buffer[PENDING_ORDER] = new_order if pending is None else pending.index_select(0, new_order)
             return self._set_input_buffer(incremental_state, buffer)

@@ -63,7 +63,7 @@ class KVAttention(ProjectedAttention):
         pad_arg = key_pad if x.size(1) <= ops.FEW_QUERIES or bool(key_pad.any()) else None
         if bias is None or x.size(1) <= ops.FEW_QUERIES:
             scale = self.scaling if bias is None else self.scaling * self.pos_map.weight.sum()
-            out = ops.attention(k, keys, values, key_pad=pad_arg, causal=self.causal, key_bias=bias, scale=scale,
+            out = ops.attention(k, keys, values, pad=pad_arg, causal=self.causal, key_bias=bias, scale=scale,
                                 dropout_p=self.dropout_p, training=self.training)
         else:
             # alpha tau k_i.k_j + r(j) as one dot product, [alpha k_i, 1] . [k_j, r(j) / tau] * tau, so that the
@@ -71,7 +71,7 @@ class KVAttention(ProjectedAttention):
             q_aug = torch.cat([k * self.pos_map.weight.sum(), torch.ones_like(k[..., :1])], dim=-1)
             k_aug = torch.cat([keys, (bias / self.scaling).unsqueeze(1).expand(-1, keys.size(1), -1)
                                .unsqueeze(-1).to(keys.dtype)], dim=-1)
-            out = ops.attention(q_aug, k_aug, values, key_pad=pad_arg, causal=self.causal, scale=self.scaling,
+            out = ops.attention(q_aug, k_aug, values, pad=pad_arg, causal=self.causal, scale=self.scaling,
                                 dropout_p=self.dropout_p, training=self.training)
         return self.output(out, x.dtype)
 

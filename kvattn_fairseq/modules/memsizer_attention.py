@@ -67,18 +67,18 @@ class MemSizerAttention(KVAttentionBase):
         p = self.read_weights(x)
         a, u = self.keys_values(x)
         if not self.causal:
-            return ops.read(p, ops.memory(a, u, pad), x.dtype)
+            return ops.read(p, ops.memory(a, u, pad=pad), x.dtype)
         if state is None:
-            out, _ = ops.causal_parallel(p, a, u, pad, chunk=self.chunk)
+            out, _ = ops.causal_parallel(p, a, u, pad=pad, chunk=self.chunk)
             return out
         order = self.take_order(state, fused=x.size(1) == 1)  # a pending reorder: gathered by the step
         prev = (state["sum"], state["count"]) if "sum" in state else None
         if x.size(1) == 1:
-            out, (s, count) = ops.causal_step(p[:, 0], a[:, 0], u[:, 0], prev, None if pad is None else pad[:, 0],
-                                              order)
+            out, (s, count) = ops.causal_step(p[:, 0], a[:, 0], u[:, 0], state=prev,
+                                              pad=None if pad is None else pad[:, 0], order=order)
             out = out.unsqueeze(1)
         else:  # prefill: a whole prompt in one call, same state as stepping through it
-            out, (s, count) = ops.causal_parallel(p, a, u, pad, prev, self.chunk, return_state=True)
+            out, (s, count) = ops.causal_parallel(p, a, u, state=prev, pad=pad, chunk=self.chunk)
         state["sum"], state["count"] = s, count
         return out
 
@@ -92,7 +92,7 @@ class MemSizerAttention(KVAttentionBase):
 
     def _memory(self, src: Tensor, src_pad: Optional[Tensor]) -> Tensor:
         a, u = self.keys_values(src)
-        return ops.memory(a, u, src_pad)
+        return ops.memory(a, u, pad=src_pad)
 
 
 MEMSIZER_OPTIONS = (

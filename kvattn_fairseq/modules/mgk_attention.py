@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..ops import linear as lops
 from ..ops import mgk as ops
 from ..ops import softmax_kv
-from .headwise_linear import HeadwiseLinearAttention
+from .headwise_linear import HeadwiseLinearAttention, _flat
 from .projected import ProjectedAttention
 from .registry import (AttentionConfigError, AttentionSite, KindOption, bounded_int, choice, positive_float_list,
                        positive_int, register_attention_kind)
@@ -149,8 +149,9 @@ class MGKAttention(ProjectedAttention):
         log_pi = self.mixture.log_pi(positions if self.mixture.mode in TABLE_MODES else None)
         # (a decoding step takes the mask as it is: checking it for padding would read back from the device)
         few = q.size(-2) <= softmax_kv.FEW_QUERIES
-        return ops.attention(q, self.component_keys(keys), v, self.inv_var, log_pi, self.hard,
-                             key_pad if few or bool(key_pad.any()) else None, causal, self.dropout_p, self.training)
+        return ops.attention(q, self.component_keys(keys), v, self.inv_var, log_pi=log_pi, hard=self.hard,
+                             pad=key_pad if few or bool(key_pad.any()) else None, causal=causal,
+                             dropout_p=self.dropout_p, training=self.training)
 
     def _em_step(self, q: Tensor, keys: Tensor, pad: Tensor, positions: Tensor) -> None:
         """--mgk-pi em in training: after the forward has used pi, set it by the EM rule from this batch."""
@@ -204,23 +205,16 @@ class MLKAttention(HeadwiseLinearAttention):
         self.components = components
         self.mixture = MixtureWeights(num_heads, components, pi)
 
+    family = lops.ON_FEATURES  # linear attention on features: phi(q) and the mixed phi(k_r) come from here
+    lazy_reorder = True  # its step runs on kernels/step.py, which gathers by a pending reorder
+
+    def query_input(self, x: Tensor) -> Tensor:
+        return lops.feature_map(self.flat_heads(self.q_proj, x))
+
     def key_input(self, src: Tensor) -> Tensor:
         keys = torch.stack([self.heads(p, src) for p in (self.k_proj, *self.k_projs)], dim=3)  # [B, H, S, M, d]
         pi = self.mixture.pi().to(keys.device)[None, :, None, :]
-        return ops.mixed_key_features(keys, pi)
-
-    def _memory(self, fk, v, pad):
-        return lops.memory_features(fk, v, pad)
-
-    def _read(self, q, mem, dtype):
-        return lops.read_features(lops.feature_map(q), mem, dtype)
-
-    lazy_reorder = True  # its step runs on kernels/step.py, which gathers by a pending reorder
-
-    def _causal(self, q, fk, v, pad, state, step, order=None):
-        if step:
-            return lops.causal_step_features(lops.feature_map(q), fk, v, state, pad, order)
-        return lops.causal_parallel_features(lops.feature_map(q), fk, v, pad, state)
+        return _flat(ops.mixed_key_features(keys, pi))
 
 
 def inv_var_scales(text: str):

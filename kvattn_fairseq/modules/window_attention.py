@@ -1,10 +1,10 @@
 """Sliding-window softmax attention (`window`) and window + memory layers (`window_memsizer`, `window_linear`,
-`window_factorized`, `window_delta`), the pairing of Based (Arora et al., 2024): exact attention over the last W tokens gives the
-short-range precision a fixed-size memory lacks, and the memory carries everything older.  docs/papers/sliding-window.md
-states the definitions and the parameters.
+`window_factorized`, `window_delta`, `window_gated_delta`), the pairing of Based (Arora et al., 2024): exact
+attention over the last W tokens gives the short-range precision a fixed-size memory lacks, and the memory carries
+everything older.  docs/papers/sliding-window.md states the definitions and the parameters.
 
-Decoding state: a ring of the W most recent keys and values (fp32; ops/window.py), so a new token sees W positions;
-constant in the output length, like the memory kinds' state.
+Decoding state: a ring of the min(t, W) most recent keys and values (fp32; ops/window.py), so a new token sees W
+positions; constant in the output length from t = W, like the memory kinds' state.
 """
 from typing import Dict, List, Optional
 
@@ -120,5 +120,5 @@ def _register_window_memory(memory_kind: str) -> None:
                 f"(Based's pairing, Arora et al., 2024)")(build)
 
 
-for _memory in ("memsizer", "linear", "factorized", "delta"):
+for _memory in ("memsizer", "linear", "factorized", "delta", "gated_delta"):
     _register_window_memory(_memory)

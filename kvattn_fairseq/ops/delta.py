@@ -11,9 +11,9 @@ Shapes: q, k [N, T, dk], v [N, T, dv], beta [N, T], pad [N, T] (True at padding:
 position leaves the state as it was), state S [N, dk, dv].  State and arithmetic are fp32 (fp64 stays fp64);
 outputs come back in that dtype, the caller casts.
 
-Three implementations agree: `reference` (the recurrence, fp64), `causal_chunked` (training and prefill) and
-`causal_step` (one token).  The chunked path is the WY/UT form of Yang et al. 2024: inside a chunk of C positions,
-with S the state entering it, the u_t solve a unit lower-triangular system,
+Three implementations agree: `causal_reference` (the recurrence, fp64), `causal_parallel` (chunked: training and
+prefill) and `causal_step` (one token).  The chunked path is the WY/UT form of Yang et al. 2024: inside a chunk of C
+positions, with S the state entering it, the u_t solve a unit lower-triangular system,
 
     (I + A) U = diag(beta) (V - K S),    A = strictly lower part of diag(beta) K K^T   (C x C)
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import kernels
-from .linear_scan import acc_dtype
+from .linear_scan import acc_dtype, as_dtype
 
 DEFAULT_CHUNK = 64
 
@@ -39,11 +39,11 @@ def _masked(k: Tensor, beta: Tensor, pad: Optional[Tensor]) -> Tuple[Tensor, Ten
     return k.masked_fill(pad.unsqueeze(-1), 0.0), beta.masked_fill(pad, 0.0)
 
 
-def causal_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, state: Optional[Tensor] = None,
+def causal_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, state: Optional[Tensor] = None,
                 pad: Optional[Tensor] = None, order: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """One position: q, k [N, dk], v [N, dv], beta [N], pad [N] -> (out [N, dv], new state [N, dk, dv]); `order`
     [N]: row n continues state row order[n] (a search's reorder not yet applied)."""
-    if kernels.triton_ok(k) and k.dtype != torch.float64:  # one launch (kernels/step.py)
+    if kernels.fused_step(k):  # one launch (kernels/step.py)
         from ..kernels.step import delta_step
 
         k, beta = _masked(k, beta, pad)
@@ -51,20 +51,20 @@ def causal_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, state: Optional[T
     if order is not None and state is not None:
         state = state.index_select(0, order)
     acc = acc_dtype(k)
-    q, k, v, beta = q.to(acc), k.to(acc), v.to(acc), beta.to(acc)
+    q, k, v, beta = as_dtype(q, acc), as_dtype(k, acc), as_dtype(v, acc), as_dtype(beta, acc)
     k, beta = _masked(k, beta, pad)
     if state is None:
         state = torch.zeros(k.size(0), k.size(1), v.size(1), dtype=acc, device=k.device)
-    state = state.to(acc)
+    state = as_dtype(state, acc)
     u = beta.unsqueeze(1) * (v - torch.bmm(k.unsqueeze(1), state).squeeze(1))
     state = torch.addcmul(state, k.unsqueeze(2), u.unsqueeze(1))
     return torch.bmm(q.unsqueeze(1), state).squeeze(1), state
 
 
-def causal_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, pad: Optional[Tensor] = None,
-                   state: Optional[Tensor] = None, chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, Tensor]:
+def causal_parallel(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, state: Optional[Tensor] = None,
+                    pad: Optional[Tensor] = None, chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, Tensor]:
     """Whole sequences: -> (out [N, T, dv], final state [N, dk, dv]); `state` continues an earlier call."""
-    if kernels.fla_ok(k) and v.dtype in (torch.float16, torch.bfloat16):  # fla's kernel takes half precision only
+    if kernels.fused_chunk("delta", v):  # fla's kernel takes half precision only
         from ..kernels.chunked import causal_delta
 
         k, beta = _masked(k, beta, pad)
@@ -97,8 +97,8 @@ def causal_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, pad: Optional[
     return torch.cat(outs, dim=1)[:, :tlen], s
 
 
-def reference(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, pad: Optional[Tensor] = None,
-              state: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def causal_reference(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, state: Optional[Tensor] = None,
+                     pad: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """The recurrence, position by position, in fp64 (slow; for tests; differentiable)."""
     n, tlen, dk = k.shape
     rows, finals = [], []

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .linear_scan import acc_dtype
+from .linear_scan import acc_dtype, as_dtype
 
 DEFAULT_CHUNK = 32
 NEG_INF = float("-inf")
@@ -23,7 +23,7 @@ State = Tuple[Tensor, Tensor, Tensor]  # (N [B, dk, dv], Z [B, dk], m [B, dk]); 
 
 
 def query_features(q: Tensor) -> Tensor:
-    return torch.softmax(q.to(acc_dtype(q)), dim=-1)
+    return torch.softmax(as_dtype(q, acc_dtype(q)), dim=-1)
 
 
 def _mask_keys(k: Tensor, pad: Optional[Tensor]) -> Tensor:
@@ -33,11 +33,12 @@ def _mask_keys(k: Tensor, pad: Optional[Tensor]) -> Tensor:
 
 def _finite(m: Tensor) -> Tensor:
     """m with -inf (no key seen yet) replaced by 0, so that exp(x - m) never computes -inf - -inf."""
-    return torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    return torch.where(torch.isinf(m), 0.0, m)
 
 
-def context(k: Tensor, v: Tensor, pad: Optional[Tensor] = None) -> Tensor:
-    """Non-causal: softmax over positions of k [B, S, dk], contracted with v [B, S, dv] -> [B, dk, dv] (fp32)."""
+def memory(k: Tensor, v: Tensor, *, pad: Optional[Tensor] = None) -> Tensor:
+    """Non-causal context: softmax over positions of k [B, S, dk], contracted with v [B, S, dv] -> [B, dk, dv]
+    (fp32)."""
     k = _mask_keys(k, pad)
     weights = torch.softmax(k, dim=1)
     if pad is not None:  # a row of padding only gives zeros, not NaN
@@ -45,22 +46,27 @@ def context(k: Tensor, v: Tensor, pad: Optional[Tensor] = None) -> Tensor:
     return torch.einsum("bsk,bsv->bkv", weights, v.to(weights.dtype))
 
 
-def read(qf: Tensor, ctx: Tensor, out_dtype) -> Tensor:
-    return torch.bmm(qf.to(ctx.dtype), ctx).to(out_dtype)
+def read(q: Tensor, mem: Tensor, out_dtype) -> Tensor:
+    """out = softmax_features(q)^T mem: q [B, T, dk], mem [B, dk, dv] -> [B, T, dv]."""
+    return torch.bmm(query_features(q).to(mem.dtype), mem).to(out_dtype)
 
 
-def causal_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[State] = None,
-                pad: Optional[Tensor] = None) -> Tuple[Tensor, State]:
-    """One position: q, k [B, dk], v [B, dv], pad [B] -> out [B, dv] and the new state."""
+def causal_step(q: Tensor, k: Tensor, v: Tensor, *, state: Optional[State] = None, pad: Optional[Tensor] = None,
+                order: Optional[Tensor] = None) -> Tuple[Tensor, State]:
+    """One position: q, k [B, dk], v [B, dv], pad [B] -> out [B, dv] and the new state; `order` [B]: row b continues
+    state row order[b] (a search's reorder not yet applied)."""
     acc = acc_dtype(k)
-    k, v = k.to(acc), v.to(acc)
+    k, v = as_dtype(k, acc), as_dtype(v, acc)
+    if state is not None and order is not None:
+        state = tuple(t.index_select(0, order) for t in state)
     if state is None:
         bsz, dk = k.shape
         state = (k.new_zeros(bsz, dk, v.size(-1)), k.new_zeros(bsz, dk), k.new_full((bsz, dk), NEG_INF))
     num, den, m = state
     m_new = torch.maximum(m, k)
-    decay = torch.exp(m - _finite(m_new))
-    w = torch.exp(k - _finite(m_new))
+    shift = _finite(m_new)
+    decay = torch.exp(m - shift)
+    w = torch.exp(k - shift)
     new = (num * decay.unsqueeze(-1) + w.unsqueeze(-1) * v.unsqueeze(1), den * decay + w, m_new)
     if pad is not None:
         keep = (~pad).view(-1, 1)
@@ -77,7 +83,7 @@ def causal_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[State] = None,
 SAFE_RANGE = 60.0
 
 
-def causal_parallel(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = None, state: Optional[State] = None,
+def causal_parallel(q: Tensor, k: Tensor, v: Tensor, *, state: Optional[State] = None, pad: Optional[Tensor] = None,
                     chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, State]:
     """Whole sequence: q, k [B, T, dk], v [B, T, dv] -> (out [B, T, dv] fp32, final state).
 
@@ -137,22 +143,36 @@ def _chunk_range(k: Tensor, chunk: int) -> float:
     return float(spread.max()) if spread.numel() else 0.0
 
 
-def causal_reference(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = None) -> Tensor:
-    """The definition, position by position, in fp64 (slow; for tests)."""
-    bsz, tlen, _ = k.shape
+def causal_reference(q: Tensor, k: Tensor, v: Tensor, *, state: Optional[State] = None,
+                     pad: Optional[Tensor] = None) -> Tuple[Tensor, State]:
+    """The definition, position by position, in fp64 (slow; for tests): each output normalises every key seen so
+    far over positions, those `state` summarises included; the final state is (N, Z, m) of all of them."""
+    bsz, tlen, dk = k.shape
     out = torch.zeros(bsz, tlen, v.size(-1), dtype=torch.float64)
+    finals = []
     for b in range(bsz):
+        num, den, m = (k.new_zeros(dk, v.size(-1)).double(), k.new_zeros(dk).double(),
+                       k.new_full((dk,), NEG_INF).double()) if state is None else (x[b].double() for x in state)
         for t in range(tlen):
             js = [j for j in range(t + 1) if pad is None or not pad[b, j]]
-            if not js:
-                continue
-            kw = torch.softmax(k[b, js].double(), dim=0)  # over positions, per feature
-            ctx = kw.t() @ v[b, js].double()
-            out[b, t] = torch.softmax(q[b, t].double(), dim=-1) @ ctx
-    return out
+            kb, vb = k[b, js].double(), v[b, js].double()
+            top = torch.maximum(m, kb.amax(dim=0)) if js else m
+            shift = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+            w = torch.exp(kb - shift)  # over positions, per feature
+            n_t = num * torch.exp(m - shift).unsqueeze(-1) + w.t() @ vb
+            z_t = den * torch.exp(m - shift) + w.sum(dim=0)
+            out[b, t] = torch.softmax(q[b, t].double(), dim=-1) @ (n_t / z_t.clamp(min=1e-300).unsqueeze(-1))
+            if t == tlen - 1:
+                num, den, m = n_t, z_t, top
+        finals.append((num, den, m))
+    return out, tuple(torch.stack(x) for x in zip(*finals))
 
 
-def noncausal_reference(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor] = None) -> Tensor:
+def reference(q: Tensor, k: Tensor, v: Tensor, *, pad: Optional[Tensor] = None, causal: bool = False) -> Tensor:
+    """The definition, query by query, in fp64 (slow; for tests): the non-causal read, or (`causal`) the causal
+    one."""
+    if causal:
+        return causal_reference(q, k, v, pad=pad)[0]
     bsz, tq, _ = q.shape
     out = torch.zeros(bsz, tq, v.size(-1), dtype=torch.float64)
     for b in range(bsz):

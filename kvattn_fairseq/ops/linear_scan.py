@@ -21,10 +21,15 @@ def acc_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def causal_dot_product(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = None,
+def as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """t.to(dtype), without the call when it is one already (a decoding step's ops are mostly such calls)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def causal_dot_product(q: Tensor, k: Tensor, v: Tensor, *, state: Optional[Tensor] = None,
                        chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, Tensor]:
     """Returns (out [N, T, dv], final state S_T [N, dk, dv]), both in the accumulation dtype."""
-    if kernels.fla_ok(k) and k.dtype != torch.float64:
+    if kernels.fused_chunk("linear", k):
         from ..kernels.chunked import causal_dot_product as fused
 
         return fused(q, k, v, state)
@@ -54,21 +59,23 @@ def causal_dot_product(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] 
     return out, final
 
 
-def dot_product_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def dot_product_step(q: Tensor, k: Tensor, v: Tensor, *, state: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """One position: q, k [N, dk], v [N, dv] -> (out [N, dv], new state [N, dk, dv]) in the accumulation dtype."""
     acc = acc_dtype(k)
-    k, v = k.to(acc).unsqueeze(2), v.to(acc).unsqueeze(1)
+    k, v = as_dtype(k, acc).unsqueeze(2), as_dtype(v, acc).unsqueeze(1)
     # one elementwise pass instead of baddbmm's tiny GEMM per row (about 2x faster on CPU for a 64x65 state)
-    state = k * v if state is None else torch.addcmul(state.to(acc), k, v)
-    return torch.bmm(q.to(acc).unsqueeze(1), state).squeeze(1), state
+    state = k * v if state is None else torch.addcmul(as_dtype(state, acc), k, v)
+    return torch.bmm(as_dtype(q, acc).unsqueeze(1), state).squeeze(1), state
 
 
-def causal_dot_product_reference(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """The definition, position by position, in fp64 (slow; for tests)."""
+def causal_dot_product_reference(q: Tensor, k: Tensor, v: Tensor, *,
+                                 state: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The definition, position by position, in fp64 (slow; for tests): (out, final state)."""
     n, tlen, _ = k.shape
     out = torch.zeros(n, tlen, v.shape[-1], dtype=torch.float64, device=k.device)
-    s = torch.zeros(n, k.shape[-1], v.shape[-1], dtype=torch.float64, device=k.device)
+    s = torch.zeros(n, k.shape[-1], v.shape[-1], dtype=torch.float64, device=k.device) if state is None else \
+        state.double()
     for t in range(tlen):
         s = s + k[:, t].double().unsqueeze(2) * v[:, t].double().unsqueeze(1)
         out[:, t] = torch.bmm(q[:, t].double().unsqueeze(1), s).squeeze(1)
-    return out
+    return out, s

@@ -44,8 +44,8 @@ def log_kernel(q: Tensor, keys: Tensor, inv_var: Sequence[float], log_pi: Option
     return stacked.max(dim=-1).values if hard else torch.logsumexp(stacked, dim=-1)
 
 
-def attention(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], log_pi: Optional[Tensor] = None,
-              hard: bool = False, key_pad: Optional[Tensor] = None, causal: bool = False, dropout_p: float = 0.0,
+def attention(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], *, log_pi: Optional[Tensor] = None,
+              hard: bool = False, pad: Optional[Tensor] = None, causal: bool = False, dropout_p: float = 0.0,
               training: bool = False) -> Tensor:
     """Causal queries are the last Tq of the Tk positions (decoding continues a cache).
 
@@ -57,7 +57,7 @@ def attention(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], log_
     """
     if hard or q.size(-2) <= softmax_kv.FEW_QUERIES:  # (decoding: the augmented keys would be rebuilt every step)
         scores = log_kernel(q, keys, inv_var, log_pi, hard)
-        return softmax_kv.attend_scores(scores, v, key_pad, causal, dropout_p, training)
+        return softmax_kv.attend_scores(scores, v, pad=pad, causal=causal, dropout_p=dropout_p, training=training)
     dtype = torch.promote_types(q.dtype, torch.float32)
     q, keys = q.to(dtype), keys.to(dtype)
     tau = q.size(-1) ** -0.5
@@ -69,13 +69,13 @@ def attention(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], log_
     k_aug = torch.cat([s * keys, offset, (-0.5 * s).expand(bsz, heads, tk, m, 1)], dim=-1)
     k_aug = k_aug.transpose(2, 3).reshape(bsz, heads, m * tk, -1)  # component-major blocks of Tk keys
     q_aug = torch.cat([q, torch.ones_like(q[..., :1]), q.pow(2).sum(-1, keepdim=True)], dim=-1)
-    out = softmax_kv.attention(q_aug, k_aug, v.to(dtype).repeat(1, 1, m, 1), key_pad, causal, scale=tau,
+    out = softmax_kv.attention(q_aug, k_aug, v.to(dtype).repeat(1, 1, m, 1), pad=pad, causal=causal, scale=tau,
                                dropout_p=dropout_p, training=training, key_blocks=m)
     return out.to(v.dtype)
 
 
-def reference(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], pi: Optional[Tensor] = None,
-              hard: bool = False, key_pad: Optional[Tensor] = None, causal: bool = False) -> Tensor:
+def reference(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], *, pi: Optional[Tensor] = None,
+              hard: bool = False, pad: Optional[Tensor] = None, causal: bool = False) -> Tensor:
     """The paper's eq. (9), literally (mixture of Gaussian densities, normalised over keys), in fp64.
     pi [B, H, Tk, M] (or None: equal weights)."""
     bsz, heads, tq, d = q.shape
@@ -85,7 +85,7 @@ def reference(q: Tensor, keys: Tensor, v: Tensor, inv_var: Sequence[float], pi: 
         for h in range(heads):
             for i in range(tq):
                 pos = tk - tq + i
-                js = [j for j in range(tk) if (not causal or j <= pos) and (key_pad is None or not key_pad[b, j])]
+                js = [j for j in range(tk) if (not causal or j <= pos) and (pad is None or not pad[b, j])]
                 if not js:
                     continue
                 w = []

@@ -20,7 +20,7 @@ from torch import Tensor
 FEW_QUERIES = 8
 
 
-def attend_scores(scores: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, causal: bool = False,
+def attend_scores(scores: Tensor, v: Tensor, *, pad: Optional[Tensor] = None, causal: bool = False,
                   dropout_p: float = 0.0, training: bool = False) -> Tensor:
     """softmax_j(scores [B, H, Tq, Tk] + masks) @ v, explicitly (for scores with no dot-product form, and for the
     few queries of a decoding step).  Causal queries are the last Tq positions; a query with no visible key gets
@@ -29,8 +29,8 @@ def attend_scores(scores: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, c
     blocked = torch.zeros(1, 1, tq, tk, dtype=torch.bool, device=scores.device)
     if causal:
         blocked = torch.ones(tq, tk, dtype=torch.bool, device=scores.device).triu(tk - tq + 1).view(1, 1, tq, tk)
-    if key_pad is not None:
-        blocked = blocked | key_pad.view(key_pad.size(0), 1, 1, tk)
+    if pad is not None:
+        blocked = blocked | pad.view(pad.size(0), 1, 1, tk)
     empty = blocked.all(dim=-1, keepdim=True)
     probs = torch.softmax(scores.float().masked_fill(blocked, float("-inf")).masked_fill(empty, 0.0), dim=-1)
     probs = probs.masked_fill(empty, 0.0)
@@ -39,13 +39,13 @@ def attend_scores(scores: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, c
     return torch.matmul(probs, v.float()).to(v.dtype)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, causal: bool = False,
+def attention(q: Tensor, k: Tensor, v: Tensor, *, pad: Optional[Tensor] = None, causal: bool = False,
               key_bias: Optional[Tensor] = None, scale=1.0, dropout_p: float = 0.0, training: bool = False,
               key_blocks: int = 1) -> Tensor:
     """Softmax attention through torch's fused scaled_dot_product_attention (no T x T matrices kept for backward).
 
     q [B, H, Tq, dq]; k [B, H, R*Tk, dq] and v [B, H, R*Tk, dv] hold `key_blocks` = R blocks of keys for the same
-    Tk positions (R = 1 but for MGK's mixture components); key_pad [B, Tk] True at pads; key_bias [B, Tk] or
+    Tk positions (R = 1 but for MGK's mixture components); pad [B, Tk] True at padded keys; key_bias [B, Tk] or
     [B, H, Tk] added to every query's scores; `scale` multiplies the scores and may be a tensor.
     Causal queries are the last Tq of the Tk positions (decoding continues a cache).  A query with no visible key
     gets zeros (fused kernels would give NaN).
@@ -62,19 +62,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None,
         if key_blocks > 1:  # the R blocks are alternatives for the same position: sum their weights
             scores = torch.logsumexp(scores.unflatten(-1, (key_blocks, tk)), dim=-2)
             v = v[..., :tk, :]
-        return attend_scores(scores, v, key_pad, causal, drop, training)
+        return attend_scores(scores, v, pad=pad, causal=causal, dropout_p=drop, training=training)
     dq, dv = q.size(-1), v.size(-1)
     if dq != dv:  # torch's CPU flash kernel needs one head width; zero padding changes neither scores nor values
         width = max(dq, dv)
         q, k, v = (F.pad(t, (0, width - t.size(-1))) for t in (q, k, v))
-        return attention(q, k, v, key_pad, causal, key_bias, scale, dropout_p, training, key_blocks)[..., :dv]
-    if key_pad is None and key_bias is None and (not causal or tq == tk) and key_blocks == 1:
+        return attention(q, k, v, pad=pad, causal=causal, key_bias=key_bias, scale=scale, dropout_p=dropout_p,
+                         training=training, key_blocks=key_blocks)[..., :dv]
+    if pad is None and key_bias is None and (not causal or tq == tk) and key_blocks == 1:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=causal, scale=scale)
     blocked = torch.zeros(1, 1, tq, tk, dtype=torch.bool, device=q.device)
     if causal:
         blocked = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(tk - tq + 1).view(1, 1, tq, tk)
-    if key_pad is not None:
-        blocked = blocked | key_pad.view(key_pad.size(0), 1, 1, tk)
+    if pad is not None:
+        blocked = blocked | pad.view(pad.size(0), 1, 1, tk)
     empty = blocked.all(dim=-1, keepdim=True)
     blocked = (blocked & ~empty).repeat(1, 1, 1, key_blocks)  # let such rows see everything, then zero them below
     if key_bias is None:
@@ -86,7 +87,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None,
     return out.masked_fill(empty, 0.0)  # unconditionally: testing for empty rows would stall a GPU
 
 
-def reference(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None, causal: bool = False,
+def reference(q: Tensor, k: Tensor, v: Tensor, *, pad: Optional[Tensor] = None, causal: bool = False,
               key_bias: Optional[Tensor] = None, scale: float = 1.0) -> Tensor:
     """The definition, query by query, in fp64 (slow; for tests)."""
     bsz, heads, tq, _ = q.shape
@@ -96,7 +97,7 @@ def reference(q: Tensor, k: Tensor, v: Tensor, key_pad: Optional[Tensor] = None,
         for h in range(heads):
             for i in range(tq):
                 pos = tk - tq + i
-                js = [j for j in range(tk) if (not causal or j <= pos) and (key_pad is None or not key_pad[b, j])]
+                js = [j for j in range(tk) if (not causal or j <= pos) and (pad is None or not pad[b, j])]
                 if not js:
                     continue
                 s = torch.stack([q[b, h, i].double() @ k[b, h, j].double() * scale for j in js])

@@ -2,15 +2,22 @@
 
 PATCHES is the one list of what is changed, in which order, and why: each entry names the function it wraps and
 the wrapper layers (innermost first) from the file named for what it fixes; apply.py puts each on exactly once.
-No function appears twice, so nothing depends on the order in which modules are imported.  The README's section
-"fairseq fixes applied on import" is readme_section() (`python -m kvattn_fairseq --patches` prints it; a test
-keeps the two equal); docs/papers/fairseq-pitfalls.md has the background.
+No function appears twice, so nothing depends on the order in which modules are imported.  The section "fairseq
+fixes applied on import" of docs/reliability.md is docs_section() (`python -m kvattn_fairseq --patches` prints it,
+scripts/docs_sections.py pastes it there; a test keeps the two equal); docs/papers/fairseq-pitfalls.md has the
+background.
+
+What is changed is fairseq's own functions and what fairseq runs on (torch's allow-list of checkpoint globals,
+`numpy.compat`).  The process itself is left alone: a plain `import kvattn_fairseq` (a notebook, a script) leaves
+`sys.excepthook`, `argparse` and the import machinery as they were; the one-line error hook goes on only where the
+program is fairseq's console tool (one_line_errors.py), and the plugin's own commands report their errors through
+util.cli.run_main.
 """
 import textwrap
 from typing import List
 
-from . import (atomic_checkpoints, attention_plan, bf16, checkpoint_globals, cpu_distributed, last_batch,
-               numpy_compat, one_line_errors, teacher_check, tool_refusals, unsafe_checkpoints)
+from . import (atomic_checkpoints, attention_plan, bf16, broadcast_state, checkpoint_globals, cpu_distributed,
+               last_batch, numpy_compat, one_line_errors, teacher_check, tool_refusals, unsafe_checkpoints)
 from .apply import Patch
 
 PATCHES = (
@@ -43,11 +50,16 @@ PATCHES = (
     Patch("fairseq.models.distributed_fairseq_model.DistributedDataParallel", "fairseq passes `device_ids` to "
           "DistributedDataParallel for CPU modules, which it refuses: dropped for them",
           (cpu_distributed.cpu_aware_ddp,)),
+    Patch("fairseq.distributed.utils._broadcast_object_slow", "a resume or `--finetune-from-model` with several "
+          "workers died on every rank but 0 (`UnpicklingError ... DictConfig`): rank 0 reads the checkpoint through "
+          "the checked loader and broadcasts what it read, which the other ranks now unpickle in full",
+          (broadcast_state.full_unpickle_on_receivers,)),
     Patch("fairseq.distributed.utils.call_main", "fairseq's argparse path turns `--bf16` into `--tpu` and crashes "
           "looking for torch_xla: without torch_xla, `--bf16` trains in bfloat16 on the CPU or GPU, states in fp32 "
           "(innermost); then each tool's whole config is checked before any work: `fairseq-train --fp16` without CUDA, "
           "`fairseq-eval-lm` with a `--context-window` that leaves nothing to score, `fairseq-interactive` with "
-          "stdin closed are one line", (bf16.without_tpu, tool_refusals.refuse_before_running)),
+          "stdin closed, `fairseq-train --distributed-world-size 2` without CUDA or torchrun (it names torchrun) are "
+          "one line", (bf16.without_tpu, tool_refusals.refuse_before_running)),
     Patch("fairseq.tasks.language_modeling.LanguageModelingTask.eval_lm_dataloader", "`fairseq-eval-lm` skips "
           "blocks longer than the model's positions unscored (\"Evaluated 0 tokens … Perplexity: 1.00\"): refused "
           "in one line", (tool_refusals.eval_lm_dataloader,)),
@@ -62,19 +74,25 @@ PATCHES = (
     Patch("fairseq.checkpoint_utils.load_checkpoint", "a resume gets past an unreadable or missing "
           "`checkpoint_last.pt`: it continues from the readable checkpoint with the most updates, saying so in one "
           "line (see Reliability below)", (atomic_checkpoints.resume_past_damage,)),
-    Patch("argparse.ArgumentParser.error", "a bad value of a flag the plugin adds is one line, without fairseq's "
-          "usage block of a few hundred lines in front of it (other flags keep argparse's usage + error)",
+    Patch("fairseq.options.parse_args_and_arch", "a bad value of a flag the plugin adds is one line, without "
+          "fairseq's usage block of a few hundred lines in front of it (other flags keep argparse's usage + error); "
+          "only the parser fairseq parses with, during that call: `argparse` itself is not changed",
           (one_line_errors.usage_free,)),
-    Patch("sys.excepthook", "a refusal raised inside fairseq's tools (the plugin's errors, an input longer than the "
-          "model admits, weights that do not fit the model, an allocation too large for the machine) is printed as "
-          "one line naming the fix instead of a traceback (`--memsizer-self-slots 1000000000`: out of memory, "
-          "with the flags that size the model and the batch)", (one_line_errors.excepthook,)),
+    Patch("sys.excepthook", "only where the program is one of fairseq's console tools (`fairseq-train`, "
+          "`python -m fairseq_cli.generate`, ...: fairseq's CLI loaded the plugin as its `--user-dir`), never on a "
+          "plain import: a refusal raised inside the tool (the plugin's errors, an input longer than the model "
+          "admits, weights that do not fit the model, an allocation too large for the machine) is printed as one "
+          "line naming the fix instead of a traceback (`--memsizer-self-slots 1000000000`: out of memory, with the "
+          "flags that size the model and the batch); every other exception keeps its traceback, and "
+          "`KVATTN_TRACEBACK=1` prints the traceback in front of the one line",
+          install=one_line_errors.install_hook, installed=one_line_errors.hook_as_due),
 )
 
 
-# the README's generated section lies between these two lines
-README_BEGIN = "<!-- generated from kvattn_fairseq/patches/__init__.py (PATCHES): edit the list there -->\n"
-README_END = "<!-- end of the generated list -->\n"
+# the generated list lies between these two lines of DOCS_PAGE
+DOCS_PAGE = "docs/reliability.md"
+DOCS_BEGIN = "<!-- generated from kvattn_fairseq/patches/__init__.py (PATCHES): edit the list there -->\n"
+DOCS_END = "<!-- end of the generated list -->\n"
 
 
 def apply() -> None:
@@ -83,8 +101,8 @@ def apply() -> None:
         patch.apply()
 
 
-def readme_section(width: int = 118) -> str:
-    """The README's numbered list of the fixes, rendered from PATCHES."""
+def docs_section(width: int = 118) -> str:
+    """DOCS_PAGE's numbered list of the fixes, rendered from PATCHES."""
     lines: List[str] = []
     for i, patch in enumerate(PATCHES, 1):
         head = f"{i}. "

@@ -63,7 +63,7 @@ def resolve(target: str) -> Tuple[Any, str]:
 @dataclass(frozen=True)
 class Patch:
     target: str  # what is changed, as a dotted name
-    why: str  # one line: what goes wrong without it (the README's list is made of these)
+    why: str  # one line: what goes wrong without it (the list in docs/reliability.md is made of these)
     layers: Tuple[Callable[[Any], Any], ...] = ()  # wrapper factories, innermost first
     install: Optional[Callable[[], None]] = None  # for a change that is not a wrapper
     installed: Optional[Callable[[], bool]] = None

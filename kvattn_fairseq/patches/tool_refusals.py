@@ -9,6 +9,9 @@ for patches.PATCHES); each is raised before the tool does its work.
 - fairseq-interactive with its standard input closed ended in an AttributeError inside fileinput.
 - fairseq-train --fp16 without CUDA ended in torch's "not compiled with CUDA" assertion: fairseq's fp16 optimizer
   keeps fp32 master weights on the GPU.
+- fairseq-train --distributed-world-size N > 1 without CUDA and without a launcher ended in fairseq's assertion
+  "world size is N but have 0 available devices": fairseq spawns one worker per GPU itself; CPU workers are started
+  by torchrun.
 """
 import sys
 
@@ -111,8 +114,31 @@ def check_fp16_device(cfg) -> None:
                            f"fp32 (drop {flag}) or with --bf16")
 
 
+def check_cpu_workers(cfg) -> None:
+    """fairseq-train --distributed-world-size N > 1 with no GPU to spawn workers on and no launcher that started them."""
+    import os
+
+    import torch
+
+    dt = getattr(cfg, "distributed_training", None)
+    world = getattr(dt, "distributed_world_size", 1) or 1
+    if world <= 1 or torch.cuda.is_available() or getattr(dt, "distributed_init_method", None):
+        return
+    launched = all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"))
+    if launched or (getattr(dt, "distributed_port", -1) or -1) > 0:  # torchrun, or SLURM's variables with a port
+        return
+    raise OneLineError(f"--distributed-world-size {world}: no CUDA device to start one worker per GPU on; start CPU "
+                       f"workers with torchrun: torchrun --nproc_per_node {world} -m fairseq_cli.train ... --cpu "
+                       f"--distributed-world-size {world} --distributed-backend gloo")
+
+
+def check_train(cfg) -> None:
+    check_fp16_device(cfg)
+    check_cpu_workers(cfg)
+
+
 # the tool whose main fairseq's call_main runs -> its check of the whole config, before any work
-CHECKS = {"fairseq_cli.train": check_fp16_device, "fairseq_cli.eval_lm": check_eval_lm_window,
+CHECKS = {"fairseq_cli.train": check_train, "fairseq_cli.eval_lm": check_eval_lm_window,
           "fairseq_cli.interactive": check_stdin}
 
 

@@ -11,7 +11,8 @@ from ..checkpoints.files import written_by_fairseq_train
 from ..evaluate.results import TRAIN_RECORD
 from ..util import proc
 from ..util.errors import OneLineError
-from ..util.io import adopt_writes, mark, read_json, tracking_writes, write_atomic
+from ..util.io import add_made, adopt_writes, read_json, tracking_writes, write_atomic
+from .progress import Progress
 from .spine import Context, Step, in_process, now_utc
 
 SYNTHETIC_TINY = dict(train=300, valid=30, test=30, min_len=8, max_len=8)
@@ -37,7 +38,8 @@ def data_step(key: str, *, raw: Optional[str] = None, tiny: bool = False, **opti
 
     by_hand = ["python", "-m", "kvattn_fairseq", dataset.load().PROG, "--out", f"data/{key}"] + (["--raw", raw] if raw else ["--raw", f"fixtures/{key}"] if tiny else []) + \
         (["--tiny"] if tiny else [])
-    return Step(f"data/{key}", f"data/{key}", settings, in_process(run, f"data {key}"), command=proc.shell(by_hand))
+    return Step(f"data/{key}", f"data/{key}", settings, in_process(run, f"data {key}"), command=proc.shell(by_hand),
+                sources={"--raw": os.path.abspath(raw)} if raw else {})
 
 
 def _synthetic_step(key: str, tiny: bool) -> Step:
@@ -56,7 +58,8 @@ def _synthetic_step(key: str, tiny: bool) -> Step:
 
 
 def train_step(name: str, out: str, command, settings: Dict[str, Any], *, needs: Sequence[str] = (),
-               check_data: Optional[Callable[[str], None]] = None, data_step_name: Optional[str] = None) -> Step:
+               check_data: Optional[Callable[[str], None]] = None, data_step_name: Optional[str] = None,
+               sources: Optional[Dict[str, str]] = None) -> Step:
     """A fairseq-train run into OUT (its --save-dir), continued from checkpoint_last.pt when interrupted.  `command`
     is a run/train.Command (argv, notes, check()); the run's record is also written beside its checkpoints
     (kvattn-train.json), where an evaluation of them finds it."""
@@ -67,17 +70,19 @@ def train_step(name: str, out: str, command, settings: Dict[str, Any], *, needs:
         adopt_writes(ctx.out, written_by_fairseq_train)  # a killed run's checkpoints are this tool's too
         record_path = os.path.join(ctx.out, TRAIN_RECORD)
         record = read_json(record_path) or {"settings": settings, "started": now_utc(), "finished": None}
-        mark(ctx.out, [TRAIN_RECORD])
+        add_made(ctx.out, [TRAIN_RECORD])  # to what it made before, a resumed run's included
         write_atomic(record_path, json.dumps(record, indent=2) + "\n")
         for note in command.notes:
             ctx.say(f"{ctx.step.name}: # {note}")
+        progress = Progress(ctx.say, ctx.step.name, command.argv)  # the terminal's view; the log gets everything
         with tracking_writes(ctx.out, written_by_fairseq_train):  # the marker names each file fairseq-train makes
-            proc.run(command.argv, ctx.log, label=ctx.step.name, append=True, keep_output=False)
+            proc.run(command.argv, ctx.log, label=ctx.step.name, append=True, keep_output=False, echo=progress)
+        progress.finish()
         record["finished"] = now_utc()
         write_atomic(record_path, json.dumps(record, indent=2) + "\n")
 
     return Step(name, out, settings, run, needs=tuple(needs), command=command.shell(), resumable=True,
-                check=command.check)
+                check=command.check, sources=dict(sources or {}), concurrent=True)
 
 
 def evaluate_step(name: str, out: str, evaluator: str, *, data: Step, train: Step, checkpoint: Optional[str],

@@ -30,6 +30,14 @@ class Chain:
     extra: Sequence[str] = ()       # fairseq-train flags after the chain's own (a later flag wins)
     teacher_step: Optional[str] = None  # the steps that make the teacher and the data, when the experiment does
     data_step: Optional[str] = None
+    seed: int = 1                   # of the conversion's new parameters
+
+    def sources(self, *which: str) -> Dict[str, str]:
+        """The inputs among "teacher" and "data" that no step of the experiment makes, by the flag that names them
+        (`convert-chain --checkpoint/--data`): the steps record their content, not only their paths."""
+        made = {"teacher": self.teacher_step, "data": self.data_step}
+        paths = {"teacher": ("--checkpoint", self.teacher), "data": ("--data", self.data_bin)}
+        return dict(paths[w] for w in which if made[w] is None)
 
     @property
     def task(self) -> Optional[str]:
@@ -63,7 +71,7 @@ def convert_step(name: str, out: str, chain: Chain, seed: int = 1) -> Step:
                *convert.conversion_flags(values), "--seed", str(seed)]
     return Step(name, out, {"checkpoint": chain.recorded["teacher"], **values, "seed": seed},
                 in_process(run, name), needs=tuple(n for n in (chain.teacher_step,) if n),
-                command=proc.shell(by_hand))
+                command=proc.shell(by_hand), sources=chain.sources("teacher"))
 
 
 def stage_step(stage: str, name: str, out: str, work: str, chain: Chain, init: Step, updates: int,
@@ -86,7 +94,7 @@ def stage_step(stage: str, name: str, out: str, work: str, chain: Chain, init: S
                 "extra": list(chain.extra)}
     needs = (init.name, *(n for n in (chain.data_step, chain.teacher_step if stage == "transfer" else None) if n))
     return train_step(name, out, Command([*proc.fairseq_tool("fairseq-train"), *args], [], args), settings,
-                      needs=needs)
+                      needs=needs, sources=chain.sources(*(("teacher", "data") if stage == "transfer" else ("data",))))
 
 
 def chain_steps(chain: Chain, work: str, where: str, transfer_updates: int, finetune_updates: int,
@@ -96,7 +104,8 @@ def chain_steps(chain: Chain, work: str, where: str, transfer_updates: int, fine
     step's name is the chain's result."""
     out: List[Step] = []
     if converted is None:
-        converted = convert_step(os.path.join(where, "convert"), os.path.join(where, "converted.pt"), chain)
+        converted = convert_step(os.path.join(where, "convert"), os.path.join(where, "converted.pt"), chain,
+                                 chain.seed)
         out.append(converted)
     last, last_file = converted, None
     for stage, updates in (("transfer", transfer_updates), ("finetune", finetune_updates)):

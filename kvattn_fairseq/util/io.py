@@ -9,9 +9,12 @@ inside one of the command's inputs (`--raw`).  An output file must be absent or 
 directory or a link to one) and never the same file as an input, links resolved (check_output_file).
 
 Temporary files and directories carry the writing process's id in their names, so a later write to the same output
-removes what a killed writer left (only a dead process's, only under those names).
+removes what a killed writer left (only a dead process's, only under those names).  write_atomic (and save_figure,
+for plots) replaces a link in its output's place and never writes through it.  content() is what a step records of
+an input it reads: sizes and sha256, so that another file at the same path is another input.
 """
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -87,6 +90,8 @@ def check_output_file(path: str, flag: str, inputs: Sequence[Tuple[str, Optional
     """Refuse, in one line and before any work, an output file that is not absent or a regular file (a device such
     as /dev/null, a directory, a pipe, a broken link), that is one of `inputs` ((flag, path) pairs; links
     resolved), or (when `force` is False) that exists."""
+    if not path:
+        raise OneLineError(f"{flag}: an empty path; give the name of a file to write")
     if os.path.lexists(path) and not os.path.isfile(path):
         raise OneLineError(f"{flag} {path} is {_kind(path)}, not a regular file; give the name of a file to write")
     for name, other in inputs:
@@ -98,9 +103,26 @@ def check_output_file(path: str, flag: str, inputs: Sequence[Tuple[str, Optional
 
 
 def check_output_dir(path: str, flag: str) -> None:
-    """An output directory (created if needed) must not be anything else, e.g. a file of the user's."""
+    """An output directory (created if needed) must not be anything else, e.g. a file of the user's, and must be
+    named: an empty path would silently mean the current directory."""
+    if not path:
+        raise OneLineError(f"{flag}: an empty path; give a directory (it is created if needed)")
     if os.path.lexists(path) and not os.path.isdir(path):
         raise OneLineError(f"{flag} {path} exists and is not a directory; give a directory (it is created if needed)")
+
+
+def make_output_dir(path: str, flag: str) -> None:
+    """check_output_dir, then create the directory; what stops that (a parent that is a file, a read-only file
+    system, no permission) is one line naming the flag."""
+    check_output_dir(path, flag)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise OneLineError(f"{flag} {path}: cannot create it ({e.strerror}"
+                           f"{': ' + e.filename if e.filename and e.filename != path else ''}); choose another "
+                           f"{flag}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OneLineError(f"{flag} {path}: not writable; choose another {flag}")
 
 
 def write_atomic(path: str, data: Union[str, bytes, Callable[[str], None]]) -> str:
@@ -133,6 +155,13 @@ def write_atomic(path: str, data: Union[str, bytes, Callable[[str], None]]) -> s
             os.unlink(tmp)
         raise
     return path
+
+
+def save_figure(fig, path: str, **options) -> str:
+    """A matplotlib figure written like every other file (write_atomic: never through a link, never half of one);
+    the format is the extension's."""
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, **options))
 
 
 def fsync_file(path: str) -> None:
@@ -303,3 +332,53 @@ def install_dir(built: str, out: str, flag: str = "--force") -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(built, out)
+
+
+# --- what a step records of the content of an input it reads ---------------------------------------------------------
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_content(path: str, previous: Optional[dict]) -> dict:
+    st = os.stat(path)
+    seen = [st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino]
+    if isinstance(previous, dict) and previous.get("stat") == seen and previous.get("sha256"):
+        return previous  # the same file, untouched since it was hashed
+    return {"size": st.st_size, "sha256": sha256_file(path), "stat": seen}
+
+
+def content(path: str, previous: Optional[dict] = None) -> Optional[dict]:
+    """The content of an input read from outside the work directory, as a step's record keeps it: size and sha256
+    of a file, or of every file under a directory (by relative path; links followed, as a reader follows them).
+    A file whose size, modification time and inode are those recorded in `previous` keeps the hash recorded there,
+    so an unchanged input is not read again.  None when nothing is at `path`."""
+    if os.path.isfile(path):
+        return _file_content(path, previous)
+    if not os.path.isdir(path):
+        return None
+    before = (previous or {}).get("files") or {}
+    files = {}
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            if os.path.isfile(full):
+                rel = os.path.relpath(full, path)
+                files[rel] = _file_content(full, before.get(rel))
+    return {"files": files}
+
+
+def same_content(a: Optional[dict], b: Optional[dict]) -> bool:
+    """Whether two records of content (see content) describe the same bytes; where they were read is left out."""
+    def strip(c):
+        if not isinstance(c, dict):
+            return c
+        if "files" in c:
+            return {k: strip(v) for k, v in c["files"].items()}
+        return (c.get("size"), c.get("sha256"))
+
+    return a is not None and b is not None and strip(a) == strip(b)

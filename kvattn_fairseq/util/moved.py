@@ -1,10 +1,11 @@
-"""Module names that moved: `python -m kvattn_fairseq.<old>` says which command to run now, and `import` of an old
-name says where its code went.  Only names that no longer exist reach this finder (it is the last one on
-sys.meta_path)."""
-import importlib
-import importlib.abc
-import importlib.util
+"""Module names that moved: `python -m kvattn_fairseq.<old>` stops with one line naming the command to run now.
+
+No import hook is involved: runpy imports the parent package before it looks for the module, and the package's
+__init__ calls stop_old_command() first, which reads the module name from the interpreter's own command line
+(sys.orig_argv).  An `import` of an old name fails as any missing module does; MOVED says where its code went.
+"""
 import sys
+from typing import Optional, Sequence
 
 # old module -> (where its code is now, the command that replaces `python -m` of it, or None)
 MOVED = {
@@ -36,20 +37,19 @@ def message(old: str, run: bool = False) -> str:
     return f"{old} moved to {new}"
 
 
-class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, name, path=None, target=None):
-        return importlib.util.spec_from_loader(name, self) if name in MOVED else None
-
-    def create_module(self, spec):
+def run_module() -> Optional[str]:
+    """While runpy looks for the module of `python [OPTIONS] -m MODULE ARGS` (sys.argv is ['-m', *ARGS] then):
+    MODULE, the word of the interpreter's command line in front of ARGS (`-mMODULE` too); else None."""
+    argv, original = sys.argv, getattr(sys, "orig_argv", [])
+    if argv[:1] != ["-m"] or len(original) <= len(argv):
         return None
-
-    def exec_module(self, module):
-        raise ImportError(message(module.__name__), name=module.__name__)
-
-    def get_code(self, name):  # `python -m OLD` asks for code to run
-        raise ImportError(message(name, run=True), name=name)
+    word = original[-len(argv)]
+    return word[2:] if word.startswith("-m") else word
 
 
-def install_aliases() -> None:
-    if not any(isinstance(f, _Moved) for f in sys.meta_path):
-        sys.meta_path.append(_Moved())
+def stop_old_command() -> None:
+    """`python -m OLD` for a moved OLD: one line, exit 2; anything else that imports the package is untouched."""
+    old = run_module()
+    if old in MOVED:
+        print(f"kvattn_fairseq: error: {message(old, run=True)}", file=sys.stderr)
+        sys.exit(2)

@@ -10,6 +10,10 @@ success, and two processes never write one file.  Inside staged_logs() even succ
 install_staged_logs() (called by the writer of the results they belong to, right before it writes them), so the
 logs and the results beside them always come from the same run.  On Linux the tool is killed when the process that
 started it dies, even by SIGKILL: no orphan keeps writing into a temporary directory.
+
+The tools run() starts get one OpenMP thread each unless the user set OMP_NUM_THREADS (cpu_threads()): torch's
+default, a thread per core, slowed fairseq-train's small CPU runs down several times over on a shared machine
+(docs/benchmark.md, "CPU threads"), and on a GPU the CPU threads matter little (torchrun sets 1 too).
 """
 import collections
 import contextlib
@@ -31,11 +35,22 @@ def shell(cmd: Sequence) -> str:
     return " ".join(shlex.quote(str(c)) for c in cmd)
 
 
-def tool_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+CPU_THREADS = "1"  # OpenMP threads per tool when the user did not say (measured: docs/benchmark.md, "CPU threads")
+
+
+def cpu_threads() -> str:
+    """The OMP_NUM_THREADS the tools run() starts get: the user's, else CPU_THREADS."""
+    return os.environ.get("OMP_NUM_THREADS") or CPU_THREADS
+
+
+def tool_env(extra: Optional[Dict[str, str]] = None, *, threads: bool = False) -> Dict[str, str]:
     """The environment the tools run in: UTF-8 output whatever the locale, and Python warnings off unless the user
-    asked for them (fairseq and torch print deprecation noise that buries the lines that matter)."""
+    asked for them (fairseq and torch print deprecation noise that buries the lines that matter); with `threads`,
+    OMP_NUM_THREADS is cpu_threads()."""
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
     env.setdefault("PYTHONWARNINGS", "ignore")
+    if threads:
+        env["OMP_NUM_THREADS"] = cpu_threads()
     env.update(extra or {})
     return env
 
@@ -94,7 +109,7 @@ def run(cmd: Sequence, log: Optional[str] = None, *, label: Optional[str] = None
         keep_output: bool = True, cwd: Optional[str] = None) -> str:
     """Run `cmd` (stderr merged into stdout), writing a `$ command` line and the output to `log` (appended with
     `append`), passing each line to `echo` as it arrives, and return the output (the last 200 lines unless
-    `keep_output`).
+    `keep_output`).  Without `env`, the tool runs in tool_env(threads=True).
 
     A command that cannot start, exits non-zero or outlives `timeout` seconds raises StepFailed naming `label`
     (default: the program's name), the line that says what went wrong and the log; its exit status is 2 when the
@@ -115,7 +130,7 @@ def run(cmd: Sequence, log: Optional[str] = None, *, label: Optional[str] = None
     try:
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    env=tool_env() if env is None else env, cwd=cwd,
+                                    env=tool_env(threads=True) if env is None else env, cwd=cwd,
                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         except OSError as e:
             raise StepFailed(f"{label}: cannot run {cmd[0]} ({e.strerror or e})") from None

@@ -14,9 +14,11 @@ language, tokens per sample, sample break mode, max tokens or batch size), Adam 
 schedule warming up over the first tenth of the run, then the flags after `--` (a later flag wins).  Every command
 is announced before it runs and recorded in DIR/chain.json with the settings; logs go to DIR/logs/.  The steps run
 on the experiment spine (run/spine.py): a rerun with the same settings skips what is done and resumes an
-interrupted fairseq-train from its checkpoint_last.pt; a rerun with other settings is refused in one line before
-any work, or with --force redone from the first step they change, removing only what the chain made (a file of
-yours in a run directory stops it, named).  The result is DIR/finetune/checkpoint_last.pt.
+interrupted fairseq-train from its checkpoint_last.pt; a rerun with other settings, or with another IN.pt or
+DATA_BIN at the same path (the steps record their size and sha256), is refused in one line before any work, or
+with --force redone from the first step they change, removing only what the chain made (a file of yours in a run
+directory stops it, named; so does a chain.json of yours in a fresh DIR).  The result is
+DIR/finetune/checkpoint_last.pt.
 """
 import argparse
 import json
@@ -27,7 +29,7 @@ from typing import List, Sequence
 from ...checkpoints import config, convert
 from ...util.cli import ArgumentParser, run_main, split_passthrough
 from ...util.io import write_atomic
-from ..spine import Context, Runner, Step, in_process
+from ..spine import Context, Runner, Step, in_process, work_dir
 from ..steps_convert import Chain, chain_steps, records, result_of
 
 CHAIN = "chain.json"
@@ -55,7 +57,7 @@ def steps(a, extra: Sequence[str]) -> List[Step]:
     chain = Chain(teacher, data, values, convert.converted_flags(source_args, target, values), task_flags(state),
                   {"teacher": os.path.realpath(teacher), "data": os.path.realpath(data)}, a.transfer_lr,
                   a.finetune_lr, list(extra))
-    made = chain_steps(chain, os.path.abspath(a.out), "", a.transfer_updates, a.finetune_updates)
+    made = chain_steps(chain, work_dir(a.out, "--out"), "", a.transfer_updates, a.finetune_updates)
     settings = {"checkpoint": chain.recorded["teacher"], "data": chain.recorded["data"], "convert": values,
                 "transfer_updates": a.transfer_updates, "finetune_updates": a.finetune_updates,
                 "transfer_lr": a.transfer_lr, "finetune_lr": a.finetune_lr, "extra": list(extra)}

@@ -11,13 +11,16 @@ evaluate/translation.py), measures the decoding state one hypothesis carries wit
 (evaluate/state.py), and prints them side by side with decoding speed.  `--models vanilla,window,memsizer` adds
 MemSizer in decoder self- and cross-attention (the MemSizer paper's MT layout).
 
-The steps run on the experiment spine (run/spine.py): the data, then per model its training, its evaluation and its
-state, then results.json and the table, made at every run.  A rerun skips what is done and continues an interrupted
-training from checkpoint_last.pt; one with other settings (--epochs, --train-size) is refused in one line unless
---force, which makes those steps again.
+The steps run on the experiment spine (run/spine.py): the data, then per model its training (fairseq's progress
+shown as it trains), its evaluation and its state, then results.json and table.md, made at every run.  A rerun skips
+what is done, and says which results it reused, and continues an interrupted training from checkpoint_last.pt; one
+with other settings (--epochs, --train-size) is refused in one line unless --force, which makes those steps again.
+The committed copy of results.json and table.md is docs/demo/ (the README's figures are generated from it).
 """
+import calendar
 import json
 import os
+import platform
 import time
 from typing import Dict, List, Sequence
 
@@ -26,7 +29,7 @@ from ...util import proc
 from ...util.cli import ArgumentParser, positive_int, run_main
 from ...util.io import write_atomic
 from ...util.markdown import table
-from ..spine import Context, Runner, Step, in_process
+from ..spine import Context, Runner, Step, in_process, work_dir
 from ..steps import train_step
 from ..train import Command
 
@@ -80,9 +83,8 @@ def steps(a, work: str) -> List[Step]:
                 Step(f"state/{key}", os.path.join("state", f"{key}.json"), {"after": list(STATE_AFTER)},
                      in_process(_state(key), f"state {key}"), needs=("data", train.name),
                      command="(in process: evaluate/state.py, fairseq's incremental decoder)")]
-    out.append(Step("results", "results.json", {}, _summary(a.models, time.time()),
-                    needs=tuple(s.name for s in out if s.name.split("/")[0] in ("train", "evaluate", "state")),
-                    always=True))
+    out.append(Step("results", "results.json", {}, _summary(a.models, dict(sizes, epochs=a.epochs), time.time()),
+                    needs=tuple(s.name for s in out), always=True))
     return out
 
 
@@ -123,8 +125,8 @@ def _state(key: str):
                                   source_tokens=source, data=os.path.join(data, "data-bin"))
         print(f"{key}: " + ", ".join(f"{b:,} B after {t} tokens" for t, b in sizes.items()))
         write_atomic(ctx.out, json.dumps({"source_tokens": source,
-                                          "state_bytes_per_hypothesis": {str(t): b for t, b in sizes.items()}},
-                                         indent=2) + "\n")
+                                          "state_bytes_per_hypothesis": {str(t): b for t, b in sizes.items()},
+                                          "machine": machine()}, indent=2) + "\n")
 
     return measure
 
@@ -138,7 +140,7 @@ def training_seconds(save: str) -> float:
 
 
 def collect(work: str, models: Sequence[str]) -> Dict[str, Dict]:
-    """results.json: per model, by its display name, its scores, speed, state, training time and flags."""
+    """Per model, by its display name: its scores, speed, state, training time and flags."""
     results = {}
     for key in models:
         with open(os.path.join(work, "scores", f"{key}.json"), encoding="utf-8") as f:
@@ -169,21 +171,61 @@ def side_by_side(results: Dict[str, Dict]) -> List[str]:
         f"sacreBLEU signature: {first['signature']}"]
 
 
-def _summary(models: Sequence[str], started: float):
+def _utc(stamp: str) -> float:
+    return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
+
+
+def made_earlier(records: Dict[str, Dict], started: float) -> List[str]:
+    """The steps (of those `records` describe) that an earlier run finished, before this one started at `started`."""
+    return [name for name, rec in records.items()
+            if rec and rec.get("finished") and _utc(rec["finished"]) < int(started)]
+
+
+def steps_seconds(records: Dict[str, Dict]) -> float:
+    """The steps' times added up, from their records: the demo's own time, whichever runs made its steps (a training
+    interrupted and resumed counts from its first start)."""
+    return sum(_utc(r["finished"]) - _utc(r["started"]) for r in records.values())
+
+
+def _summary(models: Sequence[str], data: Dict, started: float):
     def summarize(ctx: Context) -> None:
         with proc.logged(ctx.log, "results"):
-            results = collect(ctx.work, models)
+            models_results = collect(ctx.work, models)
+            seconds = steps_seconds(ctx.records)
+            with open(os.path.join(ctx.work, "state", f"{models[-1]}.json"), encoding="utf-8") as f:
+                measured_on = json.load(f).get("machine") or machine()  # after the last training, not at a rerun
+            results = {"task": {"name": "reverse", **data}, "models": models_results,
+                       "seconds": round(seconds), "machine": measured_on,
+                       "steps": {n: {k: r.get(k) for k in ("started", "finished")} for n, r in ctx.records.items()}}
+            lines = side_by_side(models_results)
+            write_atomic(os.path.join(ctx.work, "table.md"), "\n".join(lines) + "\n")
             write_atomic(ctx.out, json.dumps(results, indent=2) + "\n")
-            lines = side_by_side(results)
             print("\n".join(lines))
-        sentences = next(iter(results.values()))["sentences"]
-        print(f"\nReversal task, {sentences} test sentences, beam {EVALUATE['beam']}, CPU; this run took "
-              f"{time.time() - started:.0f}s", flush=True)
+        sentences = next(iter(models_results.values()))["sentences"]
+        earlier = made_earlier(ctx.records, started)
+        print(f"\nReversal task, {sentences} test sentences, beam {EVALUATE['beam']}, CPU", flush=True)
         print("\n".join(lines))
-        print(f"results: {ctx.out}; logs: {os.path.join(ctx.work, 'logs')}; checkpoints: "
-              f"{os.path.join(ctx.work, 'runs')}", flush=True)
+        if len(earlier) == len(ctx.records):
+            last = max(ctx.records[n]["finished"] for n in earlier)
+            print(f"\nNothing was trained or scored now: every result above was made by an earlier run with the same "
+                  f"settings (finished {last.replace('T', ' ').replace('Z', ' UTC')}) and reused; that run took "
+                  f"{seconds:.0f}s. To train again, remove {ctx.work} or give another --workdir.", flush=True)
+        else:
+            if earlier:
+                print(f"\nReused from an earlier run with the same settings: {', '.join(earlier)}.", flush=True)
+            print(f"\nThis run took {time.time() - started:.0f}s.", flush=True)
+        print(f"results: {ctx.out}, {os.path.join(ctx.work, 'table.md')}; logs: {os.path.join(ctx.work, 'logs')}; "
+              f"checkpoints: {os.path.join(ctx.work, 'runs')}", flush=True)
 
     return summarize
+
+
+def machine() -> Dict:
+    """What the timings were measured on, and how busy it was (the load average just after a model's training)."""
+    import torch
+
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "omp_num_threads": proc.cpu_threads(), "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def main(argv=None) -> int:
@@ -203,11 +245,9 @@ def main(argv=None) -> int:
 
 
 def demo(a) -> int:
-    # Models this small gain nothing from intra-op threads, and on a shared CPU OpenMP's spinning threads slow
-    # fairseq-train down many times over (measured: 0.19 vs 3.45 updates/s on a busy 2-core machine).  An
-    # OMP_NUM_THREADS the user set is kept.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    work = os.path.abspath(a.workdir)
+    # fairseq's runs get one thread unless OMP_NUM_THREADS says otherwise (util/proc.py: cpu_threads)
+    work = work_dir(a.workdir, "--workdir")
     Runner("demo", work, force=a.force, flag="--workdir").run(
-        steps(a, work), title=f"demo: {', '.join(MODELS[m][0] for m in a.models)} on the reversal task")
+        steps(a, work), title=f"demo: {', '.join(MODELS[m][0] for m in a.models)} on the reversal task, fairseq "
+                              f"with OMP_NUM_THREADS={proc.cpu_threads()}")
     return 0

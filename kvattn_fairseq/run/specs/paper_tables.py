@@ -25,7 +25,7 @@ from ...papers import TABLES, Row, Table
 from ...util.cli import ArgumentParser, run_main, split_passthrough
 from ...util.errors import OneLineError, StepFailed
 from .. import report, train as recipes
-from ..spine import Context, Runner, Step, in_process
+from ..spine import Context, Runner, Step, in_process, work_dir
 from ..steps import data_step, evaluate_step, train_step
 
 PROG = "python -m kvattn_fairseq paper-tables"
@@ -103,7 +103,7 @@ def run(args) -> str:
         raise OneLineError(f"--raw: {args.raw} is not a directory")
     if args.bench:
         report.load_bench(args.bench)  # a bad file is refused before any work
-    work = os.path.abspath(args.work)
+    work = work_dir(args.work, "--work")
     if args.tiny:  # tiny models gain nothing from intra-op threads, and lose a lot to them on a busy CPU
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     runner = Runner("paper_tables", work, force=args.force)

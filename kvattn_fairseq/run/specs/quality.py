@@ -2,7 +2,7 @@
 documentation, data/cpython_docs.py), every kind at the same size and the same number of updates, scored by test
 perplexity and by the decoding state each hypothesis carries at 2048 tokens.
 
-    python -m kvattn_fairseq quality --out runs/quality                 # the README's table (hours on 2 CPU cores)
+    python -m kvattn_fairseq quality --out runs/quality                 # docs/quality/table.md (hours on 2 CPU cores)
     python -m kvattn_fairseq quality --out runs/quality-long --context 1024 --updates 500 --every 250
     python -m kvattn_fairseq quality --out /tmp/q --tiny                # the whole chain on a tiny model
 
@@ -28,9 +28,9 @@ from ...data import cpython_docs as corpus
 from ...util import proc
 from ...util.cli import ArgumentParser, positive_int, run_main
 from ...util.errors import OneLineError
-from ...util.io import write_atomic
+from ...util.io import save_figure, write_atomic
 from ...util.markdown import table as markdown_table
-from ..spine import Context, Runner, Step, in_process
+from ..spine import Context, Runner, Step, in_process, work_dir
 from ..steps import evaluate_step, train_step
 from ..train import Command
 
@@ -57,6 +57,8 @@ CONFIGS: Dict[str, List[str]] = {
     "window": ["--decoder-attention-type", "window", "--attention-window", "64"],
     "window_memsizer": ["--decoder-attention-type", "window_memsizer", "--attention-window", "64", *MEMSIZER],
     "window_linear": ["--decoder-attention-type", "window_linear", "--attention-window", "64"],
+    "gated_delta": ["--decoder-attention-type", "gated_delta"],
+    "window_gated_delta": ["--decoder-attention-type", "window_gated_delta", "--attention-window", "64"],
 }
 STATE_AT = 2048
 WINDOW = 64  # the window configurations' W
@@ -177,7 +179,7 @@ def steps(plan: Plan, work: str) -> List[Step]:
         write_summary(plan, ctx.work, corpus.read_info(os.path.join(ctx.work, "data")))
 
     out.append(Step("table", "table.md", {}, in_process(draw, "table"), needs=("data", *scored), always=True,
-                    command="(in process: results.json, table.md and test_ppl.png from scores/)"))
+                    also=("results.json", "test_ppl.png"), command="(in process: results.json, table.md and test_ppl.png from scores/)"))
     return out
 
 
@@ -295,7 +297,7 @@ def plot(results: Dict, points: Sequence[int], context: int, path: str) -> None:
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -314,6 +316,7 @@ def main(argv=None) -> int:
                    help="train the first N updates at --start-context, then continue at --context (scored from N on)")
     p.add_argument("--start-context", type=positive_int, default=None,
                    help="the context of the first --start-updates (default 128, 12 with --tiny)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="training runs side by side (default 1)")
     p.add_argument("--tiny", action="store_true", help="a tiny model, corpus and run: checks the chain, not a result")
     p.add_argument("--force", action="store_true", help="redo the steps recorded with other settings (without it "
                    "such a rerun is refused); only what the tool made is removed")
@@ -325,8 +328,8 @@ def compare(a) -> int:
     plan = Plan(a)  # every setting before any work
     if a.tiny:  # tiny models lose a lot to intra-op threads on a busy CPU
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-    work = os.path.abspath(a.out)
-    Runner("quality", work, force=a.force, flag="--out").run(steps(plan, work), title="quality")
+    work = work_dir(a.out, "--out")
+    Runner("quality", work, force=a.force, flag="--out").run(steps(plan, work), title="quality", jobs=a.jobs)
     with open(os.path.join(work, "table.md"), encoding="utf-8") as f:
         print(f.read(), end="")
     return 0

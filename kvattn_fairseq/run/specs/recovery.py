@@ -1,8 +1,10 @@
 """How much of a trained softmax model a conversion recovers.
 
-    python -m kvattn_fairseq recovery --out DIR [--tasks mt,lm] [--plans P1,P2] [--teacher-updates N] [--tiny]
+    python -m kvattn_fairseq recovery --out DIR [--tasks mt,lm] [--plans P1,P2] [--teacher-updates N]
+        [--seeds 1,2,3] [--tiny]
 
-For each task a softmax teacher (fairseq's own `transformer` / `transformer_lm`) is trained for N updates; then, for
+For each task a softmax teacher (fairseq's own `transformer` / `transformer_lm`) is trained for N updates, and its
+best checkpoint by validation loss is the one scored and converted (the last can sit on a late loss spike); then, for
 each attention plan, with the same budget of M updates after conversion (default M = N / 5):
   (a) convert + attention transfer (a quarter of M) + finetune (the rest)   the steps of scripts/convert.sh
   (b) convert + finetune (all of M)                                         the same, --transfer-updates 0
@@ -20,11 +22,14 @@ a decoder self-attention plan and a cross-attention plan (default: the teacher's
 `window_memsizer/memsizer` or `memsizer*2,softmax/softmax` (separate entries with ';' once one holds a comma).
 Encoders stay softmax.  The targets: (a) recovers >= 95% of the teacher's BLEU / is within 5% of its perplexity
 with M <= 20% of N, and (c) is clearly worse (5 BLEU points lower, or a 5% higher perplexity, than (a)).
+With --seeds S1,S2,... the whole experiment (teacher, conversion, every run) is repeated per seed on the same data
+(seed 1 in DIR/TASK/, another under DIR/TASK/seedS/); the table shows each number's mean and standard deviation
+over the seeds, each ratio's too, and in how many seeds the targets were met; results.json keeps every seed's value.
 
 The steps run on the experiment spine (run/spine.py): DIR/results.json and DIR/table.md at the end, each step's log
 under DIR/logs/; a rerun skips what is done and resumes an interrupted fairseq-train, refuses in one line anything
-recorded with other settings unless --force, and keeps the rows of plans it does not name when its teacher and
-budget are the same.
+recorded with other settings unless --force, and keeps the rows of plans it does not name when its teacher, budget,
+seeds and --tiny are the same.
 """
 import argparse
 import json
@@ -38,7 +43,7 @@ from ...util.cli import ArgumentParser, positive_int, run_main
 from ...util.errors import OneLineError
 from ...util.io import mark, read_json, write_atomic
 from ...util.markdown import table as markdown_table
-from ..spine import Context, Runner, Step, in_process
+from ..spine import Context, Runner, Step, in_process, work_dir
 from ..steps import evaluate_step, train_step
 from ..steps_convert import Chain, chain_steps, criterion_flags
 from ..train import Command
@@ -63,7 +68,14 @@ VARIANTS = {"a": "convert + transfer + finetune", "b": "convert + finetune", "c"
             "0": "converted, no training"}
 SPACE = "\u2581"  # a character-level token for the space
 DROPOUT = ["--dropout", "0.1"]
-CHAIN_EXTRA = ["--seed", "1", *DROPOUT, "--log-interval", "100"]  # after the chain's flags
+# The teacher's checkpoint that is scored and converted: at the teacher's learning rate its loss can spike late, and
+# its last checkpoint then scored 70 sacreBLEU where another run of the same command scored 97.
+TEACHER_CHECKPOINT = "checkpoint_best.pt"
+
+
+def chain_extra(seed: int) -> List[str]:
+    """fairseq-train flags after the chain's own."""
+    return ["--seed", str(seed), *DROPOUT, "--log-interval", "100"]
 
 
 # --- plans -------------------------------------------------------------------------------------------------------
@@ -199,11 +211,11 @@ def data_flags(task: str, cfg: Dict) -> List[str]:
             str(cfg["max_tokens"])]
 
 
-def recipe(task: str, cfg: Dict, updates: int) -> List[str]:
+def recipe(task: str, cfg: Dict, updates: int, seed: int = 1) -> List[str]:
     """The teacher's training recipe (also the from-scratch runs')."""
     return [*data_flags(task, cfg), "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", cfg["lr"],
             "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(min(100, max(1, updates // 10))),
-            "--max-update", str(updates), *DROPOUT, "--seed", "1", "--no-epoch-checkpoints", "--log-format",
+            "--max-update", str(updates), *DROPOUT, "--seed", str(seed), "--no-epoch-checkpoints", "--log-format",
             "simple", "--log-interval", "100",
             *criterion_flags("language_modeling" if task == "lm" else "translation")]
 
@@ -250,50 +262,86 @@ def budget(cfg: Dict, share: float, transfer_share: float) -> Tuple[int, int, in
     return n, m, max(1, int(round(m * transfer_share)))
 
 
+def seed_dir(task: str, seed: int) -> str:
+    """Where one seed's runs go: seed 1 in TASK/, another in TASK/seedS/."""
+    return task if seed == 1 else os.path.join(task, f"seed{seed}")
+
+
 def task_steps(a, task: str, cfg: Dict, plans: Sequence[str], work: str) -> Tuple[List[Step], Dict]:
-    """One task's steps, and where its table finds each row's results."""
+    """One task's steps, for every seed, and where its table finds each row's results ({seed: results file})."""
     arch, kvattn = ("transformer", "kvattn_transformer") if task == "mt" else ("transformer_lm", "kvattn_lm")
     n, m, transfer = budget(cfg, a.budget, a.transfer_share)
     evaluator, options = evaluation(task, cfg)
     data = data_step(task, cfg)
-    teacher = run_step(f"{task}/teacher", os.path.join(task, "teacher"), work, data, arch,
-                       size_flags(task, cfg) + recipe(task, cfg, n))
-    steps = [data, teacher]
-    results: Dict = {"teacher": None, "plans": {}}
-
-    def evaluate(key: str, made: Step, checkpoint: Optional[str], label: str) -> str:
-        out = os.path.join(task, "results", f"{key}.json")
-        steps.append(evaluate_step(f"{task}/evaluate/{key}", out, evaluator, data=data, train=made,
-                                   checkpoint=checkpoint, options=options, label=label))
-        return out
-
-    results["teacher"] = evaluate("teacher", teacher, "checkpoint_last.pt", f"{task} teacher")
+    steps = [data]
+    results: Dict = {"teacher": {}, "plans": {}}
     source_args, target = convert.source_args_of(arch, size_flags(task, cfg) + DROPOUT)
-    for plan in plans:
-        label = plan_label(plan, a.attention_window)
-        name = label.replace(" ", "_").replace("/", "+").replace("*", "x").replace(",", "-")  # a directory's
-        where = os.path.join(task, name)
-        values = plan_values(plan, task, cfg["layers"], a.attention_window)
-        chain = Chain(os.path.join(work, teacher.out, "checkpoint_last.pt"), os.path.join(work, data.out, "data-bin"),
-                      values, convert.converted_flags(source_args, target, values), data_flags(task, cfg),
-                      {"teacher": os.path.join(teacher.out, "checkpoint_last.pt"),
-                       "data": os.path.join(data.out, "data-bin")}, a.transfer_lr, a.finetune_lr, CHAIN_EXTRA,
-                      teacher_step=teacher.name, data_step=data.name)
-        with_transfer = chain_steps(chain, work, os.path.join(where, "a"), transfer, m - transfer)
-        converted = with_transfer[0]
-        without = chain_steps(chain, work, os.path.join(where, "b"), 0, m, converted=converted)
-        scratch = run_step(f"{where}/c", os.path.join(where, "c"), work, data, kvattn,
-                           size_flags(task, cfg) + plan_flags(plan, task, cfg["layers"], a.attention_window) +
-                           recipe(task, cfg, m))
-        steps += [*with_transfer, *without, scratch]
-        runs = [("a", with_transfer[-1]), ("b", without[-1]), ("c", scratch)] + ([] if cfg.get("tiny") else
-                                                                                [("0", converted)])
-        rows = {key: evaluate(f"{name}/{key}", made, None if made is converted else "checkpoint_last.pt",
-                              f"{task} {label} ({key})") for key, made in runs}
-        results["plans"][label] = {"flags": plan_flags(plan, task, cfg["layers"], a.attention_window), "rows": rows}
+    for seed in a.seeds:
+        base = seed_dir(task, seed)
+        of_seed = "" if seed == 1 else f", seed {seed}"
+        teacher = run_step(f"{base}/teacher", os.path.join(base, "teacher"), work, data, arch,
+                           size_flags(task, cfg) + recipe(task, cfg, n, seed))
+        steps.append(teacher)
+
+        def evaluate(key: str, made: Step, checkpoint: Optional[str], label: str) -> str:
+            out = os.path.join(base, "results", f"{key}.json")
+            steps.append(evaluate_step(f"{base}/evaluate/{key}", out, evaluator, data=data, train=made,
+                                       checkpoint=checkpoint, options=options, label=label + of_seed))
+            return out
+
+        results["teacher"][str(seed)] = evaluate("teacher", teacher, TEACHER_CHECKPOINT, f"{task} teacher")
+        for plan in plans:
+            label = plan_label(plan, a.attention_window)
+            name = label.replace(" ", "_").replace("/", "+").replace("*", "x").replace(",", "-")  # a directory's
+            where = os.path.join(base, name)
+            values = plan_values(plan, task, cfg["layers"], a.attention_window)
+            chain = Chain(os.path.join(work, teacher.out, TEACHER_CHECKPOINT), os.path.join(work, data.out, "data-bin"),
+                          values, convert.converted_flags(source_args, target, values), data_flags(task, cfg),
+                          {"teacher": os.path.join(teacher.out, TEACHER_CHECKPOINT),
+                           "data": os.path.join(data.out, "data-bin")}, a.transfer_lr, a.finetune_lr, chain_extra(seed),
+                          teacher_step=teacher.name, data_step=data.name, seed=seed)
+            with_transfer = chain_steps(chain, work, os.path.join(where, "a"), transfer, m - transfer)
+            converted = with_transfer[0]
+            without = chain_steps(chain, work, os.path.join(where, "b"), 0, m, converted=converted)
+            scratch = run_step(f"{where}/c", os.path.join(where, "c"), work, data, kvattn,
+                               size_flags(task, cfg) + plan_flags(plan, task, cfg["layers"], a.attention_window) +
+                               recipe(task, cfg, m, seed))
+            steps += [*with_transfer, *without, scratch]
+            runs = [("a", with_transfer[-1]), ("b", without[-1]), ("c", scratch)] + ([] if cfg.get("tiny") else
+                                                                                    [("0", converted)])
+            entry = results["plans"].setdefault(label, {"flags": plan_flags(plan, task, cfg["layers"],
+                                                                            a.attention_window), "rows": {}})
+            for key, made in runs:
+                checkpoint = None if made is converted else "checkpoint_last.pt"
+                entry["rows"].setdefault(key, {})[str(seed)] = evaluate(f"{name}/{key}", made, checkpoint,
+                                                                         f"{task} {label} ({key})")
     header = {"teacher_updates": n, "budget_updates": m, "transfer_updates": transfer,
-              "metric": "bleu" if task == "mt" else "ppl", "transfer_lr": a.transfer_lr, "finetune_lr": a.finetune_lr}
+              "metric": "bleu" if task == "mt" else "ppl", "transfer_lr": a.transfer_lr, "finetune_lr": a.finetune_lr,
+              "seeds": list(a.seeds), "teacher_checkpoint": TEACHER_CHECKPOINT}
     return steps, {"header": header, "data": data.out, **results}
+
+
+def over_seeds(task: str, rows: Dict[str, Dict]) -> Dict:
+    """One row from each seed's ({seed: row}): the metric's mean, its sample standard deviation (None for one seed)
+    and every seed's value; the count of sentences or tokens, the same for every seed."""
+    metric = "bleu" if task == "mt" else "ppl"
+    values = {seed: r[metric] for seed, r in rows.items()}
+    first = next(iter(rows.values()))
+    return {metric: _mean(list(values.values())), "sd": _sd(list(values.values())), "by_seed": values,
+            **{k: v for k, v in first.items() if k != metric}}
+
+
+def _mean(xs: Sequence[float], digits: Optional[int] = 3) -> float:
+    mean = sum(xs) / len(xs)
+    return mean if digits is None else round(mean, digits)
+
+
+def _sd(xs: Sequence[float], digits: Optional[int] = 3) -> Optional[float]:
+    if len(xs) < 2:
+        return None
+    mean = sum(xs) / len(xs)
+    sd = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+    return sd if digits is None else round(sd, digits)
 
 
 def summary_step(a, tasks: Dict[str, Dict], needs: Sequence[str]) -> Step:
@@ -306,25 +354,32 @@ def summary_step(a, tasks: Dict[str, Dict], needs: Sequence[str]) -> Step:
                    "tasks": {}}
         for task, where in tasks.items():
             data = os.path.join(ctx.work, where["data"])
+
+            def seeds(paths: Dict[str, str]) -> Dict:
+                return over_seeds(task, {seed: row(task, os.path.join(ctx.work, path), data)
+                                         for seed, path in paths.items()})
+
             results["tasks"][task] = {
-                **where["header"], "teacher": row(task, os.path.join(ctx.work, where["teacher"]), data),
-                "plans": {label: {"flags": p["flags"], "rows": {k: row(task, os.path.join(ctx.work, path), data)
-                                                                 for k, path in p["rows"].items()}}
+                **where["header"], "teacher": seeds(where["teacher"]),
+                "plans": {label: {"flags": p["flags"], "rows": {k: seeds(paths) for k, paths in p["rows"].items()}}
                           for label, p in where["plans"].items()}}
         path = os.path.join(ctx.work, "results.json")
         keep_earlier(path, results)
         write_atomic(path, json.dumps(results, indent=1) + "\n")
         write_atomic(ctx.out, table(results) + "\n")
 
-    return Step("table", "table.md", {}, in_process(write, "table"), needs=tuple(needs), always=True)
+    return Step("table", "table.md", {}, in_process(write, "table"), needs=tuple(needs), always=True,
+                also=("results.json",))
 
 
 def keep_earlier(path: str, results: Dict) -> None:
-    """Rows of plans this run did not name, from an earlier results file with the same teacher and budget."""
+    """Rows of plans this run did not name, from an earlier results file with the same teacher, budget and seeds,
+    --tiny or not as this run (a tiny run's rows are a check of the chain, never a result beside real ones)."""
     before = read_json(path)
-    if not isinstance(before, dict):
+    if not isinstance(before, dict) or bool(before.get("tiny")) != bool(results.get("tiny")):
         return
-    same = ("teacher_updates", "budget_updates", "transfer_updates", "transfer_lr", "finetune_lr", "teacher")
+    same = ("teacher_updates", "budget_updates", "transfer_updates", "transfer_lr", "finetune_lr", "teacher",
+            "seeds", "teacher_checkpoint")
     for task, old in before.get("tasks", {}).items():
         new = results["tasks"].get(task)
         if new is None:
@@ -334,42 +389,73 @@ def keep_earlier(path: str, results: Dict) -> None:
 
 
 # --- report ------------------------------------------------------------------------------------------------------
-def versus_teacher(task_result: Dict, value: float):
+def by_seed(row: Dict, metric: str) -> Dict[str, float]:
+    """A row's value per seed (a results file of one seed, written before seeds were recorded: seed 1)."""
+    return row.get("by_seed") or {"1": row[metric]}
+
+
+def versus_teacher(metric: str, teacher: float, value: float):
     """A row against the teacher: BLEU / teacher BLEU, or perplexity / teacher perplexity (None if undefined)."""
-    teacher = task_result["teacher"][task_result["metric"]]
     return value / teacher if teacher and value is not None else None
 
 
-def target_met(task_result: Dict, rows: Dict) -> bool:
+def target_met(metric: str, teacher: float, rows: Dict[str, float]) -> bool:
     """(a) recovers >= 95% of the teacher's BLEU, or is within 5% of its perplexity, and (c) is clearly worse than
-    (a): 5 BLEU points lower, or a perplexity 5% higher."""
-    a, c = versus_teacher(task_result, rows["a"]), versus_teacher(task_result, rows["c"])
+    (a): 5 BLEU points lower, or a perplexity 5% higher (one seed's numbers)."""
+    a, c = versus_teacher(metric, teacher, rows["a"]), versus_teacher(metric, teacher, rows["c"])
     if a is None or c is None:
         return False
-    if task_result["metric"] == "bleu":
+    if metric == "bleu":
         return a >= 0.95 and rows["c"] <= rows["a"] - 5
     return a <= 1.05 and rows["c"] >= 1.05 * rows["a"]
 
 
+def _cell(row: Optional[Dict], metric: str) -> str:
+    if row is None:
+        return "n/a"
+    values = list(by_seed(row, metric).values())
+    if len(values) == 1:
+        return f"{values[0]:g}"
+    return f"{_mean(values):.2f} ± {_sd(values):.2f}"
+
+
 def table(results: Dict) -> str:
     lines: List[str] = []
+    if results.get("tiny"):
+        lines += ["**--tiny**: tiny models, data and runs: a check of the chain, not a result.", ""]
     for task, r in results["tasks"].items():
         metric = r["metric"]
         bleu = metric == "bleu"
         name = "sacreBLEU of beam-4 fairseq-generate (higher is better)" if bleu else \
             "test perplexity per character from fairseq-eval-lm (lower is better)"
         ratio = "(a) / (d) BLEU, target >= 95%" if bleu else "(a) / (d) perplexity, target <= 1.05x"
-        lines += [f"**{task}**: {name}; the teacher trained {r['teacher_updates']} updates, every other row "
-                  f"{r['budget_updates']} after conversion ((a): {r['transfer_updates']} of them attention transfer, "
-                  f"lr {r.get('transfer_lr')}; finetunes lr {r.get('finetune_lr')}).", ""]
-        teacher = r["teacher"][metric]
+        seeds = [str(s) for s in r.get("seeds") or [1]]
+        spread = f"; seeds {', '.join(seeds)}: mean ± standard deviation over them (each seed's value in " \
+                 f"results.json)" if len(seeds) > 1 else ""
+        lines += [f"**{task}**: {name}; the teacher trained {r['teacher_updates']} updates (scored and converted: its "
+                  f"{r.get('teacher_checkpoint', 'checkpoint_last.pt')}), every other row {r['budget_updates']} "
+                  f"after conversion ((a): {r['transfer_updates']} of them attention transfer, lr "
+                  f"{r.get('transfer_lr')}; finetunes lr {r.get('finetune_lr')}){spread}.", ""]
+        teacher = by_seed(r["teacher"], metric)
         body = []
         for plan, p in r["plans"].items():
-            rows = {k: v[metric] for k, v in p["rows"].items()}
-            share = versus_teacher(r, rows["a"])
-            shown = "n/a" if share is None else f"{100 * share:.1f}%" if bleu else f"{share:.2f}x"
-            body.append([f"{plan} (`{' '.join(p['flags'])}`)", f"{teacher:g}", f"{rows['a']:g}", f"{rows['b']:g}",
-                         f"{rows['c']:g}", rows.get("0", "n/a"), shown, "met" if target_met(r, rows) else "missed"])
+            rows = {k: by_seed(v, metric) for k, v in p["rows"].items()}
+            common = [s for s in teacher if all(s in v for v in rows.values())]
+            shares = [versus_teacher(metric, teacher[s], rows["a"][s]) for s in common]
+            shares = [x for x in shares if x is not None]
+            if not shares:
+                shown = "n/a"
+            elif bleu:
+                shown = f"{100 * _mean(shares, None):.1f}%" + (f" ± {100 * _sd(shares, None):.1f}"
+                                                                if len(shares) > 1 else "")
+            else:
+                shown = f"{_mean(shares, None):.2f}x" + (f" ± {_sd(shares, None):.2f}" if len(shares) > 1 else "")
+            met = sum(target_met(metric, teacher[s], {k: v[s] for k, v in rows.items()}) for s in common)
+            verdict = "met" if common and met == len(common) else "missed"
+            if len(common) > 1:
+                verdict += f" ({met} of {len(common)} seeds)"
+            body.append([f"{plan} (`{' '.join(p['flags'])}`)", _cell(r["teacher"], metric),
+                         *(_cell(p["rows"].get(k), metric) for k in VARIANTS), shown, verdict])
         lines += markdown_table(["plan", "(d) teacher", *(f"({k}) {v}" for k, v in VARIANTS.items()), ratio,
                                  "targets"], body)
         lines.append("")
@@ -377,6 +463,17 @@ def table(results: Dict) -> str:
 
 
 # --- the command -------------------------------------------------------------------------------------------------
+def seed_list(text: str) -> List[int]:
+    """argparse type: comma-separated positive integers, each once."""
+    try:
+        seeds = list(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
+    except ValueError:
+        seeds = []
+    if not seeds or any(x < 1 for x in seeds):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return seeds
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="directory for the data, runs, results, results.json, table.md")
@@ -392,6 +489,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--transfer-share", type=float, default=0.25, help="share of the budget spent on transfer in (a)")
     p.add_argument("--transfer-lr", default="1e-3", help="peak learning rate of the attention transfer")
     p.add_argument("--finetune-lr", default="1e-3", help="peak learning rate of the finetunes")
+    p.add_argument("--seeds", type=seed_list, default=[1], help="comma-separated seeds: the whole experiment once "
+                   "per seed, the table showing mean and standard deviation (default 1)")
     p.add_argument("--force", action="store_true", help="redo the steps recorded with other settings (without it "
                                                         "such a rerun is refused); only what the tool made is removed")
     return p
@@ -421,7 +520,7 @@ def main(argv=None) -> int:
         cfg["updates"] = a.teacher_updates or cfg["updates"]
 
     def body() -> int:
-        work = os.path.abspath(a.out)
+        work = work_dir(a.out, "--out")
         steps: List[Step] = []
         where = {}
         for task in tasks:
