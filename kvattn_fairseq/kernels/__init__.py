@@ -108,6 +108,17 @@ def fused_step(t: torch.Tensor, family: Optional[str] = None) -> bool:
     return t.dtype != torch.float64 and triton_ok(t)
 
 
+def fla_gated_backward_ok() -> bool:
+    """Whether fla (installed, and asked for) computes the backward of its gated chunked kernels, gated_delta's: fla
+    0.6.0 refuses it on Hopper with triton >= 3.4 and < 3.7.1, whose build of that kernel gives wrong gradients
+    there (fla/ops/common/chunk_o.py: chunk_bwd_dqkwg), so gated_delta trains through the PyTorch chunked form on
+    an H100 with such a triton (torch's CUDA builds bring 3.6); docs/bench/gpu/compile.md found it.  Its test, the
+    same flags fla reads (so a tilelang backend that would serve is not used either)."""
+    from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+
+    return not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1)
+
+
 def fused_chunk(family: str, t: torch.Tensor) -> bool:
     """Whether a chunked pass (training, prefill) of `family` on inputs like `t` runs through fla's kernels
     (kernels/chunked.py) rather than the PyTorch chunked ops."""
