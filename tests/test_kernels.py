@@ -299,7 +299,7 @@ def test_chunked_kernel_glue_hands_fla_the_models_half_precision(device, dtype, 
     v, s0 = (300 + rand(n, t, dv, seed=3, device=device)).to(dtype), rand(n, dk, dv, seed=4, device=device)
     out, final = chunked.causal_dot_product(q, k, v, s0)  # sums of about 300 * 0.8 * 300: past fp16's range
     assert seen == [{dtype}]
-    want, want_final = linear_scan.causal_dot_product(q.double(), k.double(), v.double(), s0.double())  # PyTorch
+    want, want_final = linear_scan.causal_dot_product(q.double(), k.double(), v.double(), state=s0.double())  # PyTorch
     assert float(want_final.abs().max()) > 65504
     tol = 2e-3 if dtype == torch.float16 else 1.5e-2
     for got, ref in ((out, want), (final, want_final)):
@@ -309,7 +309,7 @@ def test_chunked_kernel_glue_hands_fla_the_models_half_precision(device, dtype, 
     grads = []
     for cast in (lambda x: x, lambda x: x.double()):
         inputs = [cast(x).detach().requires_grad_() for x in (q, k, (v.float() - 300).to(dtype), s0)]
-        o, f = linear_scan.causal_dot_product(*inputs)
+        o, f = linear_scan.causal_dot_product(*inputs[:3], state=inputs[3])
         ((o * w).sum() + (f * w_final).sum()).backward()
         grads.append([x.grad for x in inputs])
     assert len(seen) == 2 and seen[1] == {dtype}

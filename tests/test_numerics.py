@@ -136,7 +136,7 @@ def test_fla_inputs_in_half_precision_stay_in_range_and_match_fp64_at_16k_positi
         assert largest <= chunked.LIMIT
     else:  # bf16 has fp32's exponent: nothing to scale
         assert float((a * c).min()) == 1 and largest < torch.finfo(dtype).max
-    torch_out, torch_final = linear_scan.causal_dot_product(hq.float(), hk.float(), hv.float(), h0)
+    torch_out, torch_final = linear_scan.causal_dot_product(hq.float(), hk.float(), hv.float(), state=h0)
     tol = 2e-3 if dtype == torch.float16 else 1.5e-2  # relative to the largest entry: half's rounding of v, q, k
     for got, got_final in ((out, final), (torch_out.double(), torch_final.double())):
         got, got_final = got / (a * c).double(), got_final / c.double()
