@@ -19,8 +19,8 @@ the GPU, where a configuration that fails to compile or to fit is skipped.
 What is compiled (`cases`): every kind with a constant decoding state (those with kernels), built as fairseq builds
 it at the head sizes the named architectures and the benchmark use (models/architectures.py, bench/__main__.py),
 in fp16 and bf16 (fp32 too at the benchmark's size), through a training forward and backward (fla's chunked
-kernels) and a decode (a prompt, then single steps around a search's reorder: the plugin's step kernels); and fla's
-gated delta rule as the `gated_delta` kind calls it (its chunked form and its one-token recurrence).  Registers,
+kernels) and a decode (a prompt, then single steps around a search's reorder: the plugin's step kernels, fla's
+recurrence for gated_delta).  Registers,
 spills and shared memory of each compiled kernel go into the report (compile_report.py).
 """
 import argparse
@@ -85,9 +85,10 @@ SITES = (
     Site("window", 1024, 8, "d_h 128, W 64"),
     Site("window", 512, 8, "a long window, W 512 (W * d_h = 32K)", (("attention_window", 512),)),
     Site("window", 1024, 8, "a long window at d_h 128 (W * d_h = 64K)", (("attention_window", 512),)),
+    Site("gated_delta", 512, 8, "the benchmark (d_h 64)"),
+    Site("gated_delta", 1024, 8, "d_h 128"),
 )
 BENCH_SIZE = (512, 8)  # every other kind with a constant decoding state, at the benchmark's size
-GATED_DELTA_HEADS = (64, 128)  # d_h of the benchmark's size and of 1024/8
 TRAIN_T, PROMPT = 128, 3
 
 
@@ -112,14 +113,8 @@ class Case:
 
 
 def cases() -> List[Case]:
-    """Each site in its dtypes, then fla's gated delta rule as the `gated_delta` kind calls it."""
-    out = [Case(f"{s.name} {dt}", lambda s=s, dt=dt: _drive_site(s, dt)) for s in sites() for dt in dtypes(s)]
-    for d in GATED_DELTA_HEADS:
-        for dt in HALF:
-            out.append(Case(f"fla chunk_gated_delta_rule d_h {d} {dt}", lambda d=d, dt=dt: _gated_delta(d, dt)))
-            out.append(Case(f"fla fused_recurrent_gated_delta_rule d_h {d} {dt}",
-                            lambda d=d, dt=dt: _gated_delta_step(d, dt)))
-    return out
+    """Each site in each of its dtypes."""
+    return [Case(f"{s.name} {dt}", lambda s=s, dt=dt: _drive_site(s, dt)) for s in sites() for dt in dtypes(s)]
 
 
 def _dtype(name: str):
@@ -157,46 +152,6 @@ def _drive_site(site: Site, dtype: str) -> None:
         for t in range(prompt, prompt + 4):
             module(y[t:t + 1], y[t:t + 1], y[t:t + 1], incremental_state=state)
             module.reorder_incremental_state(state, torch.tensor([1, 0]))
-
-
-GATED_HEADS = 8  # folded into the batch with 2 sequences
-
-
-def _gated_inputs(d: int, dtype: str, tlen: int):
-    import torch
-    import torch.nn.functional as F
-
-    n, dt = 2 * GATED_HEADS, _dtype(dtype)
-    q, k = (F.normalize(torch.randn(n, tlen, 1, d), dim=-1).to(dt).requires_grad_() for _ in range(2))
-    v = torch.randn(n, tlen, 1, d, dtype=dt, requires_grad=True)
-    g = F.logsigmoid(torch.randn(n, tlen, 1)).requires_grad_()
-    beta = torch.rand(n, tlen, 1, dtype=dt, requires_grad=True)
-    return q, k, v, g, beta
-
-
-def _gated_delta(d: int, dtype: str) -> None:
-    """fla's chunked gated delta rule, forward and backward, as the `gated_delta` kind trains: heads folded into the
-    batch, q and k L2-normalised in the model's dtype, log decay g <= 0 fp32, beta, scale 1, an fp32 initial state
-    (none, and one continued)."""
-    import torch
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-
-    for with_state in (False, True):
-        h0 = torch.zeros(2 * GATED_HEADS, 1, d, d, requires_grad=True) if with_state else None
-        o, final = chunk_gated_delta_rule(*_gated_inputs(d, dtype, TRAIN_T), scale=1.0, initial_state=h0,
-                                          output_final_state=True)
-        (o.float().sum() + final.sum()).backward()
-
-
-def _gated_delta_step(d: int, dtype: str) -> None:
-    """fla's fused recurrence for one token, as the `gated_delta` kind decodes."""
-    import torch
-    from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
-
-    with torch.no_grad():
-        fused_recurrent_gated_delta_rule(*(t.detach() for t in _gated_inputs(d, dtype, 1)), scale=1.0,
-                                         initial_state=torch.zeros(2 * GATED_HEADS, 1, d, d),
-                                         output_final_state=True)
 
 
 # --- the stand-in GPU ---------------------------------------------------------------------------------------------
@@ -427,8 +382,8 @@ def worker(target_name: str, out: str, only: Optional[str], first_config: bool) 
     from .. import kernels
 
     target = TARGETS[target_name]
-    os.environ["KVATTN_KERNELS"] = "interpret"  # the plugin's kernels for CPU tensors (compiled, never run)
-    kernels.fla_ok = lambda t: t.dtype != torch.float64  # fla's too
+    # the plugin's kernels and fla's for CPU tensors (compiled, never run); fp64 still keeps the PyTorch ops
+    kernels.triton_ok = kernels.fla_ok = lambda t: True
     install(target)
     recorder = Recorder(target, first_config)
     recorder.install()
@@ -450,7 +405,7 @@ def worker(target_name: str, out: str, only: Optional[str], first_config: bool) 
 def compile_all(targets: List[str], only: Optional[str] = None, first_config: bool = False, jobs: int = 2,
                 log=print) -> Dict:
     """Run one worker process per target (`jobs` at a time); -> {target: its records, cases and failures}."""
-    env = dict(os.environ, KVATTN_KERNELS="interpret", FLA_CACHE_RESULTS="0",
+    env = dict(os.environ, KVATTN_KERNELS="auto", FLA_CACHE_RESULTS="0",
                TRITON_CACHE_DIR=str(ROOT / CACHE / "triton"), PYTHONPATH=str(ROOT) + os.pathsep +
                os.environ.get("PYTHONPATH", ""))
     env.pop("TRITON_INTERPRET", None)

@@ -1,6 +1,7 @@
 """docs/bench/gpu/compile.md and compile.json from the compile check's records (compile_check.py), and whether the
-committed ones are current: their fingerprint is a hash of the kernels' and launchers' sources (this directory),
-the cases compiled, the targets and the versions of triton and fla."""
+committed ones are current: their fingerprint is a hash of the kernels' and launchers' sources (this directory, but
+for the check's own two files, whose output the suite compares instead), the cases compiled, the targets and the
+versions of triton and fla."""
 import collections
 import hashlib
 import json
@@ -27,8 +28,8 @@ does on the GPU.
 What is compiled: every attention kind that launches a kernel, built as fairseq builds it at the head sizes of the
 named architectures and of the benchmark (`SITES` in compile_check.py), through a training step (fla's chunked
 kernels, forward and backward) and a decode (a prompt, then single steps around a beam search's reorder: the
-plugin's step kernels), in fp16 and bf16 (fp32 too at the benchmark's size); and fla's gated delta rule as the
-`gated_delta` kind calls it (chunked forward and backward, the fused one-token recurrence) at d_h 64 and 128.
+plugin's step kernels, and fla's fused recurrence for `gated_delta`), in fp16 and bf16 (fp32 too at the
+benchmark's size).
 
 Columns: **registers** per thread (of 255; `cuobjdump --dump-resource-usage`); **spill stores**, bytes per thread
 that ptxas moved to local memory for want of registers (`ptxas -v`; each one is a round trip to the L1/L2 caches at
@@ -42,7 +43,7 @@ fastest."""
 
 def fingerprint(case_names: List[str]) -> str:
     h = hashlib.sha256()
-    for path in sorted((ROOT / KERNEL_SOURCES).glob("*.py")):
+    for path in sorted(p for p in (ROOT / KERNEL_SOURCES).glob("*.py") if not p.name.startswith("compile_")):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     h.update(json.dumps([case_names, sorted(TARGETS), version("triton"), version("fla-core")]).encode())
     return h.hexdigest()[:16]
