@@ -238,7 +238,7 @@ class Recorder:
         from triton.runtime.jit import JITFunction
 
         recorder, original_run, original_bench = self, JITFunction.run, Autotuner._bench
-        original_prune = Autotuner.prune_configs
+        original_prune, original_tune = Autotuner.prune_configs, Autotuner.run
 
         def run(fn, *args, grid, warmup, **kwargs):
             try:
@@ -263,9 +263,18 @@ class Recorder:
             configs = original_prune(tuner, kwargs)
             return configs[:1] if recorder.first_config else configs
 
+        def tune(tuner, *args, **kwargs):
+            # each case tunes afresh, as its own process on the GPU would: what a case compiles does not depend on
+            # the cases before it, so that a part of them (the suite's subset) gives the full run's rows
+            if getattr(tuner, "_compile_check_case", None) != recorder.case:
+                tuner.cache.clear()
+                tuner._compile_check_case = recorder.case
+            return original_tune(tuner, *args, **kwargs)
+
         JITFunction.run = run
         Autotuner._bench = bench
         Autotuner.prune_configs = prune
+        Autotuner.run = tune
 
     def add(self, fn, kernel, kwargs, status: str) -> None:
         declared = {p.name for p in fn.params if p.is_constexpr}
@@ -440,11 +449,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--only", help=argparse.SUPPRESS)
     p.add_argument("--first-config", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--render", action="store_true", help="rewrite compile.md from the committed compile.json")
     a = p.parse_args(argv)
     if a.worker:
         return worker(a.worker, a.out, a.only, a.first_config)
     from . import compile_report as report
 
+    if a.render:
+        report.render()
+        return 0
     if a.check:
         stale = report.stale()
         print(stale or f"{report.REPORT} is current")
