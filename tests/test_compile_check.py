@@ -1,10 +1,10 @@
 """The compile check (kvattn_fairseq/kernels/compile_check.py): the GPU kernels compiled for the H100 and the A100 on
-this CPU machine.  The full compile takes hours without its cache, so the suite checks that the committed report
+this CPU machine.  The full compile takes over an hour without its cache, so the suite checks that the committed report
 (docs/bench/gpu/compile.md) was made from the current kernel sources, cases, targets and versions, that what it says
 holds (every case compiles and fits on both targets, no plugin kernel spills; fla's spills are reported, not
 asserted: its tile choices are not the plugin's), and compiles a representative part cold, which must give the
 report's numbers exactly; and that the check catches what Triton's interpreter lets through.  KVATTN_COMPILE_ALL=1
-also recompiles everything against the report (hours cold, minutes with .cache/kernel-compile)."""
+also recompiles everything against the report (over an hour cold, minutes with .cache/kernel-compile)."""
 import os
 import subprocess
 import sys

@@ -11,7 +11,7 @@ torch.cuda), lists the autotune configurations it would try there; each one is c
 the GPU, where a configuration that fails to compile or to fit is skipped.
 
     python -m kvattn_fairseq.kernels.compile_check            compile everything, write docs/bench/gpu/compile.md
-                                                              and compile.json (hours from scratch on two cores;
+                                                              and compile.json (over an hour from scratch on two cores;
                                                               with the binaries cached under .cache/kernel-compile,
                                                               minutes)
     python -m kvattn_fairseq.kernels.compile_check --check    exit 1 unless the committed report is current
