@@ -148,7 +148,8 @@ def markdown(data: Dict, case_names: List[str], seconds: float) -> str:
              f"Fingerprint `{fingerprint(case_names)}` (triton {version('triton')}, fla-core {version('fla-core')}); "
              f"made by `python -m kvattn_fairseq.kernels.compile_check` (this run: {seconds / 60:.0f} minutes, "
              f"with the binaries of earlier runs cached under `.cache/kernel-compile`; over an hour from an empty "
-             f"cache on two cores); `--check` says whether it is current. How it is checked: [README.md](README.md).", "",
+             f"cache on two cores); `--check` says whether it is current. How it is checked: "
+             f"[README.md](README.md).", "",
              HOW, "", "| kind | width / heads | options | where it is used | dtypes |", "|---|---|---|---|---|"]
     lines += [f"| {s.kind} | {s.embed_dim}/{s.heads} | {' '.join(f'{k}={v}' for k, v in s.options) or '–'} | "
               f"{s.used} | {', '.join(dtypes(s))} |" for s in sites()]
