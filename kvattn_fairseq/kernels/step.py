@@ -18,7 +18,7 @@ from torch import Tensor
 
 EPS = 1e-6  # ops/linear.py's clamp of the denominator
 TILE = 4096  # state entries per program: a d_k x d_v state wider than this is split over d_v (its columns are
-# independent); a 128 x 128 tile in one program took 255 registers and spilled 756 B (fp16, sm_90)
+# independent); a 128 x 128 tile in one program took 255 registers and spilled 724-736 B (fp16, sm_90)
 
 
 def value_block(dk: int, dv: int) -> int:
