@@ -29,7 +29,8 @@ What is compiled: every attention kind that launches a kernel, built as fairseq 
 named architectures and of the benchmark (`SITES` in compile_check.py), through a training step (fla's chunked
 kernels, forward and backward) and a decode (a prompt, then single steps around a beam search's reorder: the
 plugin's step kernels, and fla's fused recurrence for `gated_delta`), in fp16 and bf16 (fp32 too at the
-benchmark's size).
+benchmark's size). On sm_90 `gated_delta` trains through the PyTorch chunked form (fla 0.6.0 refuses its gated
+backward on Hopper with this triton: `kernels.fla_gated_backward_ok`), so only its forward kernels are listed there.
 
 Columns: **registers** per thread (of 255; `cuobjdump --dump-resource-usage`); **spill stores**, bytes per thread
 that ptxas moved to local memory for want of registers (`ptxas -v`; each one is a round trip to the L1/L2 caches at
