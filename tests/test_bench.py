@@ -87,7 +87,7 @@ def test_kinds_takes_plans(capsys):
 @pytest.mark.parametrize("kind", ["vanilla", "window", "window_memsizer", "memsizer"])
 def test_grown_state_is_exactly_what_decoding_holds(kind):
     """The benchmark's shortcut to the state after t tokens has the shapes a real decode of t tokens leaves: a
-    window's cache stays at W - 1 positions, softmax's grows to t, a memory's does not grow."""
+    window's ring grows to W positions, softmax's cache to t, a memory's does not grow."""
     d = make_dictionary(50)
     size = Size(2, 16, 32, 2, 50)
     model = build_lm(kind, size, d, 128, torch.device("cpu"))
@@ -101,6 +101,10 @@ def test_grown_state_is_exactly_what_decoding_holds(kind):
         shapes = lambda state: sorted((name, tuple(v.shape)) for buf in state.values() for name, v in buf.items()  # noqa: E731
                                       if torch.is_tensor(v))
         assert shapes(grown) == shapes(real), (kind, t)
+        # a window's position counter too: the ring's next slot depends on it
+        counters = [[v for buf in state.values() for name, v in buf.items() if name.endswith("ring_count")]
+                    for state in (grown, real)]
+        assert all(torch.equal(a, b) for a, b in zip(*counters))
 
 
 def test_gpu_mode_skips_a_plan_where_it_does_not_fit(tmp_path, capsys):

@@ -83,8 +83,13 @@ def test_the_path_is_chosen_in_one_place(monkeypatch):
 
 # --- the decoding steps --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_step_kernel_equals_the_pytorch_step(device, dtype, monkeypatch):
+@pytest.mark.parametrize("dtype,tile", [(torch.float32, None), (torch.bfloat16, None), (torch.float32, 64)])
+def test_linear_step_kernel_equals_the_pytorch_step(device, dtype, tile, monkeypatch):
+    """`tile` state entries per program (16 x 16 here) splits the state's columns over two programs."""
+    from kvattn_fairseq.kernels import step
+
+    if tile:
+        monkeypatch.setattr(step, "TILE", tile)
     n, dk, dv = 6, 16, 24
     q, k, v = (rand(n, d, seed=i, device=device).to(dtype) for i, d in enumerate((dk, dk, dv)))
     pad = torch.tensor([False, True, False, False, True, False], device=device)
@@ -120,10 +125,14 @@ def test_memsizer_step_kernel_equals_the_pytorch_step(device, monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("window", [4, 5])
-def test_ring_step_kernel_equals_the_pytorch_ring(device, window, monkeypatch):
-    from kvattn_fairseq.kernels.window_step import ring_step as fused_ring
+@pytest.mark.parametrize("window,tile", [(4, None), (5, None), (5, 16), (7, 8)])
+def test_ring_step_kernel_equals_the_pytorch_ring(device, window, tile, monkeypatch):
+    """Growing to W slots, then overwriting the oldest; `tile` keys per tile (BW = tile / 8 slots at d = 6) makes the
+    online softmax go through several tiles, the last one partly past the ring."""
+    from kvattn_fairseq.kernels import window_step
 
+    if tile:
+        monkeypatch.setattr(window_step, "TILE", tile)
     bsz, heads, d = 3, 2, 6
     ring = fused = None
     for t in range(13):
@@ -131,19 +140,25 @@ def test_ring_step_kernel_equals_the_pytorch_ring(device, window, monkeypatch):
         pad = torch.tensor([t < 3, False, t % 4 == 0], device=device)  # a left-padded row, a row with holes
         torch_only(monkeypatch)
         want, ring = wops.ring_step(q, k, v, ring, window, 0.5, pad)
-        fused = fused or wops.ring_empty(bsz, heads, window, d, device)
-        got, fused = fused_ring(q, k, v, fused, 0.5, pad)
+        fused = fused or wops.ring_empty(bsz, heads, d, device)
+        got, fused = window_step.ring_step(q, k, v, fused, window, 0.5, pad)
         torch.testing.assert_close(got, want, **TOL)
+        assert ring["key"].size(2) == min(t + 1, window)  # min(t, W) positions
         for name in ring:
             torch.testing.assert_close(fused[name], ring[name], atol=0, rtol=0)
     assert want[0].abs().max() > 0 and torch.isfinite(want).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_delta_step_kernel_equals_the_pytorch_step(device, monkeypatch):
+@pytest.mark.parametrize("tile,dv", [(None, 12), (64, 40)])
+def test_delta_step_kernel_equals_the_pytorch_step(device, tile, dv, monkeypatch):
+    """`tile` 64 splits the state's 40 columns over three programs of 16."""
+    from kvattn_fairseq.kernels import step
     from kvattn_fairseq.ops import delta as dops
 
-    n, dk, dv = 5, 16, 12
+    if tile:
+        monkeypatch.setattr(step, "TILE", tile)
+    n, dk = 5, 16
     q = rand(n, dk, seed=1, device=device)
     k = torch.nn.functional.normalize(rand(n, dk, seed=2, device=device), dim=-1)
     v, beta = rand(n, dv, seed=3, device=device), torch.rand(n, generator=torch.Generator().manual_seed(4)).to(device)
@@ -263,6 +278,43 @@ def test_chunked_kernel_glue_equals_the_pytorch_prefix_product(device, fla_glue,
         q_, k_, v_, state=s_), q, k, v, s0)
     for a, b in zip(got + got_g, want + want_g):
         torch.testing.assert_close(a, b, **FLA_TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_chunked_kernel_glue_hands_fla_the_models_half_precision(device, dtype, fla_glue, monkeypatch):
+    """Half-precision values go to fla in their own dtype (its tensor cores), not fp32; in fp16 scaled into range by
+    powers of two, so that sums past 65504 come back right; gradients too."""
+    from kvattn_fairseq.kernels import chunked
+
+    inner, seen = chunked._chunk(), []
+
+    def spy(q, k, v, **kw):
+        seen.append({q.dtype, k.dtype, v.dtype})
+        return inner(q, k, v, **kw)
+
+    monkeypatch.setattr(chunked, "_chunk", lambda: spy)
+    n, t, dk, dv = 2, 300, 5, 7
+    q, k = (rand(n, t, dk, seed=i, device=device).abs() for i in range(2))
+    v, s0 = (300 + rand(n, t, dv, seed=3, device=device)).to(dtype), rand(n, dk, dv, seed=4, device=device)
+    out, final = chunked.causal_dot_product(q, k, v, s0)  # sums of about 300 * 0.8 * 300: past fp16's range
+    assert seen == [{dtype}]
+    want, want_final = linear_scan.causal_dot_product(q.double(), k.double(), v.double(), state=s0.double())  # PyTorch
+    assert float(want_final.abs().max()) > 65504
+    tol = 2e-3 if dtype == torch.float16 else 1.5e-2
+    for got, ref in ((out, want), (final, want_final)):
+        assert torch.isfinite(got).all() and float((got.double() - ref).abs().max()) < tol * float(ref.abs().max())
+    # gradients of a loss linear in the outputs (so that it does not amplify their rounding), against fp64
+    w, w_final = rand(n, t, dv, seed=5, device=device), rand(n, dk, dv, seed=6, device=device)
+    grads = []
+    for cast in (lambda x: x, lambda x: x.double()):
+        inputs = [cast(x).detach().requires_grad_() for x in (q, k, (v.float() - 300).to(dtype), s0)]
+        o, f = linear_scan.causal_dot_product(*inputs[:3], state=inputs[3])
+        ((o * w).sum() + (f * w_final).sum()).backward()
+        grads.append([x.grad for x in inputs])
+    assert len(seen) == 2 and seen[1] == {dtype}
+    for a, b in zip(*grads):  # half's rounding of q and k, relative to each gradient's largest entry
+        assert float((a.double() - b).abs().max()) < tol * float(b.abs().max())
 
 
 @pytest.mark.parametrize("device", DEVICES)

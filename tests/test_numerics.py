@@ -6,6 +6,7 @@ import torch
 from kvattn_fairseq.modules import ATTENTION_KINDS
 from kvattn_fairseq.ops import factorized as fops
 from kvattn_fairseq.ops import linear as lops
+from kvattn_fairseq.ops import linear_scan
 from kvattn_fairseq.ops import memsizer as mops
 
 from conftest import build_model, make_dictionary
@@ -78,3 +79,82 @@ def test_running_sums_stay_exact_past_65536_steps():
     w = torch.exp(k.double() - k.double().amax(1, keepdim=True))
     torch.testing.assert_close(den.double(), w.sum(1), rtol=2e-5, atol=0)
     torch.testing.assert_close(m, k.amax(1))
+
+
+# --- fla's inputs in half precision (kernels/chunked.py) ------------------------------------------------------------
+LONG = 16_384
+
+
+def _long_inputs(kind: str):
+    """Inputs that make the prefix sums grow linearly (all of one sign, the worst case), 16K positions: MemSizer's
+    (a read distribution over 4 slots, LayerNorm-sized keys and values with a positive mean) and elu+1 features'."""
+    g = torch.Generator().manual_seed(0)
+    n = 2
+    if kind == "memsizer":
+        q = torch.softmax(torch.randn(n, LONG, 4, generator=g), -1)
+        k, v = 2 + torch.randn(n, LONG, 4, generator=g), 2 + torch.randn(n, LONG, 64, generator=g)
+    else:
+        q, k = (lops.feature_map(torch.randn(n, LONG, 64, generator=g)) for _ in range(2))
+        v = 1 + torch.randn(n, LONG, 64, generator=g)
+    state = 50 * torch.rand(n, q.size(-1), 64, generator=g)  # a prompt's state, continued
+    return q, k, v, state
+
+
+def _fla_storage(q, k, v, h0, dtype, chunk=64):
+    """fla's chunk_simple_gla forward (no gate) with its storage precision: the state entering each chunk, the
+    intra-chunk scores q.k and the outputs rounded to `dtype` where fla stores them, the final state fp32; the
+    arithmetic in fp64, to isolate the storage.  -> (out, final state, the largest magnitude stored in `dtype`)."""
+    n, t, dk = k.shape
+    qc, kc, vc = (x.double().view(n, t // chunk, chunk, -1) for x in (q, k, v))
+    sums = torch.einsum("nctk,nctv->nckv", kc, vc)
+    before = torch.cumsum(sums, 1) - sums + h0.double().unsqueeze(1)
+    scores = torch.tril(qc @ kc.transpose(-1, -2))
+    stored_h, stored_scores = before.to(dtype).double(), scores.to(dtype).double()
+    out = (qc @ stored_h + stored_scores @ vc).reshape(n, t, -1)
+    largest = max(float(x.abs().max()) for x in (before, scores, out))
+    return out.to(dtype).double(), before[:, -1] + sums[:, -1], largest
+
+
+@pytest.mark.parametrize("kind", ["memsizer", "linear"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fla_inputs_in_half_precision_stay_in_range_and_match_fp64_at_16k_positions(kind, dtype):
+    """What the chunked path hands fla (kernels/chunked.fla_inputs) in the models' half precision: nothing fla
+    stores in that precision leaves its range (fp16: scaled by powers of two under 2^14, where the unscaled sums
+    would pass 65504), and both the PyTorch path fed those rounded inputs and fla's storage rounding give the fp64
+    reference's outputs and final state."""
+    from kvattn_fairseq.kernels import chunked
+
+    q, k, v, state = _long_inputs(kind)
+    want, want_final = linear_scan.causal_dot_product_reference(q, k, v, state=state)
+    hq, hk, hv, h0, a, c = chunked.fla_inputs(q, k, v.to(dtype), state)
+    assert hq.dtype == hk.dtype == hv.dtype == dtype and h0.dtype == torch.float32
+    out, final, largest = _fla_storage(hq, hk, hv, h0, dtype)
+    if dtype == torch.float16:  # unscaled, the sums and outputs would pass fp16's 65504
+        assert max(float(want.abs().max()), float(want_final.abs().max())) > 65504 and float((a * c).max()) < 1
+        assert largest <= chunked.LIMIT
+    else:  # bf16 has fp32's exponent: nothing to scale
+        assert float((a * c).min()) == 1 and largest < torch.finfo(dtype).max
+    torch_out, torch_final = linear_scan.causal_dot_product(hq.float(), hk.float(), hv.float(), state=h0)
+    tol = 2e-3 if dtype == torch.float16 else 1.5e-2  # relative to the largest entry: half's rounding of v, q, k
+    for got, got_final in ((out, final), (torch_out.double(), torch_final.double())):
+        got, got_final = got / (a * c).double(), got_final / c.double()
+        assert float((got - want).abs().max()) < tol * float(want.abs().max())
+        assert float((got_final - want_final).abs().max()) < tol * float(want_final.abs().max())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["memsizer", "linear"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fla_kernel_in_half_precision_matches_fp64_at_16k_positions(kind, dtype):
+    """The same through fla's kernel on a GPU: outputs and final state against the fp64 reference."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    pytest.importorskip("fla.ops.simple_gla", reason="the gpu extra (fla-core) is not installed")
+    from kvattn_fairseq.kernels import chunked
+
+    q, k, v, state = _long_inputs(kind)
+    want, want_final = linear_scan.causal_dot_product_reference(q, k, v, state=state)
+    out, final = chunked.causal_dot_product(q.cuda(), k.cuda(), v.cuda().to(dtype), state.cuda())
+    tol = 4e-3 if dtype == torch.float16 else 2e-2  # fla multiplies in half on the tensor cores
+    assert float((out.double().cpu() - want).abs().max()) < tol * float(want.abs().max())
+    assert float((final.double().cpu() - want_final).abs().max()) < tol * float(want_final.abs().max())

@@ -142,6 +142,31 @@ def test_gradients_match_the_recurrence():
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.parametrize("backward_ok", [True, False])
+def test_training_keeps_to_pytorch_where_flas_gated_backward_is_refused(monkeypatch, backward_ok):
+    """fla 0.6.0 refuses its gated backward on Hopper with triton >= 3.4, < 3.7.1 (kernels.fla_gated_backward_ok):
+    there a call that wants gradients takes the PyTorch chunked form, and one without (prefill) still takes fla's."""
+    from kvattn_fairseq import kernels
+    from kvattn_fairseq.kernels import gated_delta as fused
+
+    served = []
+
+    def chunked(q, k, v, beta, g, state=None):
+        served.append(torch.is_grad_enabled())
+        return ops.causal_reference(q, k, v, beta, g, state=state)
+
+    monkeypatch.setattr(kernels, "fused_chunk", lambda family, t: family == "gated_delta")
+    monkeypatch.setattr(kernels, "fla_gated_backward_ok", lambda: backward_ok)
+    monkeypatch.setattr(fused, "chunked", chunked)
+    q, k, v, beta, g = (t.requires_grad_() for t in inputs(n=2, tlen=9))
+    out, state = ops.causal_parallel(q, k, v, beta, g)
+    (out.sum() + state.sum()).backward()
+    assert served == ([True] if backward_ok else []) and v.grad is not None
+    with torch.no_grad():
+        ops.causal_parallel(q, k, v, beta, g)
+    assert served[-1:] == [False]
+
+
 def test_gradcheck_of_the_parallel_path():
     q, k, v, beta, g = (t.double().requires_grad_() for t in inputs(n=1, tlen=5, dk=3, dv=2, seed=10))
     s0 = torch.randn(1, 3, 2, dtype=torch.float64, requires_grad=True)

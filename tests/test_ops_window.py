@@ -1,6 +1,6 @@
 """Sliding-window attention: the blocked training path and the dense decoding path agree with the definition
 (forward and gradients), continue an earlier call's keys, reduce to full attention for a wide window, and the
-module keeps a constant fp32 ring of the W most recent keys and values, prompts included."""
+module keeps an fp32 ring of the min(t, W) most recent keys and values, prompts included."""
 import itertools
 
 import pytest
@@ -96,7 +96,7 @@ def test_half_precision_inputs_are_computed_in_fp32():
                                   __import__("kvattn_fairseq.modules", fromlist=["MemSizerAttention"])
                                   .MemSizerAttention(16, 4, 3, "decoder")),
 ])
-def test_decoding_state_is_constant_fp32_and_steps_equal_the_full_pass(make):
+def test_decoding_state_grows_to_w_positions_then_stays_and_steps_equal_the_full_pass(make):
     torch.manual_seed(0)
     m = make().eval()
     x = rand(30, 2, 16, seed=4)  # time first, as fairseq calls it
@@ -104,7 +104,9 @@ def test_decoding_state_is_constant_fp32_and_steps_equal_the_full_pass(make):
         full, _ = m(x, x, x)
         stepped, sizes, buf = decode_token_by_token(m, x)
     torch.testing.assert_close(stepped, full, **TOL)
-    assert sizes == [sizes[0]] * 30  # constant from the first token: the ring's slots
+    # min(t, W) positions: per position a key and a value (2 rows x 4 heads x 4) and a flag per row
+    per_position = 2 * (16 + 16 + 1)
+    assert [s - sizes[0] for s in sizes] == [per_position * (min(t, 5) - 1) for t in range(1, 31)]
     keys = [v for name, v in buf.items() if name.endswith("ring_key")]
     assert [t.size(2) for t in keys] == [5]  # W slots: the new token and the W - 1 before it
 
@@ -125,6 +127,26 @@ def test_a_padded_prompt_then_steps_equal_the_full_pass(prompt):
         for t in range(prompt, 14):
             outs.append(m(x[t:t + 1], x[t:t + 1], x[t:t + 1], key_padding_mask=pad[:, t:t + 1],
                           incremental_state=state)[0])
+    real = ~pad.t()
+    torch.testing.assert_close(torch.cat(outs)[real], full[real], **TOL)
+
+
+def test_steps_and_prompts_interleaved_while_the_ring_grows_equal_the_full_pass():
+    """Single steps and prompts in any order, before the ring holds W (= 5) positions and across that point: each
+    call continues exactly where the ring left off, and the ring always holds min(t, W) positions."""
+    torch.manual_seed(0)
+    m = WindowAttention(16, 4, "decoder", window=5).eval()
+    x = rand(13, 2, 16, seed=7)
+    pad = torch.zeros(2, 13, dtype=torch.bool)
+    pad[1, :3] = True
+    with torch.no_grad():
+        full, _ = m(x, x, x, key_padding_mask=pad)
+        state, outs, t = {}, [], 0
+        for n in (1, 1, 2, 3, 1, 4, 1):
+            outs.append(m(x[t:t + n], x[t:t + n], x[t:t + n], key_padding_mask=pad[:, t:t + n],
+                          incremental_state=state)[0])
+            t += n
+            assert next(iter(state.values()))["ring_key"].size(2) == min(t, 5)
     real = ~pad.t()
     torch.testing.assert_close(torch.cat(outs)[real], full[real], **TOL)
 

@@ -74,13 +74,26 @@ def _shapes(incremental_state) -> Dict:
             if torch.is_tensor(t)}
 
 
+def _rings(model) -> Dict[str, tuple]:
+    """{incremental-state key: (entry prefix, W)} of every window ring in the model (ops/window.Ring)."""
+    rings = {}
+    for m in model.modules():
+        key = getattr(m, "_incremental_state_id", None)
+        for prefix, owner in (("ring_", m), ("local.ring_", getattr(m, "local", None))):
+            if key is not None and isinstance(getattr(owner, "window", None), int):
+                rings[f"{key}.attn_state"] = (prefix, owner.window)
+    return rings
+
+
 def grown_state(model, tokens, t: int):
     """The incremental state of `tokens.size(0)` hypotheses after t tokens, without decoding t tokens one by one:
     a real two-step decode, every entry that grew by one position in the second step (key/value caches, padding
-    masks, key positions) tiled along that axis to t - 1 positions, then a real decoding step for token t, so that
-    each module applies its own rule to what it keeps (a window keeps its last W - 1 keys and values, softmax all
-    t).  Constant-size states are left as they are.  The shapes, and so the work of the following steps, are exactly
-    those of a real decode; the values repeat."""
+    masks, key positions) tiled along that axis to t - 1 positions (a window's ring to min(t - 1, W), its counter
+    set to t - 1: ops/window.grow_ring), then a real decoding step for token t, so that each module applies its own
+    rule to what it keeps.  Constant-size states are left as they are.  The shapes, and so the work of the
+    following steps, are exactly those of a real decode; the values repeat."""
+    from ..ops.window import grow_ring
+
     state = {}
     if t < 3:
         for n in range(1, t + 1):
@@ -89,10 +102,12 @@ def grown_state(model, tokens, t: int):
     model.decoder(tokens[:, :1], incremental_state=state)
     first = _shapes(state)
     model.decoder(tokens[:, :2], incremental_state=state)
+    rings = _rings(model)
     for (key, name), shape in _shapes(state).items():
         before = first.get((key, name))
         grown = [i for i, (a, b) in enumerate(zip(before or (), shape)) if b == a + 1]
-        if before is None or len(before) != len(shape) or shape == before:
+        if before is None or len(before) != len(shape) or shape == before or \
+                (key in rings and name.startswith(rings[key][0])):
             continue
         if len(grown) != 1:
             raise BenchmarkError(f"cannot tell the time axis of state entry {name} ({tuple(before)} -> {tuple(shape)})")
@@ -100,6 +115,11 @@ def grown_state(model, tokens, t: int):
         reps = [1] * value.dim()
         reps[axis] = -(-(t - 1) // value.size(axis))
         state[key][name] = value.repeat(*reps).narrow(axis, 0, t - 1).contiguous()
+    for key, (prefix, window) in rings.items():
+        if prefix + "key" in state.get(key, {}):
+            names = [n[len(prefix):] for n in state[key] if n.startswith(prefix)]
+            ring = grow_ring({n: state[key][prefix + n] for n in names}, t - 1, window)
+            state[key].update({prefix + n: v for n, v in ring.items()})
     model.decoder(tokens[:, :t], incremental_state=state)
     return state
 

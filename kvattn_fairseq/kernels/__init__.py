@@ -9,10 +9,13 @@ KVATTN_KERNELS (read at each call; checked when the plugin is imported, so a bad
 every fairseq tool given --user-dir in one line before any work):
   auto       (default) the fast paths for CUDA tensors, when the GPU stack imports
   torch      never: the PyTorch ops everywhere (to compare, or to rule the kernels out)
-  interpret  also for CPU tensors, through Triton's interpreter; fla's kernels do not run there, so the chunked
-             training path stays PyTorch.  The interpreter is chosen when a kernel is defined (triton.jit reads
-             TRITON_INTERPRET then), and the plugin's kernels are defined at their first use: importing the plugin
-             sets TRITON_INTERPRET=1 when it is unset; one set to another value is refused
+  interpret  also for CPU tensors, through Triton's interpreter; fla's kernels do not run there (triton 3.6's
+             interpreter cannot loop to a bound passed at run time, as they all do), so the chunked training path
+             stays PyTorch.  The interpreter is chosen when a kernel is defined (triton.jit reads TRITON_INTERPRET
+             then), and the plugin's kernels are defined at their first use: importing the plugin sets
+             TRITON_INTERPRET=1 when it is unset; one set to another value is refused
+
+compile_check.py compiles every kernel for the H100 and the A100 without a GPU (docs/bench/gpu/compile.md).
 """
 import functools
 import os
@@ -103,6 +106,17 @@ def fused_step(t: torch.Tensor, family: Optional[str] = None) -> bool:
     if family in FLA_STEP:
         return fused_chunk(family, t)
     return t.dtype != torch.float64 and triton_ok(t)
+
+
+def fla_gated_backward_ok() -> bool:
+    """Whether fla (installed, and asked for) computes the backward of its gated chunked kernels, gated_delta's: fla
+    0.6.0 refuses it on Hopper with triton >= 3.4 and < 3.7.1, whose build of that kernel gives wrong gradients
+    there (fla/ops/common/chunk_o.py: chunk_bwd_dqkwg), so gated_delta trains through the PyTorch chunked form on
+    an H100 with such a triton (torch's CUDA builds bring 3.6); docs/bench/gpu/compile.md found it.  Its test, the
+    same flags fla reads (so a tilelang backend that would serve is not used either)."""
+    from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+
+    return not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1)
 
 
 def fused_chunk(family: str, t: torch.Tensor) -> bool:

@@ -17,6 +17,13 @@ import triton.language as tl
 from torch import Tensor
 
 EPS = 1e-6  # ops/linear.py's clamp of the denominator
+TILE = 4096  # state entries per program: a d_k x d_v state wider than this is split over d_v (its columns are
+# independent); a 128 x 128 tile in one program took 255 registers and spilled 724-736 B (fp16, sm_90)
+
+
+def value_block(dk: int, dv: int) -> int:
+    """Columns of the state per program: a power of two, at most TILE / d_k (and 128), at least 16."""
+    return max(16, min(triton.next_power_of_2(dv), 128, TILE // triton.next_power_of_2(dk)))
 
 
 @triton.jit
@@ -79,7 +86,7 @@ def dot_product_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = 
         state = state.to(torch.float32).contiguous()
     new = torch.empty(n, dk, cols, device=k.device, dtype=torch.float32)
     out = torch.empty(n, dv, device=k.device, dtype=torch.float32)
-    bv = min(triton.next_power_of_2(dv), 128)
+    bv = value_block(dk, dv)
     dummy = out  # never read: its flag is off
     _step_kernel[(n, triton.cdiv(dv, bv))](
         q, k, v, state if state is not None else dummy, new, out,
@@ -132,7 +139,7 @@ def delta_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, state: Optional[Te
         state = state.to(torch.float32).contiguous()
     new = torch.empty(n, dk, dv, device=k.device, dtype=torch.float32)
     out = torch.empty(n, dv, device=k.device, dtype=torch.float32)
-    bv = min(triton.next_power_of_2(dv), 64)
+    bv = value_block(dk, dv)
     _delta_kernel[(n, triton.cdiv(dv, bv))](q, k, v, beta, state if state is not None else out, new, out,
                                            order.contiguous() if order is not None else out, dk, dv,
                                            BK=triton.next_power_of_2(dk), BV=bv, HAS_STATE=state is not None,

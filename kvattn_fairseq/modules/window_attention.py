@@ -3,8 +3,8 @@
 attention over the last W tokens gives the short-range precision a fixed-size memory lacks, and the memory carries
 everything older.  docs/papers/sliding-window.md states the definitions and the parameters.
 
-Decoding state: a ring of the W most recent keys and values (fp32; ops/window.py), so a new token sees W positions;
-constant in the output length, like the memory kinds' state.
+Decoding state: a ring of the min(t, W) most recent keys and values (fp32; ops/window.py), so a new token sees W
+positions; constant in the output length from t = W, like the memory kinds' state.
 """
 from typing import Dict, List, Optional
 

@@ -73,7 +73,9 @@ def causal_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, *, sta
 def causal_parallel(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, *, state: Optional[Tensor] = None,
                     pad: Optional[Tensor] = None, chunk: int = DEFAULT_CHUNK) -> Tuple[Tensor, Tensor]:
     """Whole sequences: -> (out [N, T, dv], final state [N, dk, dv]); `state` continues an earlier call."""
-    if kernels.fused_chunk("gated_delta", v):  # fla's chunked kernel, forward and backward (kernels/gated_delta.py)
+    grad = _wants_grad(q, k, v, beta, g, *(() if state is None else (state,)))
+    if kernels.fused_chunk("gated_delta", v) and (not grad or kernels.fla_gated_backward_ok()):
+        # fla's chunked kernel, forward and backward (kernels/gated_delta.py)
         from ..kernels.gated_delta import chunked as fused
 
         k, beta, g = _masked(k, beta, g, pad)

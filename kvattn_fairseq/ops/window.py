@@ -15,9 +15,10 @@ and otherwise the blocked path, which cuts the positions into blocks of W and le
 its own block and its neighbours: O(T * W) time and memory, never a T x T matrix.  On a GPU the blocks go through
 torch's fused scaled-dot-product attention (one kernel, backward included) instead of the unfused product.
 
-Decoding keeps a ring of the W most recent keys and values (`Ring`): the new token's key and value overwrite the
-oldest slot (position t goes to slot t mod W) and the query reads all W slots.  Softmax attention does not care in
-which order its keys come, so the ring is never rotated: a step writes one slot and reads W, whatever t is.
+Decoding keeps a ring of the min(t, W) most recent keys and values (`Ring`): it grows by one slot per token until it
+holds W, then the new token's key and value overwrite the oldest slot (position t always goes to slot t mod W) and
+the query reads every slot.  Softmax attention does not care in which order its keys come, so the ring is never
+rotated: a step writes one slot and reads at most W, whatever t is, and a short generation keeps only its own t.
 """
 from typing import Dict, Optional
 
@@ -117,65 +118,85 @@ def _fused_blocks(qb: Tensor, kb: Tensor, vb: Tensor, allowed: Tensor, offset: i
     return out.masked_fill(empty.view(bsz, 1, n, c, 1), 0.0)
 
 
-Ring = Dict[str, Tensor]  # key, value [B, H, W, d] fp32; valid [B, W] (slot holds a real token); count [B] long
+Ring = Dict[str, Tensor]  # key, value [B, H, L, d] fp32; valid [B, L] (slot holds a real token); count [B] long
+# L = min(count, W): every row has seen the same number of positions (pads included), so L is the tensors' own size
 
 
 def ring_step(q: Tensor, k: Tensor, v: Tensor, ring: Optional[Ring], window: int, scale: float,
               pad: Optional[Tensor] = None, order: Optional[Tensor] = None) -> (Tensor, Ring):
     """One decoding step: q, k, v [B, H, 1, d], pad [B] (True: the new token is padding), order [B] (row b
     continues ring row order[b]: a search's reorder not yet applied) -> (out [B, H, 1, d] in q's dtype, the new
-    ring).  The rings are new tensors: fairseq's search may still reorder or drop the old."""
+    ring, one slot longer until it holds `window`).  The rings are new tensors: fairseq's search may still reorder or
+    drop the old."""
     bsz, heads, _, d = k.shape
     if ring is None:
-        ring, order = ring_empty(bsz, heads, window, d, k.device), None
+        ring, order = ring_empty(bsz, heads, d, k.device), None
     if kernels.triton_ok(q) and q.dtype != torch.float64:
         from ..kernels.window_step import ring_step as fused
 
-        return fused(q, k, v, ring, scale, pad, order)
+        return fused(q, k, v, ring, window, scale, pad, order)
     if order is not None:
         ring = {name: t.index_select(0, order) for name, t in ring.items()}
-    slot = (ring["count"] % window).view(bsz, 1, 1, 1)
-    key = ring["key"].scatter(2, slot.expand(bsz, heads, 1, d), k.float())
-    value = ring["value"].scatter(2, slot.expand(bsz, heads, 1, d), v.float())
+    old = ring["key"].size(2)
+    new = min(old + 1, window)
+    # growing, count == old and the slot is the new last one; full, the slot of position count is count mod W
+    slot = (ring["count"] % new).view(bsz, 1, 1, 1)
+    key = F.pad(ring["key"], (0, 0, 0, new - old)).scatter(2, slot.expand(bsz, heads, 1, d), k.float())
+    value = F.pad(ring["value"], (0, 0, 0, new - old)).scatter(2, slot.expand(bsz, heads, 1, d), v.float())
     real = torch.ones(bsz, 1, dtype=torch.bool, device=k.device) if pad is None else ~pad.view(bsz, 1)
-    valid = ring["valid"].scatter(1, slot.view(bsz, 1), real)
-    out = _attend(q, key, value, valid.view(bsz, 1, 1, window), scale, 0.0, False)
+    valid = F.pad(ring["valid"], (0, new - old), value=False).scatter(1, slot.view(bsz, 1), real)
+    out = _attend(q, key, value, valid.view(bsz, 1, 1, new), scale, 0.0, False)
     return out.to(q.dtype), {"key": key, "value": value, "valid": valid, "count": ring["count"] + 1}
 
 
-def ring_empty(bsz: int, heads: int, window: int, d: int, device) -> Ring:
-    return {"key": torch.zeros(bsz, heads, window, d, device=device),
-            "value": torch.zeros(bsz, heads, window, d, device=device),
-            "valid": torch.zeros(bsz, window, dtype=torch.bool, device=device),
+def ring_empty(bsz: int, heads: int, d: int, device) -> Ring:
+    """The ring before the first token: no slot yet."""
+    return {"key": torch.zeros(bsz, heads, 0, d, device=device),
+            "value": torch.zeros(bsz, heads, 0, d, device=device),
+            "valid": torch.zeros(bsz, 0, dtype=torch.bool, device=device),
             "count": torch.zeros(bsz, dtype=torch.long, device=device)}
 
 
 def ring_prefill(q: Tensor, k: Tensor, v: Tensor, ring: Optional[Ring], window: int, scale: float,
                  pad: Optional[Tensor] = None) -> (Tensor, Ring):
     """Several tokens at once (a prompt): the ring's keys in the order of their positions, then the new ones,
-    through `attention`; the ring then holds the last W of them.  q, k, v [B, H, T, d], pad [B, T]."""
+    through `attention`; the ring then holds the last min(count, W) of them.  q, k, v [B, H, T, d], pad [B, T]."""
     bsz, heads, tlen, d = k.shape
     if ring is None:
-        ring = ring_empty(bsz, heads, window, d, k.device)
-    count = ring["count"]
-    # positions of the W slots' latest writes, oldest first; a position below 0 was never written
-    pos = count.view(bsz, 1) - window + torch.arange(window, device=k.device).view(1, window)
+        ring = ring_empty(bsz, heads, d, k.device)
+    count, old = ring["count"], ring["key"].size(2)
+    # positions of the ring's slots, oldest first, and the slot each sits in (position p lives in slot p mod W)
+    pos = count.view(bsz, 1) - old + torch.arange(old, device=k.device).view(1, old)
     order = pos % window
-    gather = order.view(bsz, 1, window, 1).expand(bsz, heads, window, d)
+    gather = order.view(bsz, 1, old, 1).expand(bsz, heads, old, d)
     keys = torch.cat([ring["key"].gather(2, gather), k.float()], dim=2)
     values = torch.cat([ring["value"].gather(2, gather), v.float()], dim=2)
     new_pad = torch.zeros(bsz, tlen, dtype=torch.bool, device=k.device) if pad is None else pad
-    key_pad = torch.cat([~(ring["valid"].gather(1, order) & (pos >= 0)), new_pad], dim=1)
+    key_pad = torch.cat([~ring["valid"].gather(1, order), new_pad], dim=1)
     out = attention(q, keys, values, window, True, key_pad, scale)
-    # the last W positions go to their slots
-    last = torch.cat([pos, count.view(bsz, 1) + torch.arange(tlen, device=k.device).view(1, tlen)], dim=1)[:, -window:]
-    slots = (last % window).view(bsz, 1, window, 1).expand(bsz, heads, window, d)
-    fresh = ring_empty(bsz, heads, window, d, k.device)
-    ring = {"key": fresh["key"].scatter(2, slots, keys[:, :, -window:]),
-            "value": fresh["value"].scatter(2, slots, values[:, :, -window:]),
-            "valid": fresh["valid"].scatter(1, last % window, ~key_pad[:, -window:] & (last >= 0)),
+    # the last min(count + T, W) positions go to their slots
+    new = min(old + tlen, window)
+    last = torch.cat([pos, count.view(bsz, 1) + torch.arange(tlen, device=k.device).view(1, tlen)], dim=1)[:, -new:]
+    slots = (last % window).view(bsz, 1, new, 1).expand(bsz, heads, new, d)
+    ring = {"key": keys.new_zeros(bsz, heads, new, d).scatter(2, slots, keys[:, :, -new:]),
+            "value": values.new_zeros(bsz, heads, new, d).scatter(2, slots, values[:, :, -new:]),
+            "valid": key_pad.new_zeros(bsz, new).scatter(1, last % window, ~key_pad[:, -new:]),
             "count": count + tlen}
     return out, ring
+
+
+def grow_ring(ring: Ring, positions: int, window: int) -> Ring:
+    """The shapes (and counter) a ring has after `positions` tokens, its slots filled by repeating this ring's
+    (the benchmark's shortcut to a long decode: bench/decode.grown_state)."""
+    new = min(positions, window)
+
+    def tile(t: Tensor, dim: int) -> Tensor:
+        reps = [1] * t.dim()
+        reps[dim] = -(-new // t.size(dim))
+        return t.repeat(*reps).narrow(dim, 0, new).contiguous()
+
+    return {"key": tile(ring["key"], 2), "value": tile(ring["value"], 2), "valid": tile(ring["valid"], 1),
+            "count": torch.full_like(ring["count"], positions)}
 
 
 def reference(q: Tensor, k: Tensor, v: Tensor, window: int, causal: bool, key_pad: Optional[Tensor] = None,
