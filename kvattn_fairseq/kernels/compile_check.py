@@ -386,7 +386,6 @@ def usage(kernel, target: Target) -> Dict:
 
 def worker(target_name: str, out: str, only: Optional[str], first_config: bool) -> int:
     """One target, in this (fresh) process: every case, the records written to `out` as JSON."""
-    import torch
 
     from .. import kernels
 
