@@ -9,7 +9,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .compile_check import ROOT, TARGETS, cases, dtypes, sites
+from .compile_cases import ROOT, TARGETS, dtypes, site_dtypes, sites
 
 REPORT = Path("docs/bench/gpu/compile.md")
 DATA = Path("docs/bench/gpu/compile.json")
@@ -26,7 +26,7 @@ or an A100 and lists the autotune configurations it would try there, and every o
 does on the GPU; each case tunes afresh, as a process of its own would.
 
 What is compiled: every attention kind that launches a kernel, built as fairseq builds it at the head sizes of the
-named architectures and of the benchmark (`SITES` in compile_check.py), through a training step (fla's chunked
+named architectures and of the benchmark (`SITES` in compile_cases.py), through a training step (fla's chunked
 kernels, forward and backward) and a decode (a prompt, then single steps around a beam search's reorder: the
 plugin's step kernels, and fla's fused recurrence for `gated_delta`), in fp16 and bf16 (fp32 too at the
 benchmark's size). On sm_90 `gated_delta` trains through the PyTorch chunked form (fla 0.6.0 refuses its gated
@@ -202,7 +202,7 @@ def stale() -> Optional[str]:
     """None when the committed report matches the sources, cases and versions; else what differs."""
     if not (ROOT / DATA).exists() or not (ROOT / REPORT).exists():
         return f"{REPORT} or {DATA} is missing: run python -m kvattn_fairseq.kernels.compile_check"
-    names = [c.name for c in cases()]
+    names = [name for name, _, _ in site_dtypes()]
     data, now = committed(), fingerprint(names)
     if data["fingerprint"] != now:
         added, gone = sorted(set(names) - set(data["cases"])), sorted(set(data["cases"]) - set(names))
