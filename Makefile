@@ -20,7 +20,10 @@ demo: $(STAMP)
 # thread each, or the workers' fairseq runs would oversubscribe the cores
 TEST_JOBS ?= 2
 test: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile tests \
+		--ignore=tests/test_compile_check.py
+	# in a process of its own: it imports triton for compiling, which the interpreter-mode kernel tests cannot share
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests/test_compile_check.py
 
 # the style rules are pyproject.toml's [tool.ruff]
 lint: $(STAMP)
