@@ -18,11 +18,12 @@ demo: $(STAMP)
 
 # one worker per core (TEST_JOBS), each file's tests on one worker so its module fixtures are built once; one
 # thread each, or the workers' fairseq runs would oversubscribe the cores
+# the compile check runs in a process of its own: it imports triton for compiling, which the interpreter-mode
+# kernel tests cannot share
 TEST_JOBS ?= 2
 test: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile tests \
 		--ignore=tests/test_compile_check.py
-	# in a process of its own: it imports triton for compiling, which the interpreter-mode kernel tests cannot share
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests/test_compile_check.py
 
 # the style rules are pyproject.toml's [tool.ruff]
