@@ -2,7 +2,9 @@
 gets, on a toy experiment of plain Python steps (the experiments' own tests run the real ones)."""
 import json
 import os
+import re
 import sys
+import time
 
 import pytest
 
@@ -370,3 +372,32 @@ def test_jobs_run_concurrent_steps_side_by_side_and_a_failure_lets_the_others_fi
         Runner("toy", str(tmp_path / "w2"), flag="--out").run(steps, jobs=2)
     assert sorted(order) == ["b", "c"]  # "after" never started
     assert json.load(open(tmp_path / "w2" / "steps" / "c.json"))["finished"]
+
+
+def test_lines_said_from_steps_side_by_side_never_run_together(tmp_path, monkeypatch):
+    """print() writes a line and its newline apart; two threads saying at once must still give whole lines (a slow
+    stdout makes the interleaving all but certain without the runner's lock)."""
+    import threading
+
+    class SlowOut:
+        def __init__(self):
+            self.text = ""
+
+        def write(self, s):
+            time.sleep(0.001)
+            self.text += s
+            return len(s)
+
+        def flush(self):
+            pass
+
+    out = SlowOut()
+    monkeypatch.setattr(sys, "stdout", out)
+    runner = Runner("toy", str(tmp_path / "w"), flag="--out")
+    threads = [threading.Thread(target=lambda n=n: [runner.say(f"{n}: line {i}") for i in range(20)]) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = out.text.splitlines()
+    assert len(lines) == 40 and all(re.fullmatch(r"\[toy\] [ab]: line \d+", line) for line in lines), lines

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -41,6 +42,7 @@ from ..util.settings import differences
 RECORDS = "steps"   # WORK/steps/<output path, / as __>.json: outputs are unique in a work directory, step names
 #                     only within one experiment (two tables may both have a row "memsizer")
 LOGS = "logs"
+_SAY_LOCK = threading.Lock()
 
 
 @dataclass
@@ -109,7 +111,8 @@ class Runner:
         self.contents: Dict[str, Dict[str, Any]] = {}  # step -> the content of its sources, read by plan()
 
     def say(self, msg: str) -> None:
-        print(f"[{self.prog}] {msg}", flush=True)
+        with _SAY_LOCK:  # steps side by side in threads: print() writes the newline apart from the line
+            print(f"[{self.prog}] {msg}", flush=True)
 
     # --- records ----------------------------------------------------------------------------------------------
     def record_path(self, out: str) -> str:
