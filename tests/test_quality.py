@@ -72,14 +72,15 @@ def test_the_steps_score_each_checkpoint_of_the_run_that_made_it(tmp_path):
 @pytest.mark.slow
 def test_tiny_chain_writes_table_and_state_bytes_and_resumes(tmp_path, capsys):
     out = tmp_path / "q"
-    argv = ["--out", str(out), "--tiny", "--configs", "softmax,window_memsizer", "--context", "24",
+    argv = ["--out", str(out), "--tiny", "--configs", "softmax,window_memsizer,gated_delta",
+            "--context", "24",
             "--start-updates", "3"]
     assert quality.main(argv) == 0
     summary = json.loads((out / "results.json").read_text())
     assert summary["tiny"] and summary["points"] == [3, 6] and summary["context"] == 24
     assert summary["start"]["updates"] == 3 and 0 < summary["corpus"]["documents"] <= quality.TINY_DOCUMENTS
     res = summary["results"]
-    assert set(res) == {"softmax", "window_memsizer"}
+    assert set(res) == {"softmax", "window_memsizer", "gated_delta"}
     for name, r in res.items():
         assert all(p > 1.0 for p in r["ppl"].values()) and r["near"]["context"] == 12 and r["near"]["ppl"] > 1.0
         # --start-updates 3: 3 updates on blocks of 24 (--start-context 12), then continued on blocks of 48
@@ -94,8 +95,9 @@ def test_tiny_chain_writes_table_and_state_bytes_and_resumes(tmp_path, capsys):
             assert (scored["metrics"]["context_window"], scored["metrics"]["tokens_per_sample"]) == (window, 2 * window)
             assert f"runs/{run}/checkpoint_" in scored["checkpoint"]["path"]  # the checkpoint of that run
             assert scored["model"]["num_updates"] == update
-    # softmax's cache grows with 512 tokens; the window + memory state stays small and constant
+    # softmax's cache grows with 512 tokens; the window + memory and gated-delta states stay small and constant
     assert res["window_memsizer"]["state_bytes"] < res["softmax"]["state_bytes"] / 4
+    assert res["gated_delta"]["state_bytes"] < res["softmax"]["state_bytes"] / 4
     table = (out / "table.md").read_text()
     assert "| window_memsizer |" in table and (out / "test_ppl.png").stat().st_size > 0
 
