@@ -130,15 +130,26 @@ def _recall(table: Dict) -> str:
     rows = table["rows"]
 
     def beyond(kind: str) -> List[float]:
-        return [r["beyond"]["accuracy"] for r in rows if r["kind"] == kind]
+        """The mean over seeds in each setting."""
+        by_setting: Dict[str, List[float]] = {}
+        for r in rows:
+            if r["kind"] == kind:
+                by_setting.setdefault(r["setting"], []).append(r["beyond"]["accuracy"])
+        return [sum(v) / len(v) for v in by_setting.values()]
+
+    def seeds(kind: str) -> int:
+        return len({r["seed"] for r in rows if r["kind"] == kind})
+
+    def span(kind: str) -> str:
+        return f"{min(beyond(kind)):.1%}-{max(beyond(kind)):.1%}"
 
     state = next(r["state_bytes"] for r in rows if r["kind"] == "delta+conv4" and r["length"] == 256)
     softmax = next(r["state_bytes"] for r in rows if r["kind"] == "softmax" and r["length"] == 256)
-    return (f"delta with a short convolution recalls {min(beyond('delta+conv4')):.1%}-{max(beyond('delta+conv4')):.1%} "
-            f"of the first queries beyond the window at {state / softmax:.3f}× softmax's state at 256 tokens, "
-            f"gated_delta {min(beyond('gated_delta')):.1%}-{max(beyond('gated_delta')):.1%}, delta without the "
+    return (f"delta with a short convolution recalls {span('delta+conv4')} of the first queries beyond the window "
+            f"(mean of {seeds('delta+conv4')} seeds per setting) at {state / softmax:.3f}× softmax's state at 256 "
+            f"tokens, gated_delta {span('gated_delta')} ({seeds('gated_delta')} seed), delta without the "
             f"convolution at most {max(beyond('delta')):.0%}, softmax {min(beyond('softmax')):.1%} or more; "
-            f"{table['updates']:,} updates for every row (one seed for these kinds)")
+            f"{table['updates']:,} updates for every row")
 
 
 def _conversion(lm: Dict, mt: Dict) -> str:
