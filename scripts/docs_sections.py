@@ -152,15 +152,21 @@ def _recall(table: Dict) -> str:
             f"{table['updates']:,} updates for every row")
 
 
-def _conversion(lm: Dict, mt: Dict) -> str:
+def _conversion(lm: Dict, mt: Dict, gated_lm: Dict, recall: Dict) -> str:
     lm, mt = lm["tasks"]["lm"], mt["tasks"]["mt"]
     lm_rows = lm["plans"]["window W=16"]["rows"]
     mt_rows = mt["plans"]["window W=4"]["rows"]
     teacher = lm["teacher"]["ppl"]
+    gated_lm, recall = gated_lm["tasks"]["lm"], recall["tasks"]["recall"]
+    gated, kept = gated_lm["plans"]["gated_delta"]["rows"], recall["plans"]["gated_delta"]["rows"]
     return (f"language model (W = 16): {lm_rows['a']['ppl'] / teacher:.2f}× the teacher's perplexity after "
             f"{lm['budget_updates']} updates (target ≤ 1.05×), {lm_rows['0']['ppl'] / teacher:.2f}× before any "
             f"training; translation (W = 4, softmax cross-attention): {mt_rows['a']['bleu']:.1f} sacreBLEU after "
-            f"{mt['budget_updates']} updates, {mt_rows['c']['bleu']:.1f} from scratch")
+            f"{mt['budget_updates']} updates, {mt_rows['c']['bleu']:.1f} from scratch; gated_delta: "
+            f"{gated['a']['ppl'] / gated_lm['teacher']['ppl']:.2f}× the teacher's perplexity "
+            f"({gated['c']['ppl'] / gated_lm['teacher']['ppl']:.2f}× from scratch) and "
+            f"{max(kept['a']['beyond'], kept['b']['beyond']) / recall['teacher']['beyond']:.1%} of a recall "
+            f"teacher's accuracy beyond the window after {recall['budget_updates']} updates (one seed each)")
 
 
 USES = [
@@ -176,9 +182,12 @@ USES = [
         ["docs/recall/results.json"], _recall,
         "[recall beyond the window](docs/recall/README.md)"),
     Use("converting a trained model",
-        "`window` in decoder self-attention, softmax cross-attention, finetune with 20% of the teacher's updates",
-        ["docs/recovery-window-lm/results.json", "docs/recovery-window-mt/results.json"], _conversion,
-        "[conversion](docs/conversion.md#converting-into-the-window-plans)"),
+        "translation: `window` in decoder self-attention, softmax cross-attention; a language model that must keep "
+        "recall beyond the window: `gated_delta` in every layer; finetune with 20% of the teacher's updates",
+        ["docs/recovery-window-lm/results.json", "docs/recovery-window-mt/results.json",
+         "docs/recovery-gated-lm/results.json", "docs/recovery-recall/results.json"], _conversion,
+        "[conversion](docs/conversion.md#converting-into-the-window-plans), "
+        "[into gated delta](docs/conversion.md#converting-into-the-gated-delta-plans)"),
 ]
 
 
