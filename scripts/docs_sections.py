@@ -111,7 +111,7 @@ def _translation(demo: Dict) -> str:
             f"against vanilla's {v['state_bytes_per_hypothesis']['1000']:,} B after 1,000 tokens")
 
 
-def _language(short: Dict, long: Dict, gated: Dict, gated_long: Dict) -> str:
+def _language(short: Dict, long: Dict, gated: Dict, gated_long: Dict, window_gated_long: Dict) -> str:
     def vs(r: Dict, kind: str, base: Dict) -> str:
         return (f"{_quality(r, kind) / _quality(base, 'softmax'):.3f}× "
                 f"({r['results'][kind]['state_bytes'] / base['results']['softmax']['state_bytes']:.1%} of the state)")
@@ -120,7 +120,8 @@ def _language(short: Dict, long: Dict, gated: Dict, gated_long: Dict) -> str:
     return (f"test perplexity against softmax's at context 128, {short['updates']} updates: gated_delta "
             f"{vs(gated, 'gated_delta', short)}, "
             f"window_gated_delta {vs(gated, 'window_gated_delta', short)}, window {vs(short, 'window', short)}; "
-            f"context 1024, {long['updates']} updates: gated_delta {vs(gated_long, 'gated_delta', long)}, window "
+            f"context 1024, {long['updates']} updates: gated_delta {vs(gated_long, 'gated_delta', long)}, "
+            f"window_gated_delta {vs(window_gated_long, 'window_gated_delta', long)}, window "
             f"{vs(long, 'window', long)}; memsizer or linear alone {min(alone):.1f}-{max(alone):.1f}× softmax")
 
 
@@ -174,7 +175,7 @@ USES = [
     Use("language modelling and long-form generation",
         "`--decoder-attention-type gated_delta` (or `window_gated_delta`, a little better for more state)",
         ["docs/quality/results.json", "docs/quality-long/results.json", "docs/quality/gated_delta/results.json",
-         "docs/quality-long/gated_delta/results.json"],
+         "docs/quality-long/gated_delta/results.json", "docs/quality-long/window_gated_delta/results.json"],
         _language, "[real-text quality](docs/quality/README.md)"),
     Use("generation that must recall exact items from beyond the window",
         "`--decoder-attention-type delta --short-conv 4` (or `gated_delta`); `softmax` where nothing may be missed",
