@@ -136,8 +136,8 @@ def _recall(table: Dict) -> str:
                 by_setting.setdefault(r["setting"], []).append(r["beyond"]["accuracy"])
         return [sum(v) / len(v) for v in by_setting.values()]
 
-    def seeds(kind: str) -> int:
-        return len({r["seed"] for r in rows if r["kind"] == kind})
+    def seeds(kind: str) -> str:
+        return _seeds(sorted({r["seed"] for r in rows if r["kind"] == kind}))
 
     def span(kind: str) -> str:
         return f"{min(beyond(kind)):.1%}-{max(beyond(kind)):.1%}"
@@ -145,8 +145,8 @@ def _recall(table: Dict) -> str:
     state = next(r["state_bytes"] for r in rows if r["kind"] == "delta+conv4" and r["length"] == 256)
     softmax = next(r["state_bytes"] for r in rows if r["kind"] == "softmax" and r["length"] == 256)
     return (f"delta with a short convolution recalls {span('delta+conv4')} of the first queries beyond the window "
-            f"(mean of {seeds('delta+conv4')} seeds per setting) at {state / softmax:.3f}× softmax's state at 256 "
-            f"tokens, gated_delta {span('gated_delta')} ({seeds('gated_delta')} seed), delta without the "
+            f"(mean of {seeds('delta+conv4')} per setting) at {state / softmax:.3f}× softmax's state at 256 "
+            f"tokens, gated_delta {span('gated_delta')} ({seeds('gated_delta')}), delta without the "
             f"convolution at most {max(beyond('delta')):.0%}, softmax {min(beyond('softmax')):.1%} or more; "
             f"{table['updates']:,} updates for every row")
 
@@ -165,7 +165,12 @@ def _conversion(lm: Dict, mt: Dict, gated_lm: Dict, recall: Dict) -> str:
             f"{gated['a']['ppl'] / gated_lm['teacher']['ppl']:.2f}× the teacher's perplexity "
             f"({gated['c']['ppl'] / gated_lm['teacher']['ppl']:.2f}× from scratch) and "
             f"{max(kept['a']['beyond'], kept['b']['beyond']) / recall['teacher']['beyond']:.1%} of a recall "
-            f"teacher's accuracy beyond the window after {recall['budget_updates']} updates (one seed each)")
+            f"teacher's accuracy beyond the window after {recall['budget_updates']} updates "
+            f"({_seeds(gated_lm['seeds'])} on text, {_seeds(recall['seeds'])} on recall)")
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"
 
 
 USES = [

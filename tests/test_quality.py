@@ -72,8 +72,7 @@ def test_the_steps_score_each_checkpoint_of_the_run_that_made_it(tmp_path):
 @pytest.mark.slow
 def test_tiny_chain_writes_table_and_state_bytes_and_resumes(tmp_path, capsys):
     out = tmp_path / "q"
-    argv = ["--out", str(out), "--tiny", "--configs", "softmax,window_memsizer,gated_delta",
-            "--context", "24",
+    argv = ["--out", str(out), "--tiny", "--configs", "softmax,window_memsizer,gated_delta", "--context", "24",
             "--start-updates", "3"]
     assert quality.main(argv) == 0
     summary = json.loads((out / "results.json").read_text())
